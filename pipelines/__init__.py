@@ -1,0 +1,27 @@
+"""Pipelines: one module each, runnable as `python -m pipelines.<name>`.
+
+The registry maps a pipeline's name to its module. A pipeline module exposes:
+`Config` (its typed config), `run(config, resume=..., parent_run_id=..., train_callbacks=...)`
+returning a `RunSummary`, `main(argv)`, and `QUICKSTART` (the `--set` overrides of its
+smallest embedded default).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+PIPELINES: dict[str, str] = {
+    "sft": "pipelines.sft",
+}
+
+
+class UnknownPipeline(KeyError):
+    def __str__(self) -> str:
+        return f"unknown pipeline {self.args[0]!r}; known pipelines: {', '.join(sorted(PIPELINES))}"
+
+
+def get_pipeline(name: str) -> ModuleType:
+    if name not in PIPELINES:
+        raise UnknownPipeline(name)
+    return importlib.import_module(PIPELINES[name])

@@ -1,0 +1,138 @@
+"""What every pipeline's `main` shares: argument parsing, config loading before Ray starts,
+reaching Ray, MLflow run bookkeeping and the closing summary.
+
+`python -m pipelines.<name> [--config FILE] [--set key=value ...] [--resume] [--address ADDR]`
+is the same entry point that `rayworks run` and `ray job submit` use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cluster.connect import AuthTokenMissing, RayUnreachable, connect, ray_job_submission_id
+from workloads import tracking
+from workloads.config import ConfigError, load_config, to_dict
+
+RUN_NAME_TAG = "rayworks.run_name"
+PIPELINE_TAG = "rayworks.pipeline"
+
+
+@dataclasses.dataclass
+class RunSummary:
+    pipeline: str
+    metric: str
+    value: float
+    run_id: str
+    artifacts: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def parser(pipeline: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m pipelines.{pipeline}", description=f"Run the {pipeline} pipeline.")
+    add_run_arguments(p)
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config fields, e.g. --set train.lr=1e-3 train.max_steps=200")
+    p.add_argument("--resume", action="store_true", help="continue run_name (or the newest run) from its last checkpoint")
+    p.add_argument("--address", help="Ray address (host:6379, ray://host:10001, auto); default: local Ray or RAY_ADDRESS")
+
+
+def main_for(pipeline: str, config_cls: type, run: Callable[..., RunSummary], argv: list[str] | None = None) -> int:
+    args = parser(pipeline).parse_args(argv)
+    try:
+        config = load_config(config_cls, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        connect(args.address)
+    except (RayUnreachable, AuthTokenMissing) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    try:
+        summary = run(config, resume=args.resume)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print_summaries([summary])
+    return 0
+
+
+def print_summaries(summaries: list[RunSummary]) -> None:
+    rows = [("pipeline", "metric", "value", "MLflow run", "artifacts")]
+    rows += [(s.pipeline, s.metric, f"{s.value:.4f}", s.run_id, s.artifacts) for s in summaries]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    for s in summaries:
+        print("RESULT " + json.dumps(dataclasses.asdict(s)))
+
+
+def open_run(pipeline: str, config, *, resume: bool, parent_run_id: str | None, data_hash: str) -> tuple[tracking.Run, str]:
+    """Start (or, with resume, reopen) the pipeline's MLflow run; return it and its run name.
+
+    The run name is also the Ray Train run name: Ray Train resumes a run that already has
+    checkpoints under (storage_path, name), so a fresh run must never reuse a name.
+    """
+    experiment = config.experiment or f"rayworks-{pipeline}"
+    existing = _runs_named(experiment, config.run_name) if config.run_name else []
+    if resume:
+        if config.run_name and not existing:
+            raise ConfigError(f"run_name: no {pipeline} run named {config.run_name!r} to resume in experiment {experiment!r}")
+        candidates = existing or _runs_named(experiment, None)
+        if not candidates:
+            raise ConfigError(f"--resume: experiment {experiment!r} has no {pipeline} run to resume")
+        previous = candidates[0]
+        run = tracking.start_run(experiment, previous.info.run_name, resume_run_id=previous.info.run_id)
+        run.set_tags({"rayworks.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return run, previous.data.tags[RUN_NAME_TAG]
+    if existing:
+        raise ConfigError(f"run_name: a {pipeline} run named {config.run_name!r} exists; pass --resume to continue it or pick a new name")
+    run_name = config.run_name or f"{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    run = tracking.start_run(
+        experiment,
+        run_name,
+        parent_run_id=parent_run_id,
+        tags={
+            RUN_NAME_TAG: run_name,
+            PIPELINE_TAG: pipeline,
+            "git_revision": tracking.git_revision(),
+            "ray_job_id": ray_job_submission_id() or _ray_job_id(),
+            "data_hash": data_hash,
+        },
+    )
+    run.log_params(to_dict(config))
+    run.log_yaml(to_dict(config), "config.yaml")
+    return run, run_name
+
+
+def _ray_job_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+
+
+def _runs_named(experiment: str, run_name: str | None):
+    mlflow_client = tracking.client()
+    exp = mlflow_client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = f"tags.`{RUN_NAME_TAG}` = '{run_name}'" if run_name else f"tags.`{RUN_NAME_TAG}` != ''"
+    return mlflow_client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+
+
+def storage_path(path: str) -> str:
+    """Local paths become absolute (Ray Train requires it); URIs (s3://, gs://) pass through."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())

@@ -1,0 +1,1 @@
+"""rayworks serving."""

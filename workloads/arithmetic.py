@@ -1,0 +1,158 @@
+"""Multi-step arithmetic: a seeded, verifiable task family with step-by-step solutions.
+
+A problem is a left-to-right chain `7+5-3`; its solution shows one step per operation and
+ends with the answer:
+
+    Q: 7+5-3
+    7+5=12
+    12-3=9
+    Answer: 9
+
+Every step is checkable on its own (`check_steps`), which is what TRI's repair loop and
+DistIL's oracle expert need; `check_answer` is the exact-match reward. Intermediate values
+stay in [0, max_value] so the model never has to learn signs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from typing import ClassVar
+
+from workloads.config import require
+
+ANSWER_MARKER = "Answer:"
+_STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+@dataclasses.dataclass
+class ArithmeticConfig:
+    min_ops: int = 1
+    max_ops: int = 2
+    max_operand: int = 9
+    max_value: int = 99  # intermediate results stay in [0, max_value]
+    operators: str = "+-"
+    num_train: int = 2000
+    num_eval: int = 200
+
+    section: ClassVar[str] = "task"
+
+    def validate(self) -> None:
+        require(1 <= self.min_ops <= self.max_ops, "min_ops", "need 1 <= min_ops <= max_ops")
+        require(self.max_operand >= 1, "max_operand", "must be >= 1")
+        require(self.max_value >= self.max_operand, "max_value", "must be >= max_operand")
+        require(bool(self.operators) and set(self.operators) <= set(_OPS), "operators", f"use some of {''.join(_OPS)}")
+        require(self.num_train >= 1 and self.num_eval >= 1, "num_train", "num_train and num_eval must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    operands: tuple[int, ...]
+    operators: tuple[str, ...]
+
+    @property
+    def expression(self) -> str:
+        text = str(self.operands[0])
+        for op, value in zip(self.operators, self.operands[1:]):
+            text += f"{op}{value}"
+        return text
+
+    @property
+    def prompt(self) -> str:
+        return f"Q: {self.expression}\n"
+
+    def steps(self) -> list[str]:
+        lines, total = [], self.operands[0]
+        for op, value in zip(self.operators, self.operands[1:]):
+            result = _OPS[op](total, value)
+            lines.append(f"{total}{op}{value}={result}")
+            total = result
+        return lines
+
+    @property
+    def answer(self) -> int:
+        total = self.operands[0]
+        for op, value in zip(self.operators, self.operands[1:]):
+            total = _OPS[op](total, value)
+        return total
+
+    @property
+    def solution(self) -> str:
+        return "\n".join(self.steps() + [f"{ANSWER_MARKER} {self.answer}"]) + "\n"
+
+
+def _sample_problem(rng: random.Random, cfg: ArithmeticConfig) -> Problem | None:
+    num_ops = rng.randint(cfg.min_ops, cfg.max_ops)
+    operands = [rng.randint(0, cfg.max_operand)]
+    operators, total = [], operands[0]
+    for _ in range(num_ops):
+        op = rng.choice(cfg.operators)
+        value = rng.randint(0, cfg.max_operand)
+        total = _OPS[op](total, value)
+        if not 0 <= total <= cfg.max_value:
+            return None
+        operators.append(op)
+        operands.append(value)
+    return Problem(tuple(operands), tuple(operators))
+
+
+def generate_splits(cfg: ArithmeticConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Disjoint train and held-out eval problems, the same for the same (cfg, seed)."""
+    rng = random.Random(seed)
+    wanted = cfg.num_train + cfg.num_eval
+    seen: dict[str, Problem] = {}
+    attempts = 0
+    while len(seen) < wanted:
+        attempts += 1
+        if attempts > 50 * wanted:
+            raise ValueError(
+                f"task: only {len(seen)} distinct problems exist for these settings, "
+                f"{wanted} requested (raise max_ops/max_operand or lower num_train/num_eval)"
+            )
+        problem = _sample_problem(rng, cfg)
+        if problem is not None:
+            seen.setdefault(problem.expression, problem)
+    problems = list(seen.values())
+    return problems[cfg.num_eval :], problems[: cfg.num_eval]
+
+
+def extract_answer(completion: str) -> str | None:
+    """The text after the last `Answer:` marker, first line only; None when absent."""
+    if ANSWER_MARKER not in completion:
+        return None
+    return completion.rsplit(ANSWER_MARKER, 1)[1].strip().split("\n", 1)[0].strip()
+
+
+def check_answer(problem: Problem, completion: str) -> bool:
+    """Exact match of the final answer (the 0/1 verifier reward)."""
+    answer = extract_answer(completion)
+    return answer is not None and re.fullmatch(r"-?\d+", answer) is not None and int(answer) == problem.answer
+
+
+@dataclasses.dataclass
+class StepVerdict:
+    steps: list[bool]
+    first_failure: int | None  # index of the first wrong or malformed step, None if all pass
+    answer_correct: bool
+
+
+def check_steps(problem: Problem, completion: str) -> StepVerdict:
+    """Check each solution line: arithmetic is right and it continues from the previous total."""
+    lines = [line for line in completion.strip().split("\n") if line.strip()]
+    step_lines = [line for line in lines if not line.startswith(ANSWER_MARKER)]
+    verdicts, total = [], problem.operands[0]
+    for index, line in enumerate(step_lines):
+        match = _STEP.match(line)
+        ok = False
+        if match and index < len(problem.operators):
+            a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+            expected_op, expected_b = problem.operators[index], problem.operands[index + 1]
+            ok = (a, op, b) == (total, expected_op, expected_b) and c == _OPS[op](a, b)
+            total = c if ok else total
+        verdicts.append(ok)
+    if len(step_lines) < len(problem.operators):
+        verdicts.extend([False] * (len(problem.operators) - len(step_lines)))
+    first_failure = next((i for i, ok in enumerate(verdicts) if not ok), None)
+    return StepVerdict(verdicts, first_failure, check_answer(problem, completion))

@@ -1,0 +1,128 @@
+"""Tiny causal LMs built from a transformers config, with a tokenizer built locally.
+
+The point is one code path for every scale: `build_tiny_lm` writes a model directory with
+`save_pretrained`, and `load_lm(path_or_id)` reads it back through `from_pretrained`, the
+same call that loads `Qwen/Qwen2.5-0.5B` on a cluster. Nothing here touches the network:
+the tokenizer is byte-level (every text encodes), optionally with BPE merges learned from
+the task's own text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import ClassVar, Iterable, Literal
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+from transformers.utils import logging as transformers_logging
+
+from workloads.config import ConfigError, require
+
+# Per-shard progress bars for a 3 MB model are noise in every worker's log.
+transformers_logging.disable_progress_bar()
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+BYTE_ALPHABET_SIZE = 256
+
+
+@dataclasses.dataclass
+class TinyLMConfig:
+    """Shape of the tiny default model (about 1M parameters at these defaults)."""
+
+    family: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    max_positions: int = 256
+    # BPE merges learned on the task text on top of the 256 bytes; 0 = pure byte level,
+    # which keeps every digit its own token (arithmetic is learned digit by digit).
+    bpe_merges: int = 0
+
+    section: ClassVar[str] = "model"
+
+    def validate(self) -> None:
+        require(self.hidden_size % self.num_heads == 0, "hidden_size", "must be divisible by num_heads")
+        require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", "must divide num_heads")
+        require(self.num_layers >= 1, "num_layers", "must be >= 1")
+        require(self.bpe_merges >= 0, "bpe_merges", "must be >= 0")
+
+
+def build_tokenizer(texts: Iterable[str] = (), bpe_merges: int = 0) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer; `bpe_merges` > 0 learns merges from `texts`."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS) + bpe_merges,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(texts) or [""], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        padding_side="left",  # generation appends on the right
+    )
+
+
+def model_config(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerFast):
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[cfg.family]
+    return config_class(**common)
+
+
+def build_tiny_lm(cfg: TinyLMConfig, out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
+    """Build tokenizer + randomly initialised model, save both to `out_dir`, return it."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, cfg.bpe_merges)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_lm(path_or_id: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Load model + tokenizer from a local directory or a hub id (`Qwen/...`)."""
+    path_or_id = str(path_or_id)
+    looks_local = path_or_id.startswith((".", "/", "~")) or os.path.exists(path_or_id)
+    if looks_local and not (Path(path_or_id).expanduser() / "config.json").is_file():
+        raise ConfigError(f"model {path_or_id}: no config.json there (not a saved model directory)")
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path_or_id)
+    return model, tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
