@@ -97,6 +97,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
     runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
     if target is None:
         ray.init(
+            address="local",  # never attach to some other Ray that happens to run here
             num_cpus=num_cpus or DEFAULT_LOCAL_CPUS,
             runtime_env=runtime_env,
             log_to_driver=log_to_driver,

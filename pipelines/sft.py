@@ -34,6 +34,7 @@ from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_lm
 
 PIPELINE = "sft"
 REGISTERED_MODEL = "rayworks-sft"
+KEY_METRIC = "eval_accuracy"
 QUICKSTART = ["train.max_steps=400", "train.eval_every=100", "train.checkpoint_every=200"]
 
 

@@ -1,1 +1,22 @@
-"""rayworks serving."""
+"""Ray Serve applications. The registry maps an app name to its application builder."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+APPS: dict[str, str] = {
+    "generate": "serving.generate:build_app",
+}
+
+
+class UnknownApp(KeyError):
+    def __str__(self) -> str:
+        return f"unknown Serve app {self.args[0]!r}; known apps: {', '.join(sorted(APPS))}"
+
+
+def get_app_builder(name: str) -> Callable:
+    if name not in APPS:
+        raise UnknownApp(name)
+    module, _, attribute = APPS[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,153 @@
+"""The `rayworks` command.
+
+    rayworks run <pipeline> [--config FILE] [--set k=v ...] [--resume] [--address ADDR]
+    rayworks submit <pipeline> --address http://HEAD:8265 [--config FILE] [--set k=v ...]
+    rayworks tune <pipeline> --space SPACE.yaml [--num-samples N] [--config FILE] [--set k=v ...]
+    rayworks serve <app> [--port 8000] [--checkpoint PATH_OR_ID] [--address ADDR]
+    rayworks quickstart
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+
+from cluster.connect import RayUnreachable
+from pipelines import PIPELINES, UnknownPipeline, get_pipeline
+from pipelines.launch import add_run_arguments, print_summaries
+from serving import APPS, UnknownApp, get_app_builder
+from workloads.config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayworks", description="Train, distil and serve models on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a pipeline (local Ray unless --address/RAY_ADDRESS)")
+    run.add_argument("pipeline")
+    add_run_arguments(run)
+
+    submit = commands.add_parser("submit", help="submit a pipeline as a Ray job and stream its logs")
+    submit.add_argument("pipeline")
+    submit.add_argument("--address", required=True, help="the cluster's dashboard/job server, http://HEAD:8265")
+    submit.add_argument("--config")
+    submit.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--resume", action="store_true")
+    submit.add_argument("--no-wait", action="store_true", help="return after submitting")
+
+    tune = commands.add_parser("tune", help="Ray Tune search (ASHA) over a pipeline's config fields")
+    tune.add_argument("pipeline")
+    tune.add_argument("--space", required=True, help="search space YAML")
+    tune.add_argument("--num-samples", type=int, default=4)
+    tune.add_argument("--max-concurrent", type=int, default=2)
+    tune.add_argument("--config")
+    tune.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    tune.add_argument("--address")
+
+    serve = commands.add_parser("serve", help="start a Ray Serve app; runs until Ctrl-C")
+    serve.add_argument("app", help=f"one of: {', '.join(sorted(APPS))}")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--checkpoint", help="model directory or hub id (generate)")
+    serve.add_argument("--address")
+
+    commands.add_parser("quickstart", help="run every pipeline's smallest embedded default, locally")
+    return parser
+
+
+def cmd_run(args) -> int:
+    module = get_pipeline(args.pipeline)
+    argv = []
+    if args.config:
+        argv += ["--config", args.config]
+    if args.overrides:
+        argv += ["--set", *args.overrides]
+    if args.resume:
+        argv.append("--resume")
+    if args.address:
+        argv += ["--address", args.address]
+    return module.main(argv)
+
+
+def cmd_submit(args) -> int:
+    from cluster import submit
+
+    module = get_pipeline(args.pipeline)
+    overrides = submit.config_file_overrides(args.config) + args.overrides
+    load_config(module.Config, None, overrides)  # a bad field fails here, not on the cluster
+    return submit.main(args.pipeline, args.address, None, overrides, args.resume, not args.no_wait)
+
+
+def cmd_tune(args) -> int:
+    from cluster.connect import connect
+    from pipelines.tuning import load_space, run_search
+
+    load_space(args.space, args.pipeline, args.config, args.overrides)  # check before Ray starts
+    connect(args.address)
+    outcome = run_search(args.pipeline, args.space, args.num_samples, args.config, args.overrides, args.max_concurrent)
+    print(f"best {outcome['metric']} = {outcome['best_value']:.4f} with {outcome['best_params']}")
+    print(f"MLflow parent run {outcome['parent_run_id']} ({outcome['num_trials']} trials, {outcome['errors']} errored)")
+    print("RESULT " + json.dumps(outcome, default=str))
+    return 0 if outcome["errors"] == 0 else 1
+
+
+def cmd_serve(args) -> int:
+    from ray import serve
+
+    from cluster.connect import connect
+
+    builder = get_app_builder(args.app)
+    app_args = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    application = builder(app_args)
+    connect(args.address)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(application, name=args.app, route_prefix="/")
+        print(f"Serve app '{args.app}' is up at http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("shutting down Serve ...", flush=True)
+    finally:
+        serve.shutdown()
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from cluster.connect import connect
+
+    configs = {name: load_config(get_pipeline(name).Config, None, get_pipeline(name).QUICKSTART) for name in PIPELINES}
+    connect(None)
+    summaries, started = [], time.monotonic()
+    for index, (name, config) in enumerate(configs.items(), 1):
+        print(f"\n=== [{index}/{len(configs)}] {name} ===", flush=True)
+        summaries.append(get_pipeline(name).run(config))
+    print(f"\nquickstart finished in {time.monotonic() - started:.0f} s\n")
+    print_summaries(summaries)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "submit": cmd_submit, "tune": cmd_tune, "serve": cmd_serve, "quickstart": cmd_quickstart}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UnknownPipeline, UnknownApp) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except RayUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Ray Tune over any pipeline's config fields, with ASHA early stopping.
+
+A search space file names dotted config fields and a distribution for each:
+
+    metric: eval_accuracy      # reported by the pipeline; default: the pipeline's key metric
+    mode: max
+    space:
+      train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+      train.batch_size: {choice: [16, 32]}
+      train.warmup_steps: {randint: [10, 50]}
+      seed: {grid: [0, 1]}
+
+Every trial is a full pipeline run (its own MLflow run, a child of the search's parent run);
+each trial drives its own Ray Train run, whose reports reach Tune through TuneReportCallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines import get_pipeline
+from pipelines.launch import storage_path
+from workloads import tracking
+from workloads.config import ConfigError, load_config
+
+DISTRIBUTIONS = {
+    "uniform": lambda tune, args: tune.uniform(*args),
+    "loguniform": lambda tune, args: tune.loguniform(*args),
+    "randint": lambda tune, args: tune.randint(*args),
+    "choice": lambda tune, args: tune.choice(args),
+    "grid": lambda tune, args: tune.grid_search(args),
+}
+
+
+@dataclasses.dataclass
+class SearchSpace:
+    space: dict[str, tuple[str, list]]
+    metric: str
+    mode: str
+
+
+def load_space(path: str | Path, pipeline: str, config_path: str | None, overrides: list[str]) -> SearchSpace:
+    """Read and check a space file: known fields, known distributions, values of the field's type."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"search space {path}: not found")
+    data = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("space"), dict) or not data["space"]:
+        raise ConfigError(f"search space {path}: expected a mapping with a non-empty 'space' section")
+    space = {}
+    for field, spec in data["space"].items():
+        if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS):
+            raise ConfigError(f"search space {path}: space.{field}: expected one of {{{', '.join(DISTRIBUTIONS)}: [...]}}")
+        kind, args = next(iter(spec.items()))
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"search space {path}: space.{field}.{kind}: expected a non-empty list")
+        space[field] = (kind, args)
+    module = get_pipeline(pipeline)
+    # Every candidate value must make a valid config: fail now, not in trial 7.
+    for field, (kind, args) in space.items():
+        samples = args if kind in ("choice", "grid") else args[:2]
+        for sample in samples:
+            if kind == "randint":
+                sample = int(sample)
+            load_config(module.Config, config_path, overrides, values={field: sample})
+    mode = data.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"search space {path}: mode: expected max or min, got {mode!r}")
+    return SearchSpace(space, data.get("metric", module.KEY_METRIC), mode)
+
+
+def run_search(pipeline: str, space_path: str, num_samples: int, config_path: str | None,
+               overrides: list[str], max_concurrent: int = 2) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.schedulers import ASHAScheduler
+
+    module = get_pipeline(pipeline)
+    search = load_space(space_path, pipeline, config_path, overrides)
+    base = load_config(module.Config, config_path, overrides)
+    experiment = base.experiment or f"rayworks-{pipeline}"
+    parent = tracking.start_run(experiment, f"tune-{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                tags={"rayworks.tune": "parent", "rayworks.pipeline": pipeline,
+                                      "git_revision": tracking.git_revision()})
+    parent.log_text(Path(space_path).read_text(), "search_space.yaml")
+    parent.set_tags({"metric": search.metric, "mode": search.mode, "num_samples": num_samples})
+
+    def trial(params: dict) -> None:
+        config = load_config(module.Config, config_path, overrides, values=params)
+        module.run(config, parent_run_id=parent.run_id, train_callbacks=[TuneReportCallback()])
+
+    max_t = base.train.max_steps
+    tuner = tune.Tuner(
+        # The trial only drives a Ray Train run; the CPUs belong to its training workers.
+        tune.with_resources(trial, {"cpu": 0}),
+        param_space={field: DISTRIBUTIONS[kind](tune, args) for field, (kind, args) in search.space.items()},
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            scheduler=ASHAScheduler(time_attr="step", max_t=max_t, grace_period=min(max_t, base.train.eval_every), reduction_factor=2),
+        ),
+        run_config=tune.RunConfig(name=f"tune-{pipeline}-{parent.run_id[:8]}", storage_path=storage_path(base.storage_path), verbose=1),
+    )
+    try:
+        results = tuner.fit()
+        best = results.get_best_result(metric=search.metric, mode=search.mode)
+    except BaseException:
+        parent.end("FAILED")
+        raise
+    parent.log_metrics({f"best_{search.metric}": best.metrics[search.metric], "num_trials": len(results)}, step=0)
+    parent.log_yaml({"best_params": best.config, "best_metrics": {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}}, "best_trial.yaml")
+    parent.end("FINISHED")
+    return {"parent_run_id": parent.run_id, "best_params": best.config, "best_value": best.metrics[search.metric],
+            "metric": search.metric, "num_trials": len(results), "errors": len(results.errors)}

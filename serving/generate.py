@@ -1,0 +1,112 @@
+"""Serve app `generate`: text completion from a causal LM checkpoint.
+
+    POST /generate {"prompt": str, "max_new_tokens": int}  ->  {"completion": str, ...}
+    GET  /healthz
+
+The checkpoint is any local model directory or hub id; with none given, the newest version of
+the `rayworks-sft` model in the MLflow registry; with none registered, the untrained tiny
+default (and a warning in every response). Start it with `rayworks serve generate` or
+`serve run serving/generate.yaml`.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the real request model type
+# on the ingress methods to read it from the JSON body.
+import logging
+import tempfile
+from typing import Annotated
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from ray import serve
+
+from workloads import tracking
+
+logger = logging.getLogger("ray.serve")
+
+MAX_PROMPT_CHARS = 4096
+MAX_NEW_TOKENS = 512
+REGISTERED_MODEL = "rayworks-sft"
+
+api = FastAPI(title="rayworks generate")
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    max_new_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)] = 32
+
+
+def validation_error_response(exc: RequestValidationError) -> JSONResponse:
+    """422 whose `error` names the offending field first (`max_new_tokens: ...`)."""
+    problems = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            problems.append("body: not valid JSON")
+            continue
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        problems.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
+    return JSONResponse(status_code=422, content={"error": "; ".join(problems), "fields": problems})
+
+
+@api.exception_handler(RequestValidationError)
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return validation_error_response(exc)
+
+
+def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
+    """(model path or id, warning or None) following the order in the module docstring."""
+    if checkpoint:
+        return checkpoint, None
+    if tracking_uri:
+        import os
+
+        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
+    registered = tracking.newest_registered_model(REGISTERED_MODEL)
+    if registered is not None:
+        return str(registered), None
+    from workloads.tiny_lm import TinyLMConfig, build_tiny_lm
+
+    path = build_tiny_lm(TinyLMConfig(), tempfile.mkdtemp(prefix="rayworks-untrained-"))
+    return str(path), (f"no checkpoint given and no '{REGISTERED_MODEL}' model registered in MLflow: "
+                       "serving the UNTRAINED tiny default model")
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
+@serve.ingress(api)
+class Generator:
+    def __init__(self, checkpoint: str | None = None, tracking_uri: str | None = None):
+        from workloads.tiny_lm import load_lm
+
+        torch.set_num_threads(1)
+        self.source, self.warning = resolve_checkpoint(checkpoint, tracking_uri)
+        if self.warning:
+            logger.warning(self.warning)
+        self.model, self.tokenizer = load_lm(self.source)
+        self.model.eval()
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "model": self.source, "warning": self.warning}
+
+    @api.post("/generate")
+    def generate(self, request: GenerateRequest) -> dict:
+        from workloads.sft import greedy_complete
+
+        completion = greedy_complete(self.model, self.tokenizer, [request.prompt], request.max_new_tokens)[0]
+        body = {"completion": completion, "model": self.source}
+        if self.warning:
+            body["warning"] = self.warning
+        return body
+
+
+def build_app(args: dict | None = None):
+    """Application builder for `serve run serving.generate:build_app checkpoint=...` and YAML configs."""
+    args = dict(args or {})
+    unknown = set(args) - {"checkpoint", "tracking_uri"}
+    if unknown:
+        raise ValueError(f"generate app: unknown argument(s) {sorted(unknown)}; known: checkpoint, tracking_uri")
+    return Generator.bind(args.get("checkpoint"), args.get("tracking_uri") or tracking.tracking_uri())
