@@ -1,0 +1,114 @@
+"""Fresh-process CLI runs of the sft pipeline: quickstart, config errors, killed-and-resumed runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mlflow_client, python_module, rayworks, result_lines, scratch_env
+
+
+def test_quickstart_trains_tracks_and_registers(workdir: Path):
+    proc = rayworks(workdir, "quickstart", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pipeline" in proc.stdout and "MLflow run" in proc.stdout  # the summary table
+    (summary,) = result_lines(proc.stdout)
+    assert summary["pipeline"] == "sft"
+    # a short run beats the untrained model by a clear margin
+    assert summary["value"] >= summary["extra"]["untrained_accuracy"] + 0.2, summary
+
+    client = mlflow_client(workdir)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "400"
+    assert {"git_revision", "data_hash", "ray_job_id", "rayworks.run_name"} <= set(run.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "learning_curve.png", "samples.jsonl", "model"} <= artifacts
+    model_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == sorted(steps) and steps[-1] == 400
+    versions = client.search_model_versions("name='rayworks-sft'")
+    assert [v.run_id for v in versions] == [summary["run_id"]]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["run", "sft", "--set", "train.lr=fast"], "sft.train.lr: expected float"),
+        (["run", "sft", "--set", "train.nonsense=1"], "sft.train.nonsense: unknown field"),
+        (["run", "sft", "--set", "model.hidden_size=130"], "sft.model.hidden_size: must be divisible"),
+        (["run", "sft", "--config", "missing.yaml"], "config file missing.yaml: not found"),
+        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: sft"),
+        (["serve", "nosuch"], "unknown Serve app 'nosuch'; known apps: generate"),
+    ],
+)
+def test_config_errors_fail_fast_naming_the_field(workdir: Path, args, fragment):
+    started = time.monotonic()
+    proc = rayworks(workdir, *args, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "ray_results").exists()  # failed before Ray started
+    assert time.monotonic() - started < 60
+
+
+def test_unreachable_address_fails_within_30s(workdir: Path):
+    started = time.monotonic()
+    proc = rayworks(workdir, "run", "sft", "--address", "127.0.0.1:1", timeout=60)
+    assert proc.returncode == 3
+    assert "unreachable" in proc.stderr and "127.0.0.1:1" in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_python_dash_m_is_the_same_entry_point(workdir: Path):
+    proc = python_module(workdir, "pipelines.sft", "--set", "train.batch_size=0", timeout=120)
+    assert proc.returncode == 2 and "sft.train.batch_size: must be >= 1" in proc.stderr
+
+
+def _checkpoints(workdir: Path, run_name: str) -> list[Path]:
+    """Checkpoints Ray Train has committed (listed in its manager snapshot)."""
+    run_dir = workdir / "ray_results" / run_name
+    if not (run_dir / "checkpoint_manager_snapshot.json").is_file():
+        return []
+    return sorted(run_dir.glob("checkpoint_*"))
+
+
+def test_killed_run_resumes_with_the_same_step_counter(workdir: Path):
+    run_name = "resume-me"
+    args = ["run", "sft", "--set", f"run_name={run_name}", "train.max_steps=300",
+            "train.checkpoint_every=100", "train.eval_every=100", "register_model=false"]
+    first = subprocess.Popen(["rayworks", *args], cwd=workdir, env=scratch_env(workdir),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not _checkpoints(workdir, run_name) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.5)
+    assert _checkpoints(workdir, run_name), "no checkpoint appeared before the deadline"
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    first.wait(timeout=60)
+
+    client = mlflow_client(workdir)
+    (killed,) = client.search_runs(client.get_experiment_by_name("rayworks-sft").experiment_id)
+    steps_before = [m.step for m in client.get_metric_history(killed.info.run_id, "train_loss")]
+    assert steps_before and steps_before[-1] < 300
+
+    resumed = rayworks(workdir, *args, "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    (summary,) = result_lines(resumed.stdout)
+    assert summary["run_id"] == killed.info.run_id  # the same MLflow run shows both parts
+    resumed_from = [m.value for m in client.get_metric_history(killed.info.run_id, "resumed_from_step")]
+    assert resumed_from[0] == 0 and resumed_from[-1] >= 100  # second part started from a checkpoint
+    steps = sorted({m.step for m in client.get_metric_history(killed.info.run_id, "train_loss")})
+    assert steps == list(range(10, 301, 10))
+    assert client.get_run(killed.info.run_id).info.status == "FINISHED"
+
+
+def test_fresh_run_refuses_to_reuse_a_name(workdir: Path):
+    client_args = ["run", "sft", "--set", "run_name=taken", "--resume"]
+    proc = rayworks(workdir, *client_args, timeout=120)
+    assert proc.returncode == 2 and "no sft run named 'taken' to resume" in proc.stderr

@@ -1,0 +1,43 @@
+import torch
+
+from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, build_tokenizer, count_parameters, load_lm
+
+
+def test_byte_level_tokenizer_round_trips_any_text():
+    tokenizer = build_tokenizer()
+    for text in ["Q: 12+7\n12+7=19\nAnswer: 19\n", "héllo 世界 \t!"]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.decode(ids) == text
+    assert len(tokenizer.encode("123", add_special_tokens=False)) == 3  # one token per digit
+
+
+def test_bpe_merges_are_learned_from_task_text():
+    tokenizer = build_tokenizer(["Answer: 1\n"] * 50, bpe_merges=8)
+    assert len(tokenizer) == 256 + 3 + 8
+    assert len(tokenizer.encode("Answer:", add_special_tokens=False)) < len("Answer:")
+
+
+def test_build_save_load_round_trip(tmp_path):
+    for family in ("qwen2", "llama"):
+        path = build_tiny_lm(TinyLMConfig(family=family), tmp_path / family, seed=1)
+        model, tokenizer = load_lm(path)
+        again, _ = load_lm(str(path))
+        assert 0.5e6 < count_parameters(model) < 2e6
+        ids = torch.tensor([tokenizer.encode("Q: 1+1\n")])
+        assert torch.equal(model(ids).logits, again(ids).logits)
+        assert model.config.model_type == family
+
+
+def test_same_seed_same_weights(tmp_path):
+    a, _ = load_lm(build_tiny_lm(TinyLMConfig(), tmp_path / "a", seed=5))
+    b, _ = load_lm(build_tiny_lm(TinyLMConfig(), tmp_path / "b", seed=5))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_not_a_model_directory_is_named(tmp_path):
+    import pytest
+
+    from workloads.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no config.json"):
+        load_lm(tmp_path)
