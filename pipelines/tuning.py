@@ -17,6 +17,7 @@ each trial drives its own Ray Train run, whose reports reach Tune through TuneRe
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pipelines.launch import storage_path
 from workloads import tracking
 from workloads.config import ConfigError, load_config
 
+TRIAL_DRIVER_MEMORY = 256 * 1024**2
 DISTRIBUTIONS = {
     "uniform": lambda tune, args: tune.uniform(*args),
     "loguniform": lambda tune, args: tune.loguniform(*args),
@@ -90,14 +92,18 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
     parent.log_text(Path(space_path).read_text(), "search_space.yaml")
     parent.set_tags({"metric": search.metric, "mode": search.mode, "num_samples": num_samples})
 
+    store = tracking.tracking_uri()  # resolved here: Tune runs trials in their own directories
+
     def trial(params: dict) -> None:
+        os.environ["MLFLOW_TRACKING_URI"] = store
         config = load_config(module.Config, config_path, overrides, values=params)
         module.run(config, parent_run_id=parent.run_id, train_callbacks=[TuneReportCallback()])
 
     max_t = base.train.max_steps
     tuner = tune.Tuner(
-        # The trial only drives a Ray Train run; the CPUs belong to its training workers.
-        tune.with_resources(trial, {"cpu": 0}),
+        # The trial only drives a Ray Train run: it asks for memory, not CPUs, which belong to
+        # its training workers (so two 1-worker trials fit on 2 CPUs).
+        tune.with_resources(trial, {"cpu": 0, "memory": TRIAL_DRIVER_MEMORY}),
         param_space={field: DISTRIBUTIONS[kind](tune, args) for field, (kind, args) in search.space.items()},
         tune_config=tune.TuneConfig(
             metric=search.metric,
@@ -114,8 +120,19 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
     except BaseException:
         parent.end("FAILED")
         raise
+    close_stopped_children(experiment, parent.run_id)
     parent.log_metrics({f"best_{search.metric}": best.metrics[search.metric], "num_trials": len(results)}, step=0)
     parent.log_yaml({"best_params": best.config, "best_metrics": {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}}, "best_trial.yaml")
     parent.end("FINISHED")
     return {"parent_run_id": parent.run_id, "best_params": best.config, "best_value": best.metrics[search.metric],
             "metric": search.metric, "num_trials": len(results), "errors": len(results.errors)}
+
+
+def close_stopped_children(experiment: str, parent_run_id: str) -> None:
+    """Trials that ASHA stopped were killed mid-run: mark their MLflow runs as such."""
+    client = tracking.client()
+    children = client.search_runs([tracking.experiment_id(experiment)],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'")
+    for child in children:
+        client.set_tag(child.info.run_id, "rayworks.stopped_early", "asha")
+        client.set_terminated(child.info.run_id, "KILLED")

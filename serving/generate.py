@@ -61,11 +61,7 @@ def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tupl
     """(model path or id, warning or None) following the order in the module docstring."""
     if checkpoint:
         return checkpoint, None
-    if tracking_uri:
-        import os
-
-        os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri)
-    registered = tracking.newest_registered_model(REGISTERED_MODEL)
+    registered = tracking.newest_registered_model(REGISTERED_MODEL, tracking_uri)
     if registered is not None:
         return str(registered), None
     from workloads.tiny_lm import TinyLMConfig, build_tiny_lm

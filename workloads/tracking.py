@@ -177,7 +177,7 @@ def tracked_run(experiment: str, run_name: str, **kwargs) -> Iterator[Run]:
 
 def register_model(run: Run, artifact_path: str, name: str) -> str:
     """Register `runs:/<id>/<artifact_path>` as a new version of `name`; return the version."""
-    mlflow_client = client()
+    mlflow_client = client(run.uri)
     try:
         mlflow_client.create_registered_model(name)
     except Exception:  # already exists
@@ -188,9 +188,10 @@ def register_model(run: Run, artifact_path: str, name: str) -> str:
     return version.version
 
 
-def newest_registered_model(name: str) -> Path | None:
+def newest_registered_model(name: str, uri: str | None = None) -> Path | None:
     """Download the newest version of registered model `name`; None when there is none."""
-    mlflow_client = client()
+    uri = uri or tracking_uri()
+    mlflow_client = client(uri)
     try:
         versions = mlflow_client.search_model_versions(f"name='{name}'")
     except Exception:
@@ -200,4 +201,4 @@ def newest_registered_model(name: str) -> Path | None:
     newest = max(versions, key=lambda v: int(v.version))
     from mlflow.artifacts import download_artifacts
 
-    return Path(download_artifacts(artifact_uri=newest.source, tracking_uri=tracking_uri()))
+    return Path(download_artifacts(artifact_uri=newest.source, tracking_uri=uri))

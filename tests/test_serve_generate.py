@@ -1,0 +1,105 @@
+"""`rayworks serve generate` in a fresh process, answered over real HTTP, stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import scratch_env
+
+PORT = 8127
+
+
+def _register_tiny_model(workdir: Path) -> str:
+    """Put a real model version into the workdir's MLflow registry (as `sft` would)."""
+    from workloads import tracking
+    from workloads.tiny_lm import TinyLMConfig, build_tiny_lm
+
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    try:
+        (workdir / "mlruns").mkdir()
+        run = tracking.start_run("rayworks-sft", "registered-for-serve")
+        run.log_artifact(build_tiny_lm(TinyLMConfig(), workdir / "model", seed=0), "model")
+        tracking.register_model(run, "model", "rayworks-sft")
+        run.end()
+        return run.run_id
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def _start(workdir: Path, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    proc = subprocess.Popen(["rayworks", "serve", "generate", "--port", str(PORT), *args], cwd=workdir,
+                            env=scratch_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def _wait_for(lines: "queue.Queue[str]", text: str, timeout: float) -> list[str]:
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            continue
+        if text in seen[-1]:
+            return seen
+    raise AssertionError(f"{text!r} not printed within {timeout}s:\n" + "".join(seen[-40:]))
+
+
+def test_generate_serves_the_newest_registered_model_and_validates_requests(workdir: Path):
+    run_id = _register_tiny_model(workdir)
+    proc, lines = _start(workdir)
+    try:
+        _wait_for(lines, "is up at", timeout=180)
+        url = f"http://127.0.0.1:{PORT}"
+        health = requests.get(f"{url}/healthz", timeout=30).json()
+        assert run_id in health["model"] and health["warning"] is None
+
+        ok = requests.post(f"{url}/generate", json={"prompt": "Q: 1+2\n", "max_new_tokens": 5}, timeout=60)
+        assert ok.status_code == 200
+        body = ok.json()
+        assert isinstance(body["completion"], str) and run_id in body["model"]
+
+        for payload, field in [
+            ({"prompt": "Q: 1+2\n", "max_new_tokens": "5"}, "max_new_tokens"),
+            ({"prompt": "Q", "max_new_tokens": 100000}, "max_new_tokens"),
+            ({"prompt": "", "max_new_tokens": 5}, "prompt"),
+            ({"prompt": "x" * 5000}, "prompt"),
+            ({"max_new_tokens": 5}, "prompt"),
+            ({"prompt": "Q", "temperature": 2}, "temperature"),
+        ]:
+            bad = requests.post(f"{url}/generate", json=payload, timeout=30)
+            assert 400 <= bad.status_code < 500, payload
+            assert bad.json()["error"].startswith(field) or f"{field}:" in bad.json()["error"], bad.json()
+        not_json = requests.post(f"{url}/generate", data="{not json", headers={"content-type": "application/json"}, timeout=30)
+        assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=90)
+    assert code == 0
+    _wait_for(lines, "shutting down Serve", timeout=5)
+    try:
+        requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=2)
+        raise AssertionError("server still answering after Ctrl-C")
+    except requests.ConnectionError:
+        pass
+
+
+def test_no_checkpoint_and_empty_registry_falls_back_to_untrained_with_warning(workdir: Path, monkeypatch):
+    from serving.generate import resolve_checkpoint
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path, warning = resolve_checkpoint(None, f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    assert "UNTRAINED" in warning and (Path(path) / "config.json").is_file()
+    given, none = resolve_checkpoint("/some/model", None)
+    assert (given, none) == ("/some/model", None)

@@ -1,0 +1,44 @@
+"""`rayworks tune sft`: a 2-trial ASHA search, one MLflow parent run with a child per trial."""
+
+from pathlib import Path
+
+from tests.conftest import mlflow_client, rayworks, result_lines
+
+
+def test_two_trial_search_is_tracked_as_parent_and_children(workdir: Path):
+    space = workdir / "space.yaml"
+    space.write_text(
+        "metric: eval_accuracy\nmode: max\nspace:\n"
+        "  train.lr: {grid: [0.003, 0.0003]}\n"
+    )
+    proc = rayworks(workdir, "tune", "sft", "--space", str(space), "--num-samples", "1",
+                    "--set", "train.max_steps=60", "train.eval_every=30", "train.checkpoint_every=60",
+                    "register_model=false", "task.num_eval=50", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (outcome,) = result_lines(proc.stdout)
+    assert outcome["num_trials"] == 2 and outcome["errors"] == 0
+    assert outcome["best_params"]["train.lr"] in (0.003, 0.0003)
+
+    client = mlflow_client(workdir)
+    experiment = client.get_experiment_by_name("rayworks-sft")
+    parent = client.get_run(outcome["parent_run_id"])
+    assert parent.data.tags["rayworks.tune"] == "parent" and parent.info.status == "FINISHED"
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 2
+    assert sorted(float(c.data.params["train.lr"]) for c in children) == [0.0003, 0.003]
+    for child in children:
+        assert "eval_accuracy" in child.data.metrics
+        # a trial ran to the end, or ASHA stopped it and the search marked it so
+        assert child.info.status == "FINISHED" or child.data.tags.get("rayworks.stopped_early") == "asha"
+    assert parent.data.metrics["best_eval_accuracy"] == max(c.data.metrics["eval_accuracy"] for c in children)
+
+
+def test_space_with_unknown_field_fails_before_ray(workdir: Path):
+    space = workdir / "space.yaml"
+    space.write_text("space:\n  train.learning_rate: {choice: [0.1]}\n")
+    proc = rayworks(workdir, "tune", "sft", "--space", str(space), timeout=120)
+    assert proc.returncode == 2 and "sft.train.learning_rate: unknown field" in proc.stderr
+    space.write_text("space:\n  train.lr: {gaussian: [0.1]}\n")
+    proc = rayworks(workdir, "tune", "sft", "--space", str(space), timeout=120)
+    assert proc.returncode == 2 and "space.train.lr: expected one of" in proc.stderr
