@@ -143,26 +143,26 @@ def train_loop_per_worker(payload: dict) -> None:
         loss = train_step(model, optimizer, scheduler, batch, train.max_grad_norm)
         global_step = step + 1
         last = global_step == train.max_steps
-        if not (global_step % train.log_every == 0 or last):
-            continue
         metrics = {"train_loss": loss, "lr": scheduler.get_last_lr()[0], "step": global_step,
-                   "samples_seen": global_step * train.batch_size * world_size}
-        if rank == 0 and (global_step % train.eval_every == 0 or last):
-            eval_accuracy, _ = evaluate(bare_model, tokenizer, eval_problems, train.eval_max_new_tokens)
-        metrics["eval_accuracy"] = eval_accuracy
-        if rank == 0:
-            run.log_metrics(metrics, step=global_step)
+                   "samples_seen": global_step * train.batch_size * world_size, "eval_accuracy": eval_accuracy}
+        evaluating = global_step % train.eval_every == 0 or last
+        if rank == 0 and evaluating:
+            eval_accuracy = metrics["eval_accuracy"] = evaluate(bare_model, tokenizer, eval_problems, train.eval_max_new_tokens)[0]
+        if rank == 0 and (global_step % train.log_every == 0 or evaluating):
+            run.log_metrics(metrics, step=global_step)  # per-step curves go straight to MLflow
+        # Ray Train hears only at eval and checkpoint steps: a report waits for the controller
+        # to collect the previous one (it polls every ~2 s), so frequent reports stall training.
         if global_step % train.checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory() as directory:
+                checkpoint = None
                 if rank == 0:
                     bare_model.save_pretrained(Path(directory) / "model")
                     tokenizer.save_pretrained(Path(directory) / "model")
                     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                 "step": global_step}, Path(directory) / "trainer_state.pt")
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-                else:
-                    ray.train.report(metrics)
-        else:
+                    checkpoint = ray.train.Checkpoint.from_directory(directory)
+                ray.train.report(metrics, checkpoint=checkpoint)
+        elif evaluating:
             ray.train.report(metrics)
 
 

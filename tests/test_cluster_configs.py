@@ -1,0 +1,69 @@
+"""The cluster configs name things that exist: pipelines, Serve apps, the image built in infra/."""
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+
+from pipelines import PIPELINES, get_pipeline
+from serving import APPS
+from workloads.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "ghcr.io/rayworks/rayworks:0.1.0"
+
+
+def _images(node) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "image" and isinstance(v, str)] + [i for v in node.values() for i in _images(v)]
+    if isinstance(node, list):
+        return [i for v in node for i in _images(v)]
+    return []
+
+
+def _check_entrypoint(entrypoint: str) -> None:
+    words = shlex.split(entrypoint)
+    assert words[:2] == ["python", "-m"] and words[2].startswith("pipelines.")
+    name = words[2].removeprefix("pipelines.")
+    assert name in PIPELINES
+    overrides = words[words.index("--set") + 1:] if "--set" in words else []
+    load_config(get_pipeline(name).Config, None, overrides)  # every override is a real, valid field
+
+
+def _check_serve_config(config: dict) -> None:
+    for app in config["applications"]:
+        assert app["name"] in APPS and app["import_path"] == APPS[app["name"]]
+
+
+def test_rayjob_runs_a_real_pipeline_with_valid_overrides():
+    job = yaml.safe_load((ROOT / "cluster/kuberay-rayjob.yaml").read_text())
+    assert job["kind"] == "RayJob"
+    _check_entrypoint(job["spec"]["entrypoint"])
+    assert set(_images(job)) == {IMAGE}
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+
+
+def test_rayservice_and_serve_run_config_name_real_apps():
+    service = yaml.safe_load((ROOT / "cluster/kuberay-rayservice.yaml").read_text())
+    assert service["kind"] == "RayService"
+    _check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    assert set(_images(service)) == {IMAGE}
+    _check_serve_config(yaml.safe_load((ROOT / "serving/generate.yaml").read_text()))
+
+
+def test_launcher_has_a_cpu_head_and_gpu_workers_running_the_image():
+    launcher = yaml.safe_load((ROOT / "cluster/launcher-aws.yaml").read_text())
+    nodes = launcher["available_node_types"]
+    assert nodes[launcher["head_node_type"]]["resources"]["GPU"] == 0
+    assert any(n["resources"].get("GPU", 0) >= 1 and n["max_workers"] > 0 for n in nodes.values())
+    assert launcher["docker"]["image"] == IMAGE
+    assert launcher["provider"]["type"] == "aws"
+
+
+def test_dockerfile_installs_the_project_and_copies_every_package():
+    dockerfile = (ROOT / "infra/Dockerfile").read_text()
+    assert "FROM ${BASE_IMAGE}" in dockerfile and "rayproject/ray:2.60.0" in dockerfile
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, flags=re.M))
+    assert {"cluster", "actors", "workloads", "envs", "pipelines", "serving"} <= copied
+    assert "pip install --no-cache-dir -e ." in dockerfile

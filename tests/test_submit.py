@@ -1,0 +1,94 @@
+"""`rayworks submit` against a real Ray head (token auth on), started and stopped by this test."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import mlflow_client, rayworks, scratch_env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` in its own process; stopped through that process, not `ray stop`."""
+    home = tmp_path_factory.mktemp("head-home")
+    token = secrets.token_hex(16)
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    env = scratch_env(home, HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--num-cpus", "2", "--block", f"--port={gcs_port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", dashboard_port), timeout=1).close()
+            break
+        except OSError:
+            assert head.poll() is None, head.stdout.read()
+            time.sleep(1)
+    else:
+        head.kill()
+        raise AssertionError("the Ray head's dashboard did not come up")
+    try:
+        yield {"address": address, "token": token, "home": home}
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(timeout=30)
+
+
+def test_submit_runs_the_pipeline_as_a_ray_job(ray_head, workdir: Path):
+    env = scratch_env(workdir, HOME=str(ray_head["home"]), RAY_AUTH_TOKEN=ray_head["token"],
+                      MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    (workdir / "mlruns").mkdir()
+    proc = rayworks(workdir, "submit", "sft", "--address", ray_head["address"],
+                    "--set", "train.max_steps=20", "train.eval_every=20", "train.checkpoint_every=20",
+                    "task.num_eval=20", "register_model=false", f"storage_path={workdir / 'ray_results'}",
+                    env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    job_id = re.search(r"submitted sft as Ray job (\S+)", proc.stdout).group(1)
+    assert "RESULT" in proc.stdout  # the job's own output was streamed here
+    assert f"job {job_id} finished: SUCCEEDED" in proc.stdout
+
+    client = mlflow_client(workdir)
+    (run,) = client.search_runs([client.get_experiment_by_name("rayworks-sft").experiment_id])
+    assert run.data.tags["ray_job_id"] == job_id
+    assert run.info.status == "FINISHED"
+
+
+def test_submit_says_when_the_token_is_missing_or_wrong(ray_head, workdir: Path):
+    base = dict(HOME=str(workdir), RAY_AUTH_TOKEN_PATH=str(workdir / "no-token-here"))
+    missing = rayworks(workdir, "submit", "sft", "--address", ray_head["address"],
+                       env=scratch_env(workdir, **base), timeout=120)
+    assert missing.returncode == 3
+    assert "requires a Ray auth token and none was found" in missing.stderr
+    wrong = rayworks(workdir, "submit", "sft", "--address", ray_head["address"],
+                     env=scratch_env(workdir, **base, RAY_AUTH_TOKEN="not-the-token"), timeout=120)
+    assert wrong.returncode == 3
+    assert "rejected the Ray auth token" in wrong.stderr
+
+
+def test_submit_to_a_dead_address_fails_fast(workdir: Path):
+    started = time.monotonic()
+    proc = rayworks(workdir, "submit", "sft", "--address", "http://127.0.0.1:1", timeout=60)
+    assert proc.returncode == 3 and "unreachable" in proc.stderr
+    assert time.monotonic() - started < 30
