@@ -148,6 +148,7 @@ def train_loop_per_worker(payload: dict) -> None:
         evaluating = global_step % train.eval_every == 0 or last
         if rank == 0 and evaluating:
             eval_accuracy = metrics["eval_accuracy"] = evaluate(bare_model, tokenizer, eval_problems, train.eval_max_new_tokens)[0]
+            print(f"[sft] step {global_step}/{train.max_steps}  loss {loss:.4f}  eval_accuracy {eval_accuracy:.3f}", flush=True)
         if rank == 0 and (global_step % train.log_every == 0 or evaluating):
             run.log_metrics(metrics, step=global_step)  # per-step curves go straight to MLflow
         # Ray Train hears only at eval and checkpoint steps: a report waits for the controller

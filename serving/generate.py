@@ -41,12 +41,11 @@ class GenerateRequest(BaseModel):
 
 
 def validation_error_response(exc: RequestValidationError) -> JSONResponse:
-    """422 whose `error` names the offending field first (`max_new_tokens: ...`)."""
+    """422 whose `error` names the offending field first (`max_new_tokens: ...`); 400 for bad JSON."""
+    if any(error.get("type") == "json_invalid" for error in exc.errors()):
+        return JSONResponse(status_code=400, content={"error": "body: not valid JSON", "fields": ["body"]})
     problems = []
     for error in exc.errors():
-        if error.get("type") == "json_invalid":
-            problems.append("body: not valid JSON")
-            continue
         location = [str(part) for part in error.get("loc", ()) if part != "body"]
         problems.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
     return JSONResponse(status_code=422, content={"error": "; ".join(problems), "fields": problems})

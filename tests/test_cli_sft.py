@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mlflow_client, python_module, rayworks, result_lines, scratch_env
+from tests.helpers import mlflow_client, python_module, rayworks, result_lines, scratch_env
 
 
 def test_quickstart_trains_tracks_and_registers(workdir: Path):

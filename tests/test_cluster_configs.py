@@ -32,6 +32,9 @@ def _check_entrypoint(entrypoint: str) -> None:
 
 
 def _check_serve_config(config: dict) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)  # what `serve run` / `serve deploy` accept
     for app in config["applications"]:
         assert app["name"] in APPS and app["import_path"] == APPS[app["name"]]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import scratch_env
+from tests.helpers import scratch_env
 
 PORT = 8127
 
@@ -81,7 +81,7 @@ def test_generate_serves_the_newest_registered_model_and_validates_requests(work
             assert 400 <= bad.status_code < 500, payload
             assert bad.json()["error"].startswith(field) or f"{field}:" in bad.json()["error"], bad.json()
         not_json = requests.post(f"{url}/generate", data="{not json", headers={"content-type": "application/json"}, timeout=30)
-        assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
+        assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=90)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import mlflow_client, rayworks, scratch_env
+from tests.helpers import mlflow_client, rayworks, scratch_env
 
 
 def _free_port() -> int:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from tests.conftest import mlflow_client, rayworks, result_lines
+from tests.helpers import mlflow_client, rayworks, result_lines
 
 
 def test_two_trial_search_is_tracked_as_parent_and_children(workdir: Path):
