@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("app", help=f"one of: {', '.join(sorted(APPS))}")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--checkpoint", help="model directory or hub id (generate)")
+    serve.add_argument("--checkpoint", help="generate: model directory or hub id")
+    serve.add_argument("--isolation", choices=["bubblewrap", "rlimits-only"], help="verifier: Python sandbox mode")
+    serve.add_argument("--workers", type=int, help="verifier: sandbox worker processes (default: CPU count)")
+    serve.add_argument("--lean-project", help="verifier: Lake project with the Lean REPL built")
     serve.add_argument("--address")
 
     commands.add_parser("quickstart", help="run every pipeline's smallest embedded default, locally")
@@ -100,13 +103,21 @@ def cmd_serve(args) -> int:
     from cluster.connect import connect
 
     builder = get_app_builder(args.app)
-    app_args = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-    application = builder(app_args)
+    options = {"checkpoint": args.checkpoint, "isolation": args.isolation, "workers": args.workers,
+               "lean_project": args.lean_project}
+    try:
+        application = builder({key: value for key, value in options.items() if value is not None})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     connect(args.address)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(application, name=args.app, route_prefix="/")
+        try:
+            serve.run(application, name=args.app, route_prefix="/")
+        except RuntimeError as exc:  # a replica that refused to start (e.g. no sandbox here)
+            print(f"error: the {args.app} app failed to start: {exc}", file=sys.stderr)
+            return 1
         print(f"Serve app '{args.app}' is up at http://{args.host}:{args.port}/ (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(0.5)

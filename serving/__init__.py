@@ -7,6 +7,7 @@ from typing import Callable
 
 APPS: dict[str, str] = {
     "generate": "serving.generate:build_app",
+    "verifier": "serving.verifier:build_app",
 }
 
 

@@ -16,12 +16,10 @@ import tempfile
 from typing import Annotated
 
 import torch
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from ray import serve
 
+from serving.http import json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -30,7 +28,7 @@ MAX_PROMPT_CHARS = 4096
 MAX_NEW_TOKENS = 512
 REGISTERED_MODEL = "rayworks-sft"
 
-api = FastAPI(title="rayworks generate")
+api = json_api("rayworks generate")
 
 
 class GenerateRequest(BaseModel):
@@ -38,22 +36,6 @@ class GenerateRequest(BaseModel):
 
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)] = 32
-
-
-def validation_error_response(exc: RequestValidationError) -> JSONResponse:
-    """422 whose `error` names the offending field first (`max_new_tokens: ...`); 400 for bad JSON."""
-    if any(error.get("type") == "json_invalid" for error in exc.errors()):
-        return JSONResponse(status_code=400, content={"error": "body: not valid JSON", "fields": ["body"]})
-    problems = []
-    for error in exc.errors():
-        location = [str(part) for part in error.get("loc", ()) if part != "body"]
-        problems.append(f"{'.'.join(location) or 'body'}: {error.get('msg', 'invalid')}")
-    return JSONResponse(status_code=422, content={"error": "; ".join(problems), "fields": problems})
-
-
-@api.exception_handler(RequestValidationError)
-async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return validation_error_response(exc)
 
 
 def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tuple[str, str | None]:

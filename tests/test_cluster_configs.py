@@ -52,7 +52,8 @@ def test_rayservice_and_serve_run_config_name_real_apps():
     assert service["kind"] == "RayService"
     _check_serve_config(yaml.safe_load(service["spec"]["serveConfigV2"]))
     assert set(_images(service)) == {IMAGE}
-    _check_serve_config(yaml.safe_load((ROOT / "serving/generate.yaml").read_text()))
+    for app in APPS:
+        _check_serve_config(yaml.safe_load((ROOT / f"serving/{app}.yaml").read_text()))
 
 
 def test_launcher_has_a_cpu_head_and_gpu_workers_running_the_image():

@@ -34,8 +34,9 @@ def _register_tiny_model(workdir: Path) -> str:
         del os.environ["MLFLOW_TRACKING_URI"]
 
 
-def _start(workdir: Path, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
-    proc = subprocess.Popen(["rayworks", "serve", "generate", "--port", str(PORT), *args], cwd=workdir,
+def _start_app(workdir: Path, app: str, port: int, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """`rayworks serve APP` in a fresh process; its output lines arrive on the queue."""
+    proc = subprocess.Popen(["rayworks", "serve", app, "--port", str(port), *args], cwd=workdir,
                             env=scratch_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: "queue.Queue[str]" = queue.Queue()
@@ -57,7 +58,7 @@ def _wait_for(lines: "queue.Queue[str]", text: str, timeout: float) -> list[str]
 
 def test_generate_serves_the_newest_registered_model_and_validates_requests(workdir: Path):
     run_id = _register_tiny_model(workdir)
-    proc, lines = _start(workdir)
+    proc, lines = _start_app(workdir, "generate", PORT)
     try:
         _wait_for(lines, "is up at", timeout=180)
         url = f"http://127.0.0.1:{PORT}"

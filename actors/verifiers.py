@@ -1,0 +1,75 @@
+"""Verifier actors: thin async Ray actors around the sandboxed Python pool and the Lean pool.
+
+    verifier = PythonVerifier.remote(num_workers=2)
+    verdicts = ray.get(verifier.verify_batch.remote([{"code": ..., "tests": ...}, ...]))
+
+Jobs and verdicts cross the actor boundary as plain dicts, so any caller (a GRPO reward
+function, TRI's repair loop, a Serve replica) can use them without importing this module's
+types. The sandbox refuses to start where bubblewrap cannot run, unless the caller passes
+`isolation="rlimits-only"` explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ray
+
+from workloads.verifiers.lean import LeanConfig, LeanReplPool
+from workloads.verifiers.python_sandbox import Limits, PythonJob, PythonSandboxPool
+
+
+def python_job(record: dict, default_limits: Limits = Limits()) -> PythonJob:
+    """A job dict {"code", "tests"?, "entry_point"?, "timeout_s"?, "limits"?} as a PythonJob."""
+    unknown = set(record) - {"code", "tests", "entry_point", "timeout_s", "limits"}
+    if unknown:
+        raise ValueError(f"verify job: unknown field(s) {sorted(unknown)}")
+    if not isinstance(record.get("code"), str):
+        raise ValueError("verify job: 'code' must be a string")
+    limits = dataclasses.replace(default_limits, **(record.get("limits") or {}))
+    if record.get("timeout_s") is not None:
+        limits = dataclasses.replace(limits, timeout_s=float(record["timeout_s"]))
+    return PythonJob(record["code"], record.get("tests") or "", record.get("entry_point"), limits)
+
+
+@ray.remote(num_cpus=1)
+class PythonVerifier:
+    def __init__(self, num_workers: int | None = None, isolation: str = "bubblewrap", **pool_options):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.pool = PythonSandboxPool(num_workers=num_workers, isolation=isolation, **pool_options)
+
+    async def verify_batch(self, jobs: list[dict]) -> list[dict]:
+        verdicts = await self.pool.verify_batch([python_job(job, self.pool.default_limits) for job in jobs])
+        return [v.to_dict() for v in verdicts]
+
+    async def verify_steps(self, steps: list[str], step_tests: list[str], timeout_s: float | None = None) -> dict:
+        limits = self.pool.default_limits if timeout_s is None else dataclasses.replace(self.pool.default_limits, timeout_s=timeout_s)
+        result = await self.pool.verify_steps(steps, step_tests, limits)
+        return {"steps": [v.to_dict() for v in result.steps], "first_failure": result.first_failure}
+
+    def stats(self) -> dict:
+        return dict(self.pool.stats)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+@ray.remote(num_cpus=1)
+class LeanVerifier:
+    """Raises LeanToolchainNotFound at construction when no toolchain is configured."""
+
+    def __init__(self, config: dict | None = None, command: list[str] | None = None):
+        self.pool = LeanReplPool(LeanConfig(**(config or {})), command=command)
+
+    async def verify(self, header: str, proof: str, statement: str | None = None, timeout_s: float | None = None) -> dict:
+        return (await self.pool.check(header, proof, statement, timeout_s)).to_dict()
+
+    async def verify_file(self, text: str, statement: str | None = None, timeout_s: float | None = None) -> dict:
+        return (await self.pool.check_file(text, statement, timeout_s)).to_dict()
+
+    def stats(self) -> dict:
+        return dict(self.pool.stats)
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -1,0 +1,307 @@
+"""A pool of warm, sandboxed Python check servers ("zygotes") driven with asyncio.
+
+Isolation (`isolation="bubblewrap"`, the default): each zygote runs inside bubblewrap with new
+PID, network, IPC, UTS and mount namespaces, read-only system directories, a private tmpfs
+/tmp, and nothing else of the host's filesystem. Run as root, the zygote keeps only the
+capabilities it needs to drop each check to its own non-root uid (`uid_base + worker index`),
+so RLIMIT_NPROC binds and a check cannot signal the zygote; run unprivileged, bubblewrap
+uses a user namespace and checks share the caller's uid (weaker: a check can kill its
+zygote, which is then replaced and the check re-run, see `verify_batch`).
+
+`isolation="rlimits-only"` runs zygotes without namespaces (rlimits, a private work dir and
+process-group cleanup only). It exists for machines where bubblewrap cannot run and must be
+chosen explicitly; it warns at every start.
+
+The pool itself never forks its own (large) process for a check: it only talks to zygotes,
+and each zygote forks a child per check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("passed", "failed", "runtime_error", "syntax_error", "timeout", "memory_limit", "output_limit", "sandbox_error")
+ZYGOTE_SCRIPT = Path(__file__).with_name("zygote.py")
+SANDBOX_ZYGOTE_PATH = "/opt/rayworks/zygote.py"
+ZYGOTE_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_FOWNER", "CAP_DAC_OVERRIDE")
+Isolation = Literal["bubblewrap", "rlimits-only"]
+
+
+class IsolationUnavailable(RuntimeError):
+    """The requested sandbox cannot run on this machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    timeout_s: float = 5.0
+    memory_mb: int = 512
+    file_size_mb: int = 16
+    open_files: int = 64
+    processes: int = 32
+    output_bytes: int = 64 * 1024
+    tmpfs_mb: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class PythonJob:
+    """Code plus tests: asserts at top level, or a `check(candidate)` function with `entry_point`."""
+
+    code: str
+    tests: str = ""
+    entry_point: str | None = None
+    limits: Limits = Limits()
+
+    def cache_key(self) -> str:
+        payload = json.dumps([self.code, self.tests, self.entry_point, dataclasses.asdict(self.limits)])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Verdict:
+    status: str
+    message: str = ""
+    failed_test: dict | None = None
+    duration_s: float = 0.0
+    output: str = ""
+    cached: bool = False
+    attempts: int = 1
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class StepsVerdict:
+    steps: list[Verdict]
+    first_failure: int | None
+
+
+def _ancestors(path: Path) -> list[str]:
+    return [str(p) for p in reversed(path.parents) if str(p) != "/"]
+
+
+def bubblewrap_command(worker_index: int, limits: Limits, uid_base: int) -> list[str]:
+    """The bwrap command line that starts one zygote."""
+    python = Path(os.path.realpath(sys.executable))
+    prefix = Path(sys.base_prefix).resolve()
+    as_root = os.geteuid() == 0
+    command = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+               "--unshare-uts", "--unshare-cgroup-try"]
+    if as_root:
+        command += ["--cap-drop", "ALL"] + [arg for cap in ZYGOTE_CAPABILITIES for arg in ("--cap-add", cap)]
+    else:
+        command += ["--unshare-user"]
+    command += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib64", "lib32"):
+        host = Path("/") / name
+        if host.is_symlink():
+            command += ["--symlink", os.readlink(host), str(host)]
+        elif host.exists():
+            command += ["--ro-bind", str(host), str(host)]
+    if not str(prefix).startswith("/usr/"):
+        for directory in _ancestors(prefix):  # bwrap would create them 0700: unreadable for checks
+            command += ["--perms", "0755", "--dir", directory]
+        command += ["--ro-bind", str(prefix), str(prefix)]
+    command += ["--perms", "0755", "--dir", "/opt/rayworks", "--ro-bind", str(ZYGOTE_SCRIPT), SANDBOX_ZYGOTE_PATH,
+                "--proc", "/proc", "--dev", "/dev",
+                "--size", str(limits.tmpfs_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp",
+                "--chdir", "/tmp", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
+                "--setenv", "LANG", "C.UTF-8", "--"]
+    uid = str(uid_base + worker_index) if as_root else "-"
+    return command + [str(python), "-I", "-S", SANDBOX_ZYGOTE_PATH, "--uid", uid, "--pidns", "1", "--workdir", "/tmp"]
+
+
+def probe_bubblewrap(limits: Limits, uid_base: int) -> None:
+    """Start one throwaway sandbox; raise IsolationUnavailable with bubblewrap's own words."""
+    if shutil.which("bwrap") is None:
+        raise IsolationUnavailable(
+            "bubblewrap (bwrap) is not installed: install it (Debian/Ubuntu: apt-get install bubblewrap), "
+            "or pass isolation='rlimits-only' to run checks with rlimits only (no filesystem, network or PID isolation)"
+        )
+    command = bubblewrap_command(0, limits, uid_base)
+    command = command[: command.index("--") + 1] + [command[command.index("--") + 1], "-I", "-S", "-c", "print('ok')"]
+    try:
+        probe = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise IsolationUnavailable("bubblewrap did not start a sandbox within 30 s") from None
+    if probe.returncode != 0 or probe.stdout.strip() != "ok":
+        raise IsolationUnavailable(
+            f"bubblewrap cannot create a sandbox here ({probe.stderr.strip() or 'exit ' + str(probe.returncode)}); "
+            "user namespaces may be blocked (common in containers). Allow them, run privileged, or pass "
+            "isolation='rlimits-only' to run checks with rlimits only (weaker isolation)"
+        )
+
+
+class _Zygote:
+    def __init__(self, index: int, process: asyncio.subprocess.Process, workdir: str | None):
+        self.index = index
+        self.process = process
+        self.workdir = workdir
+        self.checks_done = 0
+
+    async def check(self, request: dict, backstop_s: float) -> dict:
+        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+        await self.process.stdin.drain()
+        line = await asyncio.wait_for(self.process.stdout.readline(), timeout=backstop_s)
+        if not line:
+            raise ConnectionError(f"zygote {self.index} exited (code {self.process.returncode})")
+        self.checks_done += 1
+        return json.loads(line)
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+            await self.process.wait()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class PythonSandboxPool:
+    """`await pool.verify_batch(jobs)` -> one Verdict per job, in order."""
+
+    def __init__(self, num_workers: int | None = None, isolation: Isolation = "bubblewrap", recycle_every: int = 500,
+                 max_attempts: int = 3, cache_size: int = 100_000, uid_base: int = 20000, limits: Limits = Limits()):
+        if isolation not in ("bubblewrap", "rlimits-only"):
+            raise ValueError(f"isolation: expected 'bubblewrap' or 'rlimits-only', got {isolation!r}")
+        self.num_workers = num_workers or os.cpu_count() or 1
+        self.isolation = isolation
+        self.recycle_every = recycle_every
+        self.max_attempts = max_attempts
+        self.uid_base = uid_base
+        self.default_limits = limits
+        self._cache: OrderedDict[str, Verdict] = OrderedDict()
+        self._cache_size = cache_size
+        self._idle: asyncio.Queue[_Zygote] | None = None
+        self._zygotes: dict[int, _Zygote] = {}
+        self.stats = {"checks": 0, "cache_hits": 0, "sandbox_errors": 0, "zygotes_started": 0}
+        if isolation == "bubblewrap":
+            probe_bubblewrap(limits, uid_base)
+
+    async def start(self) -> None:
+        if self._idle is not None:
+            return
+        if self.isolation == "rlimits-only":
+            logger.warning("Python verifier running with isolation='rlimits-only': no filesystem, network or PID "
+                           "isolation; checks can read and write what this user can")
+        self._idle = asyncio.Queue()
+        zygotes = await asyncio.gather(*(self._spawn(i) for i in range(self.num_workers)))
+        for zygote in zygotes:
+            self._idle.put_nowait(zygote)
+
+    async def _spawn(self, index: int) -> _Zygote:
+        workdir = None
+        if self.isolation == "bubblewrap":
+            command = bubblewrap_command(index, self.default_limits, self.uid_base)
+        else:
+            workdir = tempfile.mkdtemp(prefix=f"rayworks-check-{index}-")
+            uid = "-"
+            if os.geteuid() == 0:  # still drop checks to their own uid: RLIMIT_NPROC must bind
+                uid = str(self.uid_base + index)
+                os.chown(workdir, int(uid), int(uid))
+            command = [sys.executable, "-I", "-S", str(ZYGOTE_SCRIPT), "--uid", uid, "--pidns", "0", "--workdir", workdir]
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL, limit=16 * 1024 * 1024,
+        )
+        ready = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+        if not ready.startswith(b'{"ready"'):
+            raise IsolationUnavailable(f"zygote {index} failed to start (exit {process.returncode})")
+        zygote = _Zygote(index, process, workdir)
+        self._zygotes[index] = zygote
+        self.stats["zygotes_started"] += 1
+        return zygote
+
+    async def _replace(self, zygote: _Zygote) -> _Zygote:
+        await zygote.close()
+        return await self._spawn(zygote.index)
+
+    async def _check_once(self, job: PythonJob) -> tuple[dict, bool]:
+        """(verdict record, whether the zygote died during the check)."""
+        zygote = await self._idle.get()
+        died = False
+        try:
+            request = {"code": job.code, "tests": job.tests, "entry_point": job.entry_point,
+                       "limits": dataclasses.asdict(job.limits)}
+            try:
+                record = await zygote.check(request, backstop_s=job.limits.timeout_s + 15)
+            except (ConnectionError, asyncio.TimeoutError, ValueError, BrokenPipeError, ConnectionResetError) as exc:
+                died = True
+                record = {"status": "sandbox_error", "message": f"sandbox lost during the check: {exc!r}"}
+            if died or zygote.checks_done >= self.recycle_every:
+                zygote = await self._replace(zygote)
+        finally:
+            self._idle.put_nowait(zygote)
+        return record, died
+
+    async def verify(self, job: PythonJob) -> Verdict:
+        key = job.cache_key()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            self.stats["cache_hits"] += 1
+            return dataclasses.replace(self._cache[key], cached=True)
+        deaths = 0
+        for attempt in range(1, self.max_attempts + 1):
+            record, died = await self._check_once(job)
+            deaths += died
+            if record["status"] != "sandbox_error":
+                break
+            self.stats["sandbox_errors"] += 1
+            if deaths >= 2:
+                # The same code took down a fresh sandbox twice: that is the code's doing.
+                record = {"status": "runtime_error", "message": "the check killed its sandbox process (twice)"}
+                break
+        verdict = Verdict(status=record.get("status", "sandbox_error"), message=record.get("message", ""),
+                          failed_test=record.get("failed_test"), duration_s=record.get("duration_s", 0.0),
+                          output=record.get("output", ""), attempts=attempt)
+        self.stats["checks"] += 1
+        if verdict.status != "sandbox_error":
+            self._cache[key] = verdict
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return verdict
+
+    async def verify_batch(self, jobs: list[PythonJob]) -> list[Verdict]:
+        await self.start()
+        unique: dict[str, asyncio.Task] = {}
+        for job in jobs:  # identical samples (GRPO groups) are checked once
+            key = job.cache_key()
+            if key not in unique:
+                unique[key] = asyncio.ensure_future(self.verify(job))
+        results = {key: await task for key, task in unique.items()}
+        return [results[job.cache_key()] for job in jobs]
+
+    async def verify_steps(self, steps: list[str], step_tests: list[str], limits: Limits | None = None) -> StepsVerdict:
+        """Step i is checked by running steps[0..i] then step_tests[i]; all steps run in parallel."""
+        if len(steps) != len(step_tests):
+            raise ValueError(f"verify_steps: {len(steps)} steps but {len(step_tests)} step tests")
+        limits = limits or self.default_limits
+        jobs = [PythonJob("\n".join(steps[: i + 1]), step_tests[i], limits=limits) for i in range(len(steps))]
+        verdicts = await self.verify_batch(jobs)
+        first = next((i for i, v in enumerate(verdicts) if not v.passed), None)
+        return StepsVerdict(verdicts, first)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(z.close() for z in self._zygotes.values()))
+        self._zygotes.clear()
+        self._idle = None
