@@ -157,14 +157,14 @@ class _Zygote:
         self.workdir = workdir
         self.checks_done = 0
 
-    async def check(self, request: dict, backstop_s: float) -> dict:
-        self.process.stdin.write(json.dumps(request).encode() + b"\n")
+    async def check(self, requests: list[dict], backstop_s: float) -> list[dict]:
+        self.process.stdin.write(json.dumps({"jobs": requests}).encode() + b"\n")
         await self.process.stdin.drain()
         line = await asyncio.wait_for(self.process.stdout.readline(), timeout=backstop_s)
         if not line:
             raise ConnectionError(f"zygote {self.index} exited (code {self.process.returncode})")
-        self.checks_done += 1
-        return json.loads(line)
+        self.checks_done += len(requests)
+        return json.loads(line)["verdicts"]
 
     async def close(self) -> None:
         if self.process.returncode is None:
@@ -180,11 +180,14 @@ class _Zygote:
 class PythonSandboxPool:
     """`await pool.verify_batch(jobs)` -> one Verdict per job, in order."""
 
+    MAX_CHUNK = 16
+
     def __init__(self, num_workers: int | None = None, isolation: Isolation = "bubblewrap", recycle_every: int = 500,
                  max_attempts: int = 3, cache_size: int = 100_000, uid_base: int = 20000, limits: Limits = Limits()):
         if isolation not in ("bubblewrap", "rlimits-only"):
             raise ValueError(f"isolation: expected 'bubblewrap' or 'rlimits-only', got {isolation!r}")
-        self.num_workers = num_workers or os.cpu_count() or 1
+        # Two zygotes per core: one runs a check while the other's result crosses the pipe.
+        self.num_workers = num_workers or 2 * (os.cpu_count() or 1)
         self.isolation = isolation
         self.recycle_every = recycle_every
         self.max_attempts = max_attempts
@@ -236,41 +239,42 @@ class PythonSandboxPool:
         await zygote.close()
         return await self._spawn(zygote.index)
 
-    async def _check_once(self, job: PythonJob) -> tuple[dict, bool]:
-        """(verdict record, whether the zygote died during the check)."""
+    async def _check_chunk(self, jobs: list[PythonJob]) -> tuple[list[dict], bool]:
+        """Run `jobs` on one idle zygote: (verdict records, whether the zygote died)."""
         zygote = await self._idle.get()
         died = False
         try:
-            request = {"code": job.code, "tests": job.tests, "entry_point": job.entry_point,
-                       "limits": dataclasses.asdict(job.limits)}
+            requests = [{"code": j.code, "tests": j.tests, "entry_point": j.entry_point,
+                         "limits": dataclasses.asdict(j.limits)} for j in jobs]
+            backstop = sum(j.limits.timeout_s + 1 for j in jobs) + 15
             try:
-                record = await zygote.check(request, backstop_s=job.limits.timeout_s + 15)
-            except (ConnectionError, asyncio.TimeoutError, ValueError, BrokenPipeError, ConnectionResetError) as exc:
+                records = await zygote.check(requests, backstop_s=backstop)
+            except (ConnectionError, asyncio.TimeoutError, ValueError, KeyError, BrokenPipeError) as exc:
                 died = True
-                record = {"status": "sandbox_error", "message": f"sandbox lost during the check: {exc!r}"}
+                records = [{"status": "sandbox_error", "message": f"sandbox lost during the check: {exc!r}"}] * len(jobs)
             if died or zygote.checks_done >= self.recycle_every:
                 zygote = await self._replace(zygote)
         finally:
             self._idle.put_nowait(zygote)
-        return record, died
+        return records, died
 
-    async def verify(self, job: PythonJob) -> Verdict:
+    async def verify(self, job: PythonJob, first_record: dict | None = None) -> Verdict:
+        """One job with retries; `first_record` is an attempt already made in a batch."""
         key = job.cache_key()
         if key in self._cache:
             self._cache.move_to_end(key)
             self.stats["cache_hits"] += 1
             return dataclasses.replace(self._cache[key], cached=True)
-        deaths = 0
-        for attempt in range(1, self.max_attempts + 1):
-            record, died = await self._check_once(job)
+        deaths, record, attempt = 0, first_record, 1 if first_record else 0
+        while record is None or (record["status"] == "sandbox_error" and attempt < self.max_attempts):
+            if record is not None:
+                self.stats["sandbox_errors"] += 1
+            (record,), died = await self._check_chunk([job])
+            attempt += 1
             deaths += died
-            if record["status"] != "sandbox_error":
-                break
-            self.stats["sandbox_errors"] += 1
             if deaths >= 2:
                 # The same code took down a fresh sandbox twice: that is the code's doing.
                 record = {"status": "runtime_error", "message": "the check killed its sandbox process (twice)"}
-                break
         verdict = Verdict(status=record.get("status", "sandbox_error"), message=record.get("message", ""),
                           failed_test=record.get("failed_test"), duration_s=record.get("duration_s", 0.0),
                           output=record.get("output", ""), attempts=attempt)
@@ -282,14 +286,22 @@ class PythonSandboxPool:
         return verdict
 
     async def verify_batch(self, jobs: list[PythonJob]) -> list[Verdict]:
+        """Verdicts in the order of `jobs`. Identical jobs (GRPO groups) are checked once;
+        the rest go out in chunks, several per zygote request, and a sandbox failure is
+        retried job by job."""
         await self.start()
-        unique: dict[str, asyncio.Task] = {}
-        for job in jobs:  # identical samples (GRPO groups) are checked once
-            key = job.cache_key()
-            if key not in unique:
-                unique[key] = asyncio.ensure_future(self.verify(job))
-        results = {key: await task for key, task in unique.items()}
-        return [results[job.cache_key()] for job in jobs]
+        unique = {job.cache_key(): job for job in jobs}
+        pending = [job for key, job in unique.items() if key not in self._cache]
+        size = max(1, min(self.MAX_CHUNK, -(-len(pending) // (2 * self.num_workers))))
+        chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+        outcomes = await asyncio.gather(*(self._check_chunk(chunk) for chunk in chunks))
+        first = {}
+        for chunk, (records, died) in zip(chunks, outcomes):
+            for job, record in zip(chunk, records):
+                first[job.cache_key()] = None if died else record
+        verdicts = await asyncio.gather(*(self.verify(job, first.get(key)) for key, job in unique.items()))
+        by_key = dict(zip(unique, verdicts))
+        return [by_key[job.cache_key()] for job in jobs]
 
     async def verify_steps(self, steps: list[str], step_tests: list[str], limits: Limits | None = None) -> StepsVerdict:
         """Step i is checked by running steps[0..i] then step_tests[i]; all steps run in parallel."""
