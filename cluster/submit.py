@@ -75,11 +75,9 @@ def submit(pipeline: str, address: str, overrides: list[str], resume: bool = Fal
     if "MLFLOW_TRACKING_URI" not in env_vars:
         print("note: MLFLOW_TRACKING_URI is not set; the job tracks into ./mlruns of its working directory "
               "on the head node. Point it at an MLflow server to keep the runs.", file=sys.stderr)
-    job_id = client.submit_job(
-        entrypoint=entrypoint(pipeline, overrides, resume),
-        runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": UPLOAD_EXCLUDES, "env_vars": env_vars},
-        metadata={"rayworks.pipeline": pipeline},
-    )
+    job_id = _submit_when_ready(client, address, entrypoint=entrypoint(pipeline, overrides, resume),
+                                runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": UPLOAD_EXCLUDES, "env_vars": env_vars},
+                                metadata={"rayworks.pipeline": pipeline})
     print(f"submitted {pipeline} as Ray job {job_id} to {address}", flush=True)
     if not wait:
         return 0
@@ -91,6 +89,20 @@ def submit(pipeline: str, address: str, overrides: list[str], resume: bool = Fal
     status = _final_status(client, job_id)
     print(f"job {job_id} finished: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _submit_when_ready(client, address: str, timeout_s: float = 60.0, **job) -> str:
+    """Submit; a head that is still starting answers "No available agent" for a few seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc):
+                raise SubmitError(f"the job server at {address} refused the job: {exc}") from None
+            if time.monotonic() > deadline:
+                raise SubmitError(f"the cluster at {address} has no job agent ready after {timeout_s:.0f} s") from None
+            time.sleep(1.0)
 
 
 async def _stream_logs(client, job_id: str) -> None:

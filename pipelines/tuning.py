@@ -94,9 +94,11 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
 
     store = tracking.tracking_uri()  # resolved here: Tune runs trials in their own directories
 
+    storage = storage_path(base.storage_path)  # likewise: trials would resolve ./ray_results in their own dirs
+
     def trial(params: dict) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = store
-        config = load_config(module.Config, config_path, overrides, values=params)
+        config = load_config(module.Config, config_path, overrides, values={"storage_path": storage, **params})
         module.run(config, parent_run_id=parent.run_id, train_callbacks=[TuneReportCallback()])
 
     max_t = base.train.max_steps
@@ -120,7 +122,7 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
     except BaseException:
         parent.end("FAILED")
         raise
-    close_stopped_children(experiment, parent.run_id)
+    close_stopped_children(experiment, parent.run_id, any_trial_errored=bool(results.errors))
     parent.log_metrics({f"best_{search.metric}": best.metrics[search.metric], "num_trials": len(results)}, step=0)
     parent.log_yaml({"best_params": best.config, "best_metrics": {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}}, "best_trial.yaml")
     parent.end("FINISHED")
@@ -128,11 +130,13 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
             "metric": search.metric, "num_trials": len(results), "errors": len(results.errors)}
 
 
-def close_stopped_children(experiment: str, parent_run_id: str) -> None:
-    """Trials that ASHA stopped were killed mid-run: mark their MLflow runs as such."""
+def close_stopped_children(experiment: str, parent_run_id: str, any_trial_errored: bool) -> None:
+    """Trials that ASHA stopped were interrupted mid-run (left RUNNING, or FAILED by the
+    interruption when no trial really errored): mark their MLflow runs as stopped early."""
     client = tracking.client()
+    interrupted = {"RUNNING"} if any_trial_errored else {"RUNNING", "FAILED"}
     children = client.search_runs([tracking.experiment_id(experiment)],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'")
-    for child in children:
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    for child in (c for c in children if c.info.status in interrupted):
         client.set_tag(child.info.run_id, "rayworks.stopped_early", "asha")
         client.set_terminated(child.info.run_id, "KILLED")

@@ -1,0 +1,65 @@
+"""Ray Data workers of LongTraceRL's data construction: a search agent plus a context builder.
+
+`ContextBuilder` is a callable class for `Dataset.map_batches(..., concurrency=N)`: each actor
+holds the shared BM25 index (built once by the driver, fetched from the object store), runs
+the heuristic agent on each question and builds its tiered and random-distractor contexts.
+Rows leave as JSON with a skip reason, so one bad question never breaks a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import ray
+
+from workloads.config import from_dict
+from workloads.longtrace.kg import Question
+from workloads.longtrace.search import AgentConfig, ContextConfig, HeuristicAgent, build_context
+
+MODES = ("tiered", "random")
+
+
+def token_counter(tokenizer_path: str):
+    """Token counts with the reader's tokenizer (a saved directory or hub id)."""
+    if not tokenizer_path:
+        from workloads.tiny_lm import build_tokenizer
+
+        tokenizer = build_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
+class ContextBuilder:
+    def __init__(self, index_ref, agent: dict, context: dict, tokenizer: str, seed: int):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        index = ray.get(index_ref[0]) if isinstance(index_ref, list) else index_ref
+        self.agent = HeuristicAgent(index, from_dict(AgentConfig, agent))
+        self.documents = {d.id: d for d in index.documents}
+        self.context = from_dict(ContextConfig, context)
+        self.count_tokens = token_counter(tokenizer)
+        self.seed = seed
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = {"mode": [], "row_json": [], "skip_reason": [], "trajectory_json": []}
+        for raw in batch.column("question").to_pylist():
+            question = Question(**json.loads(raw))
+            trajectory = self.agent.run(question)
+            trajectory_json = json.dumps({"steps": [vars(s) for s in trajectory.steps], "answer": trajectory.answer,
+                                          "cited": trajectory.cited})
+            for mode in MODES:
+                row = build_context(question, trajectory, self.documents, self.count_tokens, self.context, self.seed, mode)
+                rows["mode"].append(mode)
+                rows["row_json"].append(json.dumps(row) if row else "")
+                rows["skip_reason"].append("" if row else "gold documents exceed the token budget")
+                rows["trajectory_json"].append(trajectory_json)
+        return pa.table(rows)
+
+
+def decode_rows(batch: pa.Table) -> pa.Table:
+    """JSON rows -> the public LongTraceRL columns (input_messages, label, metadata, ...)."""
+    return pa.Table.from_pylist([json.loads(text) for text in batch.column("row_json").to_pylist()])

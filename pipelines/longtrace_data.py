@@ -1,0 +1,140 @@
+"""LongTraceRL data construction: KG -> questions -> search agents -> tiered contexts (Parquet).
+
+    python -m pipelines.longtrace_data --set output_dir=DIR [kg.triples=PATH kg.descriptions=PATH]
+
+Recipe: load or generate the knowledge graph, build the corpus and the multi-hop questions
+(driver), index the corpus with BM25 once and share it through the object store, then Ray
+Data maps the questions over a pool of `ContextBuilder` actors (agent + distractor builder)
+and writes `DIR/tiered/*.parquet` (gold + tier 1 + tier 2 + filler) and `DIR/random/`
+(gold + random documents to the same budget, for the difficulty comparison). Everything
+skipped is counted by reason in MLflow. Training reads DIR; data is built once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import ClassVar
+
+from pipelines.launch import RunSummary, main_for, open_run
+from workloads import tracking
+from workloads.config import ConfigError, require, to_dict
+from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg
+from workloads.longtrace.search import AgentConfig, ContextConfig, SearchIndex
+from workloads.plots import plot_curves
+
+PIPELINE = "longtrace_data"
+KEY_METRIC = "rows_tiered"
+QUICKSTART = ["kg.num_questions=100", "num_actors=2"]
+
+
+@dataclasses.dataclass
+class TrainStub:
+    """Tune's ASHA needs a step budget; data construction is a single step."""
+
+    max_steps: int = 1
+    eval_every: int = 1
+    section: ClassVar[str] = "train"
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    run_name: str = ""
+    experiment: str = ""
+    storage_path: str = "./ray_results"
+    output_dir: str = "./longtrace_data"
+    tokenizer: str = ""  # the reader's tokenizer (path or hub id); empty: the tiny byte-level one
+    num_actors: int = 2
+    batch_size: int = 16
+    kg: KGConfig = dataclasses.field(default_factory=KGConfig)
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    context: ContextConfig = dataclasses.field(default_factory=ContextConfig)
+    train: TrainStub = dataclasses.field(default_factory=TrainStub)
+
+    section: ClassVar[str] = "longtrace_data"
+
+    def validate(self) -> None:
+        require(self.num_actors >= 1, "num_actors", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
+    import ray
+
+    from actors.longtrace import MODES, ContextBuilder, decode_rows
+
+    skips = Skips()
+    try:
+        kg = load_kg(config.kg, config.seed, skips)
+        documents = build_corpus(kg, config.kg, skips)
+        questions = generate_questions(kg, documents, config.kg, config.seed, skips)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if not questions:
+        raise ConfigError(f"kg: no question could be generated ({dict(skips)})")
+    data_hash = tracking.data_hash(dataclasses.asdict(q) for q in questions)
+    run_record, _ = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
+    try:
+        index_ref = ray.put(SearchIndex(documents))  # indexed once, shared by every actor
+        dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
+        built = dataset.map_batches(
+            ContextBuilder,
+            fn_constructor_kwargs={"index_ref": [index_ref], "agent": to_dict(config.agent),
+                                   "context": to_dict(config.context), "tokenizer": config.tokenizer, "seed": config.seed},
+            concurrency=config.num_actors, batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
+        ).materialize()
+        for reason in built.select_columns(["skip_reason"]).to_pandas()["skip_reason"]:
+            if reason:
+                skips.add(reason)
+        output = Path(config.output_dir).resolve()
+        counts = {}
+        for mode in MODES:
+            rows = built.filter(lambda row, mode=mode: row["mode"] == mode and row["skip_reason"] == "")
+            counts[mode] = rows.count()
+            if counts[mode]:
+                rows.map_batches(decode_rows, batch_format="pyarrow").write_parquet(str(output / mode))
+        log_outcome(run_record, config, built, counts, skips, len(questions), len(documents))
+    except BaseException:
+        run_record.end("FAILED")
+        raise
+    run_record.end("FINISHED")
+    return RunSummary(PIPELINE, KEY_METRIC, float(counts["tiered"]), run_record.run_id, str(output),
+                      extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
+
+
+def log_outcome(run_record, config: Config, built, counts: dict, skips: Skips, num_questions: int, num_documents: int) -> None:
+    metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()}}
+    metrics.update({"skipped/" + re.sub(r"[^A-Za-z0-9_ -]+", " ", reason)[:200].strip(): n for reason, n in skips.items()})
+    run_record.log_metrics(metrics, step=0)
+    run_record.log_yaml({"skipped": dict(skips), "examples": dict(skips.examples)}, "skipped.yaml")
+    sample = built.filter(lambda row: row["skip_reason"] == "").take(6)
+    run_record.log_text("\n".join(json.dumps({"row": json.loads(r["row_json"]), "trajectory": json.loads(r["trajectory_json"])})
+                                  for r in sample) + "\n", "samples.jsonl")
+    tier_tokens: dict[str, Counter] = {}
+    for record in built.filter(lambda row: row["skip_reason"] == "").select_columns(["mode", "row_json"]).take(200):
+        row = json.loads(record["row_json"])
+        per_tier = tier_tokens.setdefault(record["mode"], Counter())
+        for tier in row["metadata"]["doc_tiers"]:
+            per_tier[tier] += 1
+    order = ["gold", "tier1", "tier2", "filler"]
+    with tempfile.TemporaryDirectory() as scratch:
+        plot = plot_curves({f"{mode} contexts": {"documents per tier": [(i, counter[t]) for i, t in enumerate(order)]}
+                            for mode, counter in tier_tokens.items()},
+                           Path(scratch) / "tier_composition.png", "documents per tier (x: gold, tier1, tier2, filler)")
+        run_record.log_artifact(plot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_for(PIPELINE, Config, run, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.longtrace_data import main as importable_main  # Ray pickles by reference
+
+    sys.exit(importable_main())

@@ -1,0 +1,202 @@
+"""Search tool, heuristic search agent and tiered distractor contexts (no Ray here).
+
+The agent's trajectory is what tiers the distractors: per step the query, the documents
+*shown* (search results) and *opened* (read); at the end the answer and the documents
+*cited*. Tier 1 (highly confusable) = opened but not cited; tier 2 = shown but never opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from typing import Callable, ClassVar
+
+import bm25s
+
+from workloads.config import require
+from workloads.longtrace.kg import RELATIONS, Document, Question
+
+INSTRUCTION = ("Answer the question using the documents. Think step by step, then give the final "
+               "answer after 'Answer:'.")
+
+
+class SearchIndex:
+    """BM25 (bm25s) over a corpus, built once; `search(query, k)` -> document indices."""
+
+    def __init__(self, documents: list[Document]):
+        if not documents:
+            raise ValueError("corpus: empty, nothing to index")
+        self.documents = documents
+        self.retriever = bm25s.BM25()
+        texts = [f"{d.title}. {d.text}" for d in documents]
+        self.retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+
+    def search(self, query: str, k: int) -> list[int]:
+        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
+        if not tokens[0]:
+            return []
+        k = min(k, len(self.documents))
+        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        return [int(i) for i, s in zip(ids[0], scores[0]) if s > 0]
+
+
+@dataclasses.dataclass
+class Step:
+    query: str
+    shown: list[str]
+    opened: list[str]
+
+
+@dataclasses.dataclass
+class Trajectory:
+    question_id: str
+    steps: list[Step]
+    answer: str | None
+    cited: list[str]
+
+    @property
+    def shown(self) -> set[str]:
+        return {d for s in self.steps for d in s.shown}
+
+    @property
+    def opened(self) -> set[str]:
+        return {d for s in self.steps for d in s.opened}
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    top_k_shown: int = 8
+    top_k_opened: int = 3
+    section: ClassVar[str] = "agent"
+
+    def validate(self) -> None:
+        require(1 <= self.top_k_opened <= self.top_k_shown, "top_k_opened", "need 1 <= top_k_opened <= top_k_shown")
+
+
+class HeuristicAgent:
+    """One query per hop from the relation template and the last entity found; it opens the
+    top results, reads the fact sentence that continues the chain, and cites the documents
+    its answer chain used."""
+
+    def __init__(self, index: SearchIndex, cfg: AgentConfig = AgentConfig()):
+        self.index, self.cfg = index, cfg
+        self.title_of = {d.id: d.title for d in index.documents}
+
+    def run(self, question: Question) -> Trajectory:
+        current, steps, cited = question.chain[0], [], []
+        for relation in question.relations:
+            words = relation.replace("_", " ")
+            query = f"{current} {words}"
+            hits = [self.index.documents[i] for i in self.index.search(query, self.cfg.top_k_shown)]
+            opened = hits[: self.cfg.top_k_opened]
+            steps.append(Step(query, [d.id for d in hits], [d.id for d in opened]))
+            found = None
+            for document in opened:
+                found = read_fact(document.text, current, relation)
+                if found:
+                    cited.append(document.id)
+                    break
+            if found is None:
+                return Trajectory(question.id, steps, None, cited)
+            current = found
+        answer_doc = next((d for d in self.index.documents if d.title == current), None)
+        if answer_doc is not None and answer_doc.id not in cited:
+            cited.append(answer_doc.id)  # the answer entity's own page confirms it
+        return Trajectory(question.id, steps, current, cited)
+
+
+def read_fact(text: str, head: str, relation: str) -> str | None:
+    """The tail of `head -relation->` stated in `text`, or None."""
+    template = RELATIONS[relation][2] if relation in RELATIONS else "{head} {relation} {tail}."
+    pattern = re.escape(template).replace(re.escape("{head}"), re.escape(head))
+    pattern = pattern.replace(re.escape("{relation}"), re.escape(relation.replace("_", " ")))
+    pattern = pattern.replace(re.escape("{tail}"), r"(.+?)")
+    match = re.search(pattern, text)
+    return match.group(1) if match else None
+
+
+def parse_agent_output(text: str) -> dict:
+    """Search-R1 style tags from an LLM agent; malformed output yields what could be read."""
+    searches = re.findall(r"<search>(.*?)</search>", text, flags=re.S)
+    answers = re.findall(r"<answer>(.*?)</answer>", text, flags=re.S)
+    return {"searches": [s.strip() for s in searches if s.strip()],
+            "answer": answers[-1].strip() if answers else None,
+            "malformed": not answers and not searches}
+
+
+@dataclasses.dataclass
+class ContextConfig:
+    budget_tokens: int = 1024
+    tier1_share: float = 0.5  # of the distractor budget
+    tier2_share: float = 0.3
+    fill_random: bool = True  # random filler while still under budget
+    section: ClassVar[str] = "context"
+
+    def validate(self) -> None:
+        require(self.budget_tokens >= 16, "budget_tokens", "must be >= 16")
+        require(0 <= self.tier1_share and 0 <= self.tier2_share and self.tier1_share + self.tier2_share <= 1,
+                "tier1_share", "tier1_share and tier2_share must be >= 0 and sum to <= 1")
+
+
+def document_section(document: Document) -> str:
+    return f"[{document.id}] {document.title}\n{document.text}"
+
+
+def build_context(question: Question, trajectory: Trajectory | None, documents: dict[str, Document],
+                  count_tokens: Callable[[str], int], cfg: ContextConfig, seed: int, mode: str = "tiered") -> dict | None:
+    """A training row, or None when the gold documents alone exceed the budget.
+
+    mode 'tiered': gold + tier 1 + tier 2 + filler; mode 'random': gold + random documents to
+    the same budget (the baseline of the difficulty comparison)."""
+    rng = random.Random(f"{seed}-{question.id}-{mode}")
+    gold = [documents[i] for i in question.gold_doc_ids]
+    used = sum(count_tokens(document_section(d)) for d in gold)
+    if used > cfg.budget_tokens:
+        return None
+    chosen = [(d, "gold") for d in gold]
+    taken = {d.id for d in gold}
+    remaining = cfg.budget_tokens - used
+
+    def fill(candidates: list[str], tier: str, allowance: int) -> int:
+        spent = 0
+        for doc_id in candidates:
+            if doc_id in taken:
+                continue
+            cost = count_tokens(document_section(documents[doc_id]))
+            if spent + cost > allowance:
+                continue
+            chosen.append((documents[doc_id], tier))
+            taken.add(doc_id)
+            spent += cost
+        return spent
+
+    if mode == "tiered" and trajectory is not None:
+        cited = set(trajectory.cited)
+        tier1 = sorted(trajectory.opened - cited)
+        tier2 = sorted(trajectory.shown - trajectory.opened)
+        rng.shuffle(tier1)
+        rng.shuffle(tier2)
+        spent1 = fill(tier1, "tier1", int(remaining * cfg.tier1_share))
+        spent2 = fill(tier2, "tier2", int(remaining * cfg.tier2_share))
+        remaining -= spent1 + spent2
+    if mode == "random" or cfg.fill_random:
+        pool = sorted(set(documents) - taken)
+        rng.shuffle(pool)
+        fill(pool, "filler", remaining)
+    rng.shuffle(chosen)
+    sections = "\n\n".join(document_section(d) for d, _ in chosen)
+    content = f"{INSTRUCTION}\n\nDocuments:\n{sections}\n\nQuestion: {question.question}"
+    return {
+        "source": f"longtrace-{mode}",
+        "input_messages": [{"role": "user", "content": content}],
+        "label": question.label,
+        "metadata": {
+            "extra_reward_info": {"question": question.question, "rubrics": question.rubrics,
+                                  "dataset_name": "longtrace-synthetic"},
+            "question_id": question.id,
+            "doc_ids": [d.id for d, _ in chosen],
+            "doc_tiers": [tier for _, tier in chosen],
+            "context_tokens": sum(count_tokens(document_section(d)) for d, _ in chosen),
+        },
+    }
