@@ -8,6 +8,7 @@ Rows leave as JSON with a skip reason, so one bad question never breaks a batch.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -22,7 +23,8 @@ MODES = ("tiered", "random")
 
 
 def token_counter(tokenizer_path: str):
-    """Token counts with the reader's tokenizer (a saved directory or hub id)."""
+    """Token counts with the reader's tokenizer (a saved directory or hub id), memoised:
+    the same documents are measured again for every context they are candidates for."""
     if not tokenizer_path:
         from workloads.tiny_lm import build_tokenizer
 
@@ -31,7 +33,11 @@ def token_counter(tokenizer_path: str):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+    @functools.lru_cache(maxsize=1 << 20)
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    return count
 
 
 class ContextBuilder:

@@ -1,0 +1,137 @@
+"""LongTraceRL data construction: the KG, questions, agent trajectories, tiered contexts and
+the Ray Data pipeline's Parquet output, including bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import mlflow_client, rayworks, result_lines
+from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
+from workloads.longtrace.search import (
+    AgentConfig, ContextConfig, HeuristicAgent, SearchIndex, build_context, document_section, parse_agent_output, read_fact,
+)
+
+SMALL = KGConfig(num_people=40, num_cities=12, num_countries=4, num_companies=8, num_universities=4, num_questions=40)
+
+
+@pytest.fixture(scope="module")
+def world():
+    skips = Skips()
+    kg = synthetic_kg(SMALL, seed=0)
+    documents = build_corpus(kg, SMALL, skips)
+    questions = generate_questions(kg, documents, SMALL, seed=0, skips=skips)
+    return kg, documents, questions
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def test_questions_are_unique_walks_whose_chain_gives_rubrics_label_and_gold_docs(world):
+    kg, documents, questions = world
+    titles = {d.id: d.title for d in documents}
+    assert len(questions) == SMALL.num_questions
+    for question in questions:
+        assert SMALL.min_hops <= len(question.relations) <= SMALL.max_hops
+        assert len(set(question.chain)) == len(question.chain)  # no revisits
+        for head, relation, tail in zip(question.chain, question.relations, question.chain[1:]):
+            assert kg.unique_tail[(head, relation)] == tail  # the answer follows from the chain
+        assert question.label == question.chain[-1] and question.rubrics == question.chain
+        assert [titles[i] for i in question.gold_doc_ids] == question.chain
+    assert phrase("Ana Ko", ["born_in", "located_in"]) == "What is the country in which the city where Ana Ko was born is located?"
+    assert phrase("X", ["likes"]) == "What is the entity that X likes?"  # generic phrasing
+
+
+def test_heuristic_agent_follows_the_chain_and_records_a_trajectory(world):
+    _, documents, questions = world
+    agent = HeuristicAgent(SearchIndex(documents), AgentConfig(top_k_shown=8, top_k_opened=3))
+    solved = 0
+    for question in questions:
+        trajectory = agent.run(question)
+        assert len(trajectory.steps) <= len(question.relations)
+        for step in trajectory.steps:
+            assert set(step.opened) <= set(step.shown) and len(step.opened) <= 3
+        if trajectory.answer == question.label:
+            solved += 1
+            assert set(trajectory.cited) <= set(question.gold_doc_ids)
+    assert solved >= 0.8 * len(questions)
+    assert read_fact("Ana Ko was born in Lyo. Ana Ko works for X Works.", "Ana Ko", "works_for") == "X Works"
+
+
+def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
+    _, documents, questions = world
+    by_id = {d.id: d for d in documents}
+    agent = HeuristicAgent(SearchIndex(documents))
+    config = ContextConfig(budget_tokens=300, tier1_share=0.5, tier2_share=0.3)
+    question = questions[0]
+    trajectory = agent.run(question)
+    row = build_context(question, trajectory, by_id, count_words, config, seed=0)
+    meta = row["metadata"]
+    tiers = dict(zip(meta["doc_ids"], meta["doc_tiers"]))
+    assert {i for i, t in tiers.items() if t == "gold"} == set(question.gold_doc_ids)
+    assert {i for i, t in tiers.items() if t == "tier1"} <= trajectory.opened - set(trajectory.cited)
+    assert {i for i, t in tiers.items() if t == "tier2"} <= trajectory.shown - trajectory.opened
+    assert meta["context_tokens"] <= 300
+    assert sum(count_words(document_section(by_id[i])) for i in tiers) == meta["context_tokens"]
+    assert row["label"] == question.label and meta["extra_reward_info"]["rubrics"] == question.chain
+    content = row["input_messages"][0]["content"]
+    assert "Documents:" in content and content.endswith(f"Question: {question.question}")
+    assert build_context(question, trajectory, by_id, count_words, config, seed=0) == row  # seeded
+    random_row = build_context(question, trajectory, by_id, count_words, config, seed=0, mode="random")
+    assert set(random_row["metadata"]["doc_tiers"]) <= {"gold", "filler"}
+    assert build_context(question, trajectory, by_id, count_words, ContextConfig(budget_tokens=16), seed=0) is None
+
+
+def test_bad_input_is_counted_or_named(tmp_path):
+    triples = tmp_path / "triples.tsv"
+    triples.write_text("A\tborn_in\tB\nbroken line without tabs\nB\tlocated_in\tC\nC\tcapital\tB\nD\tlikes\n")
+    descriptions = tmp_path / "desc.tsv"
+    descriptions.write_text("A\tA is a person.\nB\tB is a city.\n")
+    skips = Skips()
+    config = KGConfig(triples=str(triples), descriptions=str(descriptions), min_hops=2, max_hops=3, num_questions=5)
+    kg = load_kg(config, 0, skips)
+    assert len(kg.triples) == 3
+    (reason,) = [r for r in skips if r.startswith("malformed line in triples.tsv")]
+    assert skips[reason] == 2 and skips.examples[reason][0].endswith("triples.tsv:2")
+    documents = build_corpus(kg, config, skips)
+    questions = generate_questions(kg, documents, config, 0, skips)  # cyclic graph: no revisits
+    assert questions and all(len(set(q.chain)) == len(q.chain) for q in questions)
+    with pytest.raises(FileNotFoundError, match="kg file .*missing.tsv: not found"):
+        load_kg(KGConfig(triples=str(tmp_path / "missing.tsv")), 0, Skips())
+    with pytest.raises(ValueError, match="corpus: empty"):
+        SearchIndex([])
+    assert parse_agent_output("<search>q1</search> garbage <answer>Lyon</answer>") == \
+        {"searches": ["q1"], "answer": "Lyon", "malformed": False}
+    assert parse_agent_output("<search>unclosed")["malformed"] is True
+
+
+def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
+    proc = rayworks(workdir, "run", "longtrace_data", "--set", "kg.num_questions=30", "num_actors=2",
+                    "context.budget_tokens=700", f"output_dir={workdir / 'data'}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = result_lines(proc.stdout)
+    tiered = pq.read_table(workdir / "data" / "tiered").to_pylist()
+    random_rows = pq.read_table(workdir / "data" / "random").to_pylist()
+    assert len(tiered) == len(random_rows) == summary["value"] == 30
+    row = tiered[0]
+    assert set(row) == {"source", "input_messages", "label", "metadata"}
+    assert row["input_messages"][0]["role"] == "user"
+    info = row["metadata"]["extra_reward_info"]
+    assert set(info) == {"question", "rubrics", "dataset_name"} and info["rubrics"][-1] == row["label"]
+    assert len(row["metadata"]["doc_tiers"]) == len(row["metadata"]["doc_ids"])
+    assert {t for r in tiered for t in r["metadata"]["doc_tiers"]} >= {"gold", "tier1", "tier2"}
+
+    client = mlflow_client(workdir)
+    run = client.get_run(summary["run_id"])
+    assert run.data.metrics["rows_tiered"] == 30
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "samples.jsonl", "skipped.yaml", "tier_composition.png"} <= artifacts
+
+
+def test_pipeline_names_a_missing_kg_file(workdir: Path):
+    proc = rayworks(workdir, "run", "longtrace_data", "--set", "kg.triples=nope.tsv", timeout=120)
+    assert proc.returncode == 2 and "kg file nope.tsv: not found" in proc.stderr

@@ -1,0 +1,131 @@
+"""The distillation core shared by DistIL (LLM) and HANDOFF (humanoid): expert distributions
+over the actions available at student-visited states, and the objectives that pull the
+student toward them.
+
+Distributions
+- `TopKDistribution`: an expert's top-k next tokens with log-probs, plus a tail bucket that
+  holds the remaining mass 1 - sum(top-k). The student is scored on the same k + 1 outcomes:
+  its top-k token probabilities and the mass it puts on every other token.
+- `CandidateSet`: K candidate next steps with the expert's sequence log-probs, renormalised
+  over the K (step-level distillation).
+- `DiagonalGaussian`: continuous actions (robot pipelines).
+
+Objectives (one interface, `token_objective(name, student_logits, expert)`), all averaged over
+visited states, the expert side always detached:
+- `distil`: forward cross-entropy  -sum_a p_E(a) log pi(a)
+- `reverse_kl`: KL(pi || p_E)
+- `jsd`: generalised Jensen-Shannon, beta KL(p_E || M) + (1 - beta) KL(pi || M), M = beta p_E + (1 - beta) pi
+RLVR (GRPO with a 0/1 verifier reward) is `grpo_policy_loss`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_EPS = 1e-12
+
+
+@dataclasses.dataclass
+class TopKDistribution:
+    token_ids: torch.Tensor  # [N, k] long
+    logprobs: torch.Tensor  # [N, k] the expert's log-probs of those tokens
+
+    def bucket_probs(self) -> torch.Tensor:
+        """[N, k + 1]: the top-k probabilities and the tail bucket's remaining mass."""
+        top = self.logprobs.exp()
+        tail = (1.0 - top.sum(dim=-1, keepdim=True)).clamp_min(0.0)
+        return torch.cat([top, tail], dim=-1).detach()
+
+
+def student_bucket_logprobs(student_logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """[N, k + 1]: the student's log-probs of the expert's top-k tokens and of everything else."""
+    logprobs = F.log_softmax(student_logits.float(), dim=-1)
+    top = logprobs.gather(-1, token_ids)
+    mask = torch.ones_like(logprobs, dtype=torch.bool).scatter_(-1, token_ids, False)
+    tail = torch.logsumexp(logprobs.masked_fill(~mask, -math.inf), dim=-1, keepdim=True)
+    return torch.cat([top, tail], dim=-1)
+
+
+def forward_cross_entropy(student: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """-sum p_E log pi over buckets ([N, B] log-probs of the student, probs of the expert)."""
+    finite = torch.where(expert > 0, student, torch.zeros_like(student))  # 0 * -inf would be nan
+    return -(expert * finite).sum(dim=-1)
+
+
+def reverse_kl(student: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    pi = student.exp()
+    return (pi * (student - expert.clamp_min(LOG_EPS).log())).sum(dim=-1)
+
+
+def generalised_jsd(student: torch.Tensor, expert: torch.Tensor, beta: float) -> torch.Tensor:
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd beta: expected a value in (0, 1), got {beta}")
+    pi = student.exp()
+    mixture_log = (beta * expert + (1 - beta) * pi).clamp_min(LOG_EPS).log()
+    kl_expert = (expert * (expert.clamp_min(LOG_EPS).log() - mixture_log)).sum(dim=-1)
+    kl_student = (pi * (student - mixture_log)).sum(dim=-1)
+    return beta * kl_expert + (1 - beta) * kl_student
+
+
+OBJECTIVES = ("distil", "reverse_kl", "jsd")
+
+
+def token_objective(name: str, student_logits: torch.Tensor, expert: TopKDistribution, beta: float = 0.5) -> torch.Tensor:
+    """Mean over visited states of the named objective, on the expert's k + 1 buckets."""
+    student = student_bucket_logprobs(student_logits, expert.token_ids)
+    target = expert.bucket_probs()
+    if name == "distil":
+        per_state = forward_cross_entropy(student, target)
+    elif name == "reverse_kl":
+        per_state = reverse_kl(student, target)
+    elif name == "jsd":
+        per_state = generalised_jsd(student, target, beta)
+    else:
+        raise ValueError(f"objective: expected one of {OBJECTIVES}, got {name!r}")
+    return per_state.mean()
+
+
+@dataclasses.dataclass
+class CandidateSet:
+    """K candidate next steps per state with the expert's sequence log-probs."""
+
+    expert_logprobs: torch.Tensor  # [N, K]
+
+    def probs(self) -> torch.Tensor:
+        return F.softmax(self.expert_logprobs.float(), dim=-1).detach()  # renormalised over the K
+
+
+def candidate_cross_entropy(student_seq_logprobs: torch.Tensor, candidates: CandidateSet) -> torch.Tensor:
+    """-sum_i p_E(c_i) log pi(c_i): the student's (unnormalised) sequence log-probs of each candidate."""
+    return -(candidates.probs() * student_seq_logprobs).sum(dim=-1).mean()
+
+
+@dataclasses.dataclass
+class DiagonalGaussian:
+    mean: torch.Tensor  # [N, D]
+    log_std: torch.Tensor  # [N, D]
+
+    def kl_to(self, other: "DiagonalGaussian") -> torch.Tensor:
+        """KL(self || other) per state, summed over action dimensions."""
+        var_ratio = (2 * (self.log_std - other.log_std)).exp()
+        mean_term = ((self.mean - other.mean) / other.log_std.exp()).pow(2)
+        return 0.5 * (var_ratio + mean_term - 1 - 2 * (self.log_std - other.log_std)).sum(dim=-1)
+
+
+def gaussian_distillation_loss(teacher: DiagonalGaussian, student: DiagonalGaussian) -> torch.Tensor:
+    """KL(teacher || student) averaged over states, the teacher detached (HANDOFF)."""
+    fixed = DiagonalGaussian(teacher.mean.detach(), teacher.log_std.detach())
+    return fixed.kl_to(student).mean()
+
+
+def grpo_policy_loss(seq_logprobs: torch.Tensor, old_seq_logprobs: torch.Tensor, advantages: torch.Tensor,
+                     clip_low: float = 0.2, clip_high: float = 0.28) -> torch.Tensor:
+    """Clipped surrogate with asymmetric clipping over per-token log-probs ([N, T], padding 0)."""
+    ratio = (seq_logprobs - old_seq_logprobs.detach()).exp()
+    unclipped = ratio * advantages[:, None]
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages[:, None]
+    return -torch.minimum(unclipped, clipped).mean()
