@@ -46,6 +46,7 @@ class ContextBuilder:
         index = ray.get(index_ref[0]) if isinstance(index_ref, list) else index_ref
         self.agent = HeuristicAgent(index, from_dict(AgentConfig, agent))
         self.documents = {d.id: d for d in index.documents}
+        self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
         self.count_tokens = token_counter(tokenizer)
         self.seed = seed
@@ -58,7 +59,8 @@ class ContextBuilder:
             trajectory_json = json.dumps({"steps": [vars(s) for s in trajectory.steps], "answer": trajectory.answer,
                                           "cited": trajectory.cited})
             for mode in MODES:
-                row = build_context(question, trajectory, self.documents, self.count_tokens, self.context, self.seed, mode)
+                row = build_context(question, trajectory, self.documents, self.count_tokens, self.context, self.seed, mode,
+                                    self.doc_ids)
                 rows["mode"].append(mode)
                 rows["row_json"].append(json.dumps(row) if row else "")
                 rows["skip_reason"].append("" if row else "gold documents exceed the token budget")
@@ -66,6 +68,13 @@ class ContextBuilder:
         return pa.table(rows)
 
 
-def decode_rows(batch: pa.Table) -> pa.Table:
-    """JSON rows -> the public LongTraceRL columns (input_messages, label, metadata, ...)."""
-    return pa.Table.from_pylist([json.loads(text) for text in batch.column("row_json").to_pylist()])
+def decode_rows(batch: pa.Table, mode: str) -> pa.Table:
+    """The built rows of one mode as the public LongTraceRL columns (input_messages, label,
+    metadata, ...); a whole batch is filtered at once (no per-row Python filter)."""
+    import pyarrow.compute as pc
+
+    keep = pc.and_(pc.equal(batch.column("mode"), mode), pc.equal(batch.column("skip_reason"), ""))
+    texts = batch.filter(keep).column("row_json").to_pylist()
+    if not texts:
+        return pa.table({"source": pa.array([], pa.string())})
+    return pa.Table.from_pylist([json.loads(text) for text in texts])

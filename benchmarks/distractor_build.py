@@ -1,11 +1,11 @@
 """LongTraceRL context construction: Ray Data actor pools versus a plain loop, and BM25 latency.
 
-    python -m benchmarks.distractor_build [--questions 1000] [--corpus-docs 100000]
+    python -m benchmarks.distractor_build [--questions 3000] [--corpus-docs 100000]
 
-The same questions go through the same agent + context builder (tiered and random contexts
-per question) (a) in a plain single-process loop and (b) through `Dataset.map_batches` over
-1 and 2 `ContextBuilder` actors; contexts/s of each, timed from dataset creation to the
-materialised result (actor start-up included). Then BM25 query latency p50/p99 on a generated
+The same job, questions in and Parquet out, with the same agent and context builder (tiered
+and random contexts per question): (a) a plain single-process loop, (b) `Dataset.map_batches`
+over 1 and 2 `ContextBuilder` actors as `pipelines.longtrace_data` runs it; contexts/s of
+each, actor start-up and Parquet writing included. Then BM25 query latency p50/p99 on a generated
 100k-document corpus. Target: >= 1.5x the plain loop with 2 actors on 2 cores.
 """
 
@@ -16,30 +16,44 @@ import dataclasses
 import json
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from workloads.config import to_dict
 from workloads.longtrace.kg import Document, KGConfig, Skips, build_corpus, generate_questions, synthetic_kg
 from workloads.longtrace.search import AgentConfig, ContextConfig, HeuristicAgent, SearchIndex, build_context
 
-WORLD = KGConfig(num_people=1500, num_cities=120, num_countries=20, num_companies=150, num_universities=40)
+# A corpus of about 40k documents, so that search costs what it does on real corpora.
+WORLD = KGConfig(num_people=30000, num_cities=3000, num_countries=100, num_companies=5000, num_universities=1000)
 
 
-def plain_loop(questions, index: SearchIndex, count_tokens) -> float:
+def plain_loop(questions, index: SearchIndex, count_tokens, output: Path) -> float:
+    """The same job in one process: agent, both contexts, Parquet out."""
     agent, documents, config = HeuristicAgent(index), {d.id: d for d in index.documents}, ContextConfig()
+    doc_ids = list(documents)
     started = time.perf_counter()
-    built = 0
+    rows = {"tiered": [], "random": []}
     for question in questions:
         trajectory = agent.run(question)
-        for mode in ("tiered", "random"):
-            built += build_context(question, trajectory, documents, count_tokens, config, 0, mode) is not None
-    return built / (time.perf_counter() - started)
+        for mode in rows:
+            row = build_context(question, trajectory, documents, count_tokens, config, 0, mode, doc_ids)
+            if row is not None:
+                rows[mode].append(row)
+    for mode, built in rows.items():
+        (output / mode).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(built), output / mode / "part-0.parquet")
+    return sum(map(len, rows.values())) / (time.perf_counter() - started)
 
 
-def ray_data(questions, index: SearchIndex, actors: int) -> float:
+def ray_data(questions, index: SearchIndex, actors: int, output: Path) -> float:
+    """What `pipelines.longtrace_data` does: map over an actor pool, then Parquet out."""
     import ray
 
-    from actors.longtrace import ContextBuilder
+    from actors.longtrace import MODES, ContextBuilder, decode_rows
 
     index_ref = ray.put(index)
     started = time.perf_counter()
@@ -49,8 +63,10 @@ def ray_data(questions, index: SearchIndex, actors: int) -> float:
                                                "context": to_dict(ContextConfig()), "tokenizer": "", "seed": 0},
         concurrency=actors, batch_size=32, batch_format="pyarrow", num_cpus=1,
     ).materialize()
-    count = built.filter(lambda row: row["skip_reason"] == "").count()
-    return count / (time.perf_counter() - started)
+    outcome = built.select_columns(["skip_reason"]).to_pandas()
+    for mode in MODES:
+        built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode))
+    return int((outcome["skip_reason"] == "").sum()) / (time.perf_counter() - started)
 
 
 def bm25_latency(num_docs: int, queries: int = 300) -> tuple[float, float, float]:
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     from cluster.connect import connect
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=1000)
+    parser.add_argument("--questions", type=int, default=3000)
     parser.add_argument("--corpus-docs", type=int, default=100_000)
     args = parser.parse_args(argv)
 
@@ -86,10 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     questions = generate_questions(kg, documents, world, 0, skips)
     index = SearchIndex(documents)
 
-    plain = plain_loop(questions, index, token_counter(""))
-    connect(None, log_to_driver=False)
-    one_actor = ray_data(questions, index, 1)
-    two_actors = ray_data(questions, index, 2)
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = plain_loop(questions, index, token_counter(""), Path(scratch) / "plain")
+        connect(None, log_to_driver=False)
+        one_actor = ray_data(questions, index, 1, Path(scratch) / "one")
+        two_actors = ray_data(questions, index, 2, Path(scratch) / "two")
     p50, p99, build_s = bm25_latency(args.corpus_docs)
 
     print(f"distractor_build: {len(questions)} questions, {len(documents)} documents, 2 contexts per question")

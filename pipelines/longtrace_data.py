@@ -89,16 +89,15 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                                    "context": to_dict(config.context), "tokenizer": config.tokenizer, "seed": config.seed},
             concurrency=config.num_actors, batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
         ).materialize()
-        for reason in built.select_columns(["skip_reason"]).to_pandas()["skip_reason"]:
+        outcome = built.select_columns(["mode", "skip_reason"]).to_pandas()
+        for reason in outcome["skip_reason"]:
             if reason:
                 skips.add(reason)
         output = Path(config.output_dir).resolve()
-        counts = {}
+        counts = {mode: int(((outcome["mode"] == mode) & (outcome["skip_reason"] == "")).sum()) for mode in MODES}
         for mode in MODES:
-            rows = built.filter(lambda row, mode=mode: row["mode"] == mode and row["skip_reason"] == "")
-            counts[mode] = rows.count()
             if counts[mode]:
-                rows.map_batches(decode_rows, batch_format="pyarrow").write_parquet(str(output / mode))
+                built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode))
         log_outcome(run_record, config, built, counts, skips, len(questions), len(documents))
     except BaseException:
         run_record.end("FAILED")

@@ -112,12 +112,16 @@ class Skips(Counter):
 
 
 def _name(rng: random.Random, used: set[str], parts: int) -> str:
+    """A fresh pronounceable name; words grow longer when short names run out."""
+    attempt = 0
     while True:
-        words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize() for _ in range(parts)]
+        longest = 3 + attempt // 20
+        words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, longest))).capitalize() for _ in range(parts)]
         name = " ".join(words)
         if name not in used:
             used.add(name)
             return name
+        attempt += 1
 
 
 def synthetic_kg(cfg: KGConfig, seed: int) -> KnowledgeGraph:

@@ -139,16 +139,31 @@ class ContextConfig:
                 "tier1_share", "tier1_share and tier2_share must be >= 0 and sum to <= 1")
 
 
+def _random_candidates(rng: random.Random, doc_ids: list[str], taken: set[str], draws: int = 64):
+    """Random document ids not yet taken, drawn lazily (the corpus may be huge)."""
+    if len(doc_ids) <= draws:
+        shuffled = list(doc_ids)
+        rng.shuffle(shuffled)
+        yield from (i for i in shuffled if i not in taken)
+        return
+    for _ in range(draws):
+        candidate = doc_ids[rng.randrange(len(doc_ids))]
+        if candidate not in taken:
+            yield candidate
+
+
 def document_section(document: Document) -> str:
     return f"[{document.id}] {document.title}\n{document.text}"
 
 
 def build_context(question: Question, trajectory: Trajectory | None, documents: dict[str, Document],
-                  count_tokens: Callable[[str], int], cfg: ContextConfig, seed: int, mode: str = "tiered") -> dict | None:
+                  count_tokens: Callable[[str], int], cfg: ContextConfig, seed: int, mode: str = "tiered",
+                  doc_ids: list[str] | None = None) -> dict | None:
     """A training row, or None when the gold documents alone exceed the budget.
 
     mode 'tiered': gold + tier 1 + tier 2 + filler; mode 'random': gold + random documents to
-    the same budget (the baseline of the difficulty comparison)."""
+    the same budget (the baseline of the difficulty comparison). `doc_ids` (the corpus ids,
+    listed once by the caller) is where random filler is drawn from."""
     rng = random.Random(f"{seed}-{question.id}-{mode}")
     gold = [documents[i] for i in question.gold_doc_ids]
     used = sum(count_tokens(document_section(d)) for d in gold)
@@ -181,9 +196,7 @@ def build_context(question: Question, trajectory: Trajectory | None, documents: 
         spent2 = fill(tier2, "tier2", int(remaining * cfg.tier2_share))
         remaining -= spent1 + spent2
     if mode == "random" or cfg.fill_random:
-        pool = sorted(set(documents) - taken)
-        rng.shuffle(pool)
-        fill(pool, "filler", remaining)
+        fill(_random_candidates(rng, doc_ids if doc_ids is not None else list(documents), taken), "filler", remaining)
     rng.shuffle(chosen)
     sections = "\n\n".join(document_section(d) for d, _ in chosen)
     content = f"{INSTRUCTION}\n\nDocuments:\n{sections}\n\nQuestion: {question.question}"
