@@ -30,7 +30,7 @@ from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import from_dict, require, to_dict
 from workloads.plots import plot_curves
 from workloads.sft import batch_at, batch_indices, greedy_complete, tokenize_examples, train_step, warmup_cosine
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_lm
+from workloads.tiny_lm import TinyLMConfig, load_lm, tiny_lm
 
 PIPELINE = "sft"
 REGISTERED_MODEL = "rayworks-sft"
@@ -83,11 +83,14 @@ class Config:
     section: ClassVar[str] = "sft"
 
 
-def initial_model(config: Config, directory: Path) -> Path:
-    """The starting checkpoint: `model_init` as given, or the tiny default built into `directory`."""
+def initial_model(config: Config):
+    """(model, tokenizer) to start from: `model_init` (a directory or hub id) or the tiny default.
+
+    Built in memory on every worker (same seed, same weights): with DDP, transformers saves
+    only on rank 0, so a save/load round trip would leave other ranks without files."""
     if config.model_init:
-        return Path(config.model_init) if Path(config.model_init).exists() else config.model_init
-    return build_tiny_lm(config.model, directory, seed=config.seed)
+        return load_lm(config.model_init)
+    return tiny_lm(config.model, seed=config.seed)
 
 
 def evaluate(model, tokenizer, problems, max_new_tokens: int) -> tuple[float, list[str]]:
@@ -106,8 +109,7 @@ def train_loop_per_worker(payload: dict) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
 
-    with tempfile.TemporaryDirectory() as scratch:
-        model, tokenizer = load_lm(payload["model_path"] or initial_model(config, Path(scratch)))
+    model, tokenizer = initial_model(config)
     train_problems, eval_problems = generate_splits(config.task, config.seed)
     data = tokenize_examples(
         tokenizer, [p.prompt for p in train_problems], [p.solution for p in train_problems], config.train.max_length
@@ -179,7 +181,6 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             train_loop_per_worker,
             train_loop_config={
                 "config": to_dict(config),
-                "model_path": str(config.model_init) if config.model_init else "",
                 "mlflow_run_id": run_record.run_id,
                 "mlflow_uri": run_record.uri,
             },

@@ -46,7 +46,7 @@ def test_quickstart_trains_tracks_and_registers(workdir: Path):
         (["run", "sft", "--set", "train.nonsense=1"], "sft.train.nonsense: unknown field"),
         (["run", "sft", "--set", "model.hidden_size=130"], "sft.model.hidden_size: must be divisible"),
         (["run", "sft", "--config", "missing.yaml"], "config file missing.yaml: not found"),
-        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: sft"),
+        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: longtrace_data, sft"),
         (["serve", "nosuch"], "unknown Serve app 'nosuch'; known apps: generate"),
     ],
 )
@@ -114,3 +114,12 @@ def test_fresh_run_refuses_to_reuse_a_name(workdir: Path):
     client_args = ["run", "sft", "--set", "run_name=taken", "--resume"]
     proc = rayworks(workdir, *client_args, timeout=120)
     assert proc.returncode == 2 and "no sft run named 'taken' to resume" in proc.stderr
+
+
+def test_two_workers_train_with_ddp_over_gloo(workdir: Path):
+    proc = rayworks(workdir, "run", "sft", "--set", "train.num_workers=2", "train.max_steps=20", "train.eval_every=20",
+                    "train.checkpoint_every=20", "train.batch_size=8", "task.num_eval=20", "register_model=false", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = result_lines(proc.stdout)
+    samples = mlflow_client(workdir).get_metric_history(summary["run_id"], "samples_seen")
+    assert samples[-1].value == 20 * 8 * 2  # both ranks consumed their own shard every step

@@ -98,12 +98,17 @@ def model_config(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerFast):
     return config_class(**common)
 
 
+def tiny_lm(cfg: TinyLMConfig, texts: Iterable[str] = (), seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Tokenizer + randomly initialised model in memory; the same seed gives the same weights."""
+    tokenizer = build_tokenizer(texts, cfg.bpe_merges)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(model_config(cfg, tokenizer)), tokenizer
+
+
 def build_tiny_lm(cfg: TinyLMConfig, out_dir: str | Path, texts: Iterable[str] = (), seed: int = 0) -> Path:
     """Build tokenizer + randomly initialised model, save both to `out_dir`, return it."""
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(texts, cfg.bpe_merges)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(model_config(cfg, tokenizer))
+    model, tokenizer = tiny_lm(cfg, texts, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
