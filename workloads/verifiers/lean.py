@@ -216,10 +216,13 @@ class LeanReplPool:
         if not self.config.sandbox or shutil.which("bwrap") is None:
             return command
         project = str(Path(self.config.project_dir).resolve())
-        elan = str(Path.home() / ".elan")
-        binds = ["--ro-bind", "/", "/", "--bind", project, project, "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc"]
-        if Path(elan).is_dir():
-            binds += ["--ro-bind", elan, elan]
+        # Read-only host, private /tmp, no network; then the project (writable: Lake builds
+        # there) and the command's own files, which a private /tmp would otherwise hide.
+        binds = ["--ro-bind", "/", "/", "--tmpfs", "/tmp", "--dev", "/dev", "--proc", "/proc", "--bind", project, project]
+        for arg in command:
+            if os.path.isabs(arg) and os.path.exists(arg):
+                parent = str(Path(arg).resolve().parent)
+                binds += ["--ro-bind", parent, parent]
         return ["bwrap", "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc", *binds, "--", *command]
 
     async def _new_repl(self, header: str) -> LeanRepl:
