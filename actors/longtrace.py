@@ -41,9 +41,11 @@ def token_counter(tokenizer_path: str):
 
 
 class ContextBuilder:
-    def __init__(self, index_ref, agent: dict, context: dict, tokenizer: str, seed: int):
+    def __init__(self, index_ref: list, agent: dict, context: dict, tokenizer: str, seed: int):
+        """`index_ref` is `[ObjectRef]`: wrapped in a list so Ray passes the reference instead
+        of resolving it, and every actor fetches the one shared copy from the object store."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        index = ray.get(index_ref[0]) if isinstance(index_ref, list) else index_ref
+        (index,) = ray.get(index_ref)
         self.agent = HeuristicAgent(index, from_dict(AgentConfig, agent))
         self.documents = {d.id: d for d in index.documents}
         self.doc_ids = list(self.documents)

@@ -97,6 +97,10 @@ def cmd_tune(args) -> int:
     return 0 if outcome["errors"] == 0 else 1
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_serve(args) -> int:
     from ray import serve
 
@@ -110,7 +114,7 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     connect(args.address)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         try:

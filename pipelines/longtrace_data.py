@@ -34,15 +34,6 @@ QUICKSTART = ["kg.num_questions=100", "num_actors=2"]
 
 
 @dataclasses.dataclass
-class TrainStub:
-    """Tune's ASHA needs a step budget; data construction is a single step."""
-
-    max_steps: int = 1
-    eval_every: int = 1
-    section: ClassVar[str] = "train"
-
-
-@dataclasses.dataclass
 class Config:
     seed: int = 0
     run_name: str = ""
@@ -55,7 +46,6 @@ class Config:
     kg: KGConfig = dataclasses.field(default_factory=KGConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     context: ContextConfig = dataclasses.field(default_factory=ContextConfig)
-    train: TrainStub = dataclasses.field(default_factory=TrainStub)
 
     section: ClassVar[str] = "longtrace_data"
 

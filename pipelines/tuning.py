@@ -63,6 +63,8 @@ def load_space(path: str | Path, pipeline: str, config_path: str | None, overrid
             raise ConfigError(f"search space {path}: space.{field}.{kind}: expected a non-empty list")
         space[field] = (kind, args)
     module = get_pipeline(pipeline)
+    if not hasattr(module.Config(), "train"):
+        raise ConfigError(f"{pipeline}: has no training loop that reports to Tune; tune a training pipeline instead")
     # Every candidate value must make a valid config: fail now, not in trial 7.
     for field, (kind, args) in space.items():
         samples = args if kind in ("choice", "grid") else args[:2]

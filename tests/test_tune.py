@@ -42,3 +42,15 @@ def test_space_with_unknown_field_fails_before_ray(workdir: Path):
     space.write_text("space:\n  train.lr: {gaussian: [0.1]}\n")
     proc = rayworks(workdir, "tune", "sft", "--space", str(space), timeout=120)
     assert proc.returncode == 2 and "space.train.lr: expected one of" in proc.stderr
+
+
+def test_a_pipeline_without_a_training_loop_is_refused(workdir: Path):
+    import pytest
+
+    from pipelines.tuning import load_space
+    from workloads.config import ConfigError
+
+    space = workdir / "space.yaml"
+    space.write_text("space:\n  context.tier1_share: {choice: [0.3, 0.5]}\n")
+    with pytest.raises(ConfigError, match="longtrace_data: has no training loop"):
+        load_space(space, "longtrace_data", None, [])

@@ -7,7 +7,6 @@ plain-file store) it supports the model registry.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +14,7 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import yaml
 
@@ -161,18 +160,6 @@ def start_run(
         info = mlflow_client.create_run(experiment_id(experiment), run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
         run = Run(info.info.run_id)
     return run
-
-
-@contextlib.contextmanager
-def tracked_run(experiment: str, run_name: str, **kwargs) -> Iterator[Run]:
-    """`start_run` that ends FINISHED, or FAILED (and re-raises) if the body raises."""
-    run = start_run(experiment, run_name, **kwargs)
-    try:
-        yield run
-    except BaseException:
-        run.end("FAILED")
-        raise
-    run.end("FINISHED")
 
 
 def register_model(run: Run, artifact_path: str, name: str) -> str:

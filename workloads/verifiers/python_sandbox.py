@@ -258,9 +258,9 @@ class PythonSandboxPool:
             self._idle.put_nowait(zygote)
         return records, died
 
-    async def verify(self, job: PythonJob, first_record: dict | None = None) -> Verdict:
+    async def verify(self, job: PythonJob, first_record: dict | None = None, key: str | None = None) -> Verdict:
         """One job with retries; `first_record` is an attempt already made in a batch."""
-        key = job.cache_key()
+        key = key or job.cache_key()
         if key in self._cache:
             self._cache.move_to_end(key)
             self.stats["cache_hits"] += 1
@@ -290,18 +290,19 @@ class PythonSandboxPool:
         the rest go out in chunks, several per zygote request, and a sandbox failure is
         retried job by job."""
         await self.start()
-        unique = {job.cache_key(): job for job in jobs}
-        pending = [job for key, job in unique.items() if key not in self._cache]
+        keys = [job.cache_key() for job in jobs]  # sha256 of each job, once
+        unique = dict(zip(keys, jobs))
+        pending_keys = [key for key in unique if key not in self._cache]
+        pending = [unique[key] for key in pending_keys]
         size = max(1, min(self.MAX_CHUNK, -(-len(pending) // (2 * self.num_workers))))
         chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
         outcomes = await asyncio.gather(*(self._check_chunk(chunk) for chunk in chunks))
-        first = {}
-        for chunk, (records, died) in zip(chunks, outcomes):
-            for job, record in zip(chunk, records):
-                first[job.cache_key()] = None if died else record
-        verdicts = await asyncio.gather(*(self.verify(job, first.get(key)) for key, job in unique.items()))
+        records = [record for chunk_records, died in outcomes for record in
+                   (chunk_records if not died else [None] * len(chunk_records))]
+        first = dict(zip(pending_keys, records))
+        verdicts = await asyncio.gather(*(self.verify(job, first.get(key), key) for key, job in unique.items()))
         by_key = dict(zip(unique, verdicts))
-        return [by_key[job.cache_key()] for job in jobs]
+        return [by_key[key] for key in keys]
 
     async def verify_steps(self, steps: list[str], step_tests: list[str], limits: Limits | None = None) -> StepsVerdict:
         """Step i is checked by running steps[0..i] then step_tests[i]; all steps run in parallel."""
