@@ -30,9 +30,9 @@ def token_counter(tokenizer_path: str):
 
         tokenizer = build_tokenizer()
     else:
-        from transformers import AutoTokenizer
+        from workloads.tiny_lm import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+        tokenizer = load_tokenizer(tokenizer_path)
     @functools.lru_cache(maxsize=1 << 20)
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False))

@@ -4,6 +4,7 @@
     rayworks submit <pipeline> --address http://HEAD:8265 [--config FILE] [--set k=v ...]
     rayworks tune <pipeline> --space SPACE.yaml [--num-samples N] [--config FILE] [--set k=v ...]
     rayworks serve <app> [--port 8000] [--checkpoint PATH_OR_ID] [--address ADDR]
+    rayworks compare <pipeline> --vary FIELD=A,B --seeds N [--metric NAME ...] [--set k=v ...]
     rayworks quickstart
 """
 
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lean-project", help="verifier: Lake project with the Lean REPL built")
     serve.add_argument("--address")
 
+    compare = commands.add_parser("compare", help="run arms of a pipeline over seeds; mean and 95% CI per arm")
+    compare.add_argument("pipeline")
+    compare.add_argument("--vary", required=True, help="FIELD=VALUE1,VALUE2[,...], e.g. reward=rubric,outcome")
+    compare.add_argument("--seeds", type=int, default=3)
+    compare.add_argument("--metric", dest="metrics", action="append", default=[], help="metric to compare (repeatable)")
+    compare.add_argument("--config")
+    compare.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    compare.add_argument("--address")
+
     commands.add_parser("quickstart", help="run every pipeline's smallest embedded default, locally")
     return parser
 
@@ -95,6 +105,18 @@ def cmd_tune(args) -> int:
     print(f"MLflow parent run {outcome['parent_run_id']} ({outcome['num_trials']} trials, {outcome['errors']} errored)")
     print("RESULT " + json.dumps(outcome, default=str))
     return 0 if outcome["errors"] == 0 else 1
+
+
+def cmd_compare(args) -> int:
+    from cluster.connect import connect
+    from pipelines.compare import parse_vary, print_comparison, run_comparison
+
+    parse_vary(args.vary)
+    connect(args.address)
+    outcome = run_comparison(args.pipeline, args.vary, args.seeds, args.metrics, args.config, args.overrides)
+    print_comparison(outcome)
+    print("RESULT " + json.dumps(outcome, default=str))
+    return 0
 
 
 def _stop_like_ctrl_c(signum, frame) -> None:
@@ -146,7 +168,7 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "submit": cmd_submit, "tune": cmd_tune, "serve": cmd_serve, "quickstart": cmd_quickstart}
+COMMANDS = {"run": cmd_run, "submit": cmd_submit, "tune": cmd_tune, "serve": cmd_serve, "compare": cmd_compare, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:

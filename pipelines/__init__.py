@@ -14,6 +14,7 @@ from types import ModuleType
 PIPELINES: dict[str, str] = {
     "sft": "pipelines.sft",
     "longtrace_data": "pipelines.longtrace_data",
+    "longtrace": "pipelines.longtrace",
 }
 
 

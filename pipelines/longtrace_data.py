@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -40,7 +41,11 @@ class Config:
     experiment: str = ""
     storage_path: str = "./ray_results"
     output_dir: str = "./longtrace_data"
-    tokenizer: str = ""  # the reader's tokenizer (path or hub id); empty: the tiny byte-level one
+    # The reader's tokenizer (path or hub id) that measures the token budget; empty: a byte-level
+    # BPE with `tokenizer_merges` merges learned on the corpus, saved to output_dir/tokenizer
+    # for the tiny reader that `pipelines.longtrace` trains.
+    tokenizer: str = ""
+    tokenizer_merges: int = 500
     num_actors: int = 2
     batch_size: int = 16
     kg: KGConfig = dataclasses.field(default_factory=KGConfig)
@@ -52,10 +57,12 @@ class Config:
     def validate(self) -> None:
         require(self.num_actors >= 1, "num_actors", "must be >= 1")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.tokenizer_merges >= 0, "tokenizer_merges", "must be >= 0")
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
     import ray
+    from ray.data import SaveMode
 
     from actors.longtrace import MODES, ContextBuilder, decode_rows
 
@@ -71,23 +78,26 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     data_hash = tracking.data_hash(dataclasses.asdict(q) for q in questions)
     run_record, _ = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
     try:
+        output = Path(config.output_dir).resolve()
+        tokenizer = config.tokenizer or save_corpus_tokenizer(documents, questions, config.tokenizer_merges, output / "tokenizer")
         index_ref = ray.put(SearchIndex(documents))  # indexed once, shared by every actor
         dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
         built = dataset.map_batches(
             ContextBuilder,
             fn_constructor_kwargs={"index_ref": [index_ref], "agent": to_dict(config.agent),
-                                   "context": to_dict(config.context), "tokenizer": config.tokenizer, "seed": config.seed},
+                                   "context": to_dict(config.context), "tokenizer": tokenizer, "seed": config.seed},
             concurrency=config.num_actors, batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
         ).materialize()
         outcome = built.select_columns(["mode", "skip_reason"]).to_pandas()
         for reason in outcome["skip_reason"]:
             if reason:
                 skips.add(reason)
-        output = Path(config.output_dir).resolve()
         counts = {mode: int(((outcome["mode"] == mode) & (outcome["skip_reason"] == "")).sum()) for mode in MODES}
         for mode in MODES:
-            if counts[mode]:
-                built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode))
+            if not counts[mode]:
+                shutil.rmtree(output / mode, ignore_errors=True)  # no stale rows from an earlier build
+            else:
+                built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode), mode=SaveMode.OVERWRITE)
         log_outcome(run_record, config, built, counts, skips, len(questions), len(documents))
     except BaseException:
         run_record.end("FAILED")
@@ -95,6 +105,16 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     run_record.end("FINISHED")
     return RunSummary(PIPELINE, KEY_METRIC, float(counts["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
+
+
+def save_corpus_tokenizer(documents, questions, merges: int, directory: Path) -> str:
+    """The tiny reader's tokenizer: byte-level BPE learned on the documents and questions."""
+    from workloads.longtrace.search import INSTRUCTION, document_section
+    from workloads.tiny_lm import build_tokenizer
+
+    texts = [document_section(d) for d in documents] + [q.question for q in questions] + [INSTRUCTION]
+    build_tokenizer(texts, merges).save_pretrained(directory)
+    return str(directory)
 
 
 def log_outcome(run_record, config: Config, built, counts: dict, skips: Skips, num_questions: int, num_documents: int) -> None:

@@ -63,7 +63,7 @@ def load_space(path: str | Path, pipeline: str, config_path: str | None, overrid
             raise ConfigError(f"search space {path}: space.{field}.{kind}: expected a non-empty list")
         space[field] = (kind, args)
     module = get_pipeline(pipeline)
-    if not hasattr(module.Config(), "train"):
+    if not hasattr(module, "step_budget") and not hasattr(module.Config(), "train"):
         raise ConfigError(f"{pipeline}: has no training loop that reports to Tune; tune a training pipeline instead")
     # Every candidate value must make a valid config: fail now, not in trial 7.
     for field, (kind, args) in space.items():
@@ -103,7 +103,7 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
         config = load_config(module.Config, config_path, overrides, values={"storage_path": storage, **params})
         module.run(config, parent_run_id=parent.run_id, train_callbacks=[TuneReportCallback()])
 
-    max_t = base.train.max_steps
+    max_t, grace_period = step_budget(module, base)
     tuner = tune.Tuner(
         # The trial only drives a Ray Train run: it asks for memory, not CPUs, which belong to
         # its training workers (so two 1-worker trials fit on 2 CPUs).
@@ -114,7 +114,7 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
             mode=search.mode,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent,
-            scheduler=ASHAScheduler(time_attr="step", max_t=max_t, grace_period=min(max_t, base.train.eval_every), reduction_factor=2),
+            scheduler=ASHAScheduler(time_attr="step", max_t=max_t, grace_period=min(max_t, grace_period), reduction_factor=2),
         ),
         run_config=tune.RunConfig(name=f"tune-{pipeline}-{parent.run_id[:8]}", storage_path=storage_path(base.storage_path), verbose=1),
     )
@@ -130,6 +130,13 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
     parent.end("FINISHED")
     return {"parent_run_id": parent.run_id, "best_params": best.config, "best_value": best.metrics[search.metric],
             "metric": search.metric, "num_trials": len(results), "errors": len(results.errors)}
+
+
+def step_budget(module, config) -> tuple[int, int]:
+    """(training steps, evaluation interval): what ASHA's `step` counts and its grace period."""
+    if hasattr(module, "step_budget"):
+        return module.step_budget(config)
+    return config.train.max_steps, config.train.eval_every
 
 
 def close_stopped_children(experiment: str, parent_run_id: str, any_trial_errored: bool) -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from workloads.distill import (
     CandidateSet, DiagonalGaussian, TopKDistribution, candidate_cross_entropy, gaussian_distillation_loss,
-    grpo_policy_loss, student_bucket_logprobs, token_objective,
+    student_bucket_logprobs, token_objective,
 )
 
 
@@ -75,11 +75,3 @@ def test_candidate_sets_and_gaussians():
     student_gauss = DiagonalGaussian(torch.tensor([[1.0, 0.0]], requires_grad=True), torch.zeros(1, 2))
     assert gaussian_distillation_loss(teacher, student_gauss).item() == pytest.approx(0.5)
     assert gaussian_distillation_loss(teacher, teacher).item() == pytest.approx(0.0)
-
-
-def test_grpo_policy_loss_clips_asymmetrically():
-    advantages = torch.tensor([1.0, -1.0])
-    old = torch.zeros(2, 1)
-    new = torch.log(torch.tensor([[1.5], [0.5]]))  # ratios 1.5 and 0.5
-    # A>0: min(1.5, 1.28) = 1.28; A<0: min(-0.5, -0.8) = -0.8  -> loss = -(1.28 - 0.8) / 2
-    assert grpo_policy_loss(new, old, advantages).item() == pytest.approx(-(1.28 - 0.8) / 2)

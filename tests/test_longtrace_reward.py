@@ -63,3 +63,10 @@ def test_grpo_advantages():
     advantages = grpo_advantages([1.0, 0.0, 0.0, 1.0])
     assert advantages == pytest.approx([1.0, -1.0, -1.0, 1.0], abs=1e-5)
     assert grpo_advantages([0.5, 0.5]) == [0.0, 0.0]
+
+
+def test_truncated_responses_score_zero_and_leave_the_group_max():
+    responses = ["A > B. Answer: C", "A > B > C. Answer: C"]
+    # the second is cut off: it scores 0 and its full rubric recall (1.0) no longer sets the max
+    rewards = group_rewards(responses, "C", ["A", "B", "C"], eta=0.3, truncated=[False, True])
+    assert rewards == pytest.approx([0.7 + 0.3 * 1.0, 0.0])

@@ -1,6 +1,6 @@
 import torch
 
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, build_tokenizer, count_parameters, load_lm
+from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, build_tokenizer, count_parameters, load_lm, tiny_lm
 
 
 def test_byte_level_tokenizer_round_trips_any_text():
@@ -41,3 +41,16 @@ def test_not_a_model_directory_is_named(tmp_path):
 
     with pytest.raises(ConfigError, match="no config.json"):
         load_lm(tmp_path)
+
+
+def test_saved_tokenizer_next_to_a_qwen2_model_encodes_as_built(tmp_path):
+    """A tokenizer with learned merges must survive a save/load beside a Qwen2 config
+    (AutoTokenizer alone would rebuild it as a Qwen2 tokenizer and encode differently)."""
+    texts = ["Answer the question using the documents.", "Isan Gomi studied at Gotoka University."] * 20
+    cfg = TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, bpe_merges=60)
+    saved = build_tiny_lm(cfg, tmp_path / "model", texts)
+    _, built = tiny_lm(cfg, texts)
+    _, loaded = load_lm(saved)
+    sample = "Answer the question: where did Isan Gomi study?"
+    assert loaded.encode(sample) == built.encode(sample)
+    assert len(loaded) == len(built) and loaded.padding_side == "left"

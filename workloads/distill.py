@@ -15,7 +15,7 @@ visited states, the expert side always detached:
 - `distil`: forward cross-entropy  -sum_a p_E(a) log pi(a)
 - `reverse_kl`: KL(pi || p_E)
 - `jsd`: generalised Jensen-Shannon, beta KL(p_E || M) + (1 - beta) KL(pi || M), M = beta p_E + (1 - beta) pi
-RLVR (GRPO with a 0/1 verifier reward) is `grpo_policy_loss`.
+RLVR (GRPO with a 0/1 verifier reward) lives in `workloads.grpo`.
 """
 
 from __future__ import annotations
@@ -120,12 +120,3 @@ def gaussian_distillation_loss(teacher: DiagonalGaussian, student: DiagonalGauss
     """KL(teacher || student) averaged over states, the teacher detached (HANDOFF)."""
     fixed = DiagonalGaussian(teacher.mean.detach(), teacher.log_std.detach())
     return fixed.kl_to(student).mean()
-
-
-def grpo_policy_loss(seq_logprobs: torch.Tensor, old_seq_logprobs: torch.Tensor, advantages: torch.Tensor,
-                     clip_low: float = 0.2, clip_high: float = 0.28) -> torch.Tensor:
-    """Clipped surrogate with asymmetric clipping over per-token log-probs ([N, T], padding 0)."""
-    ratio = (seq_logprobs - old_seq_logprobs.detach()).exp()
-    unclipped = ratio * advantages[:, None]
-    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages[:, None]
-    return -torch.minimum(unclipped, clipped).mean()

@@ -32,6 +32,7 @@ from workloads.config import ConfigError, require
 transformers_logging.disable_progress_bar()
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+PLAIN_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 BYTE_ALPHABET_SIZE = 256
 
 
@@ -115,16 +116,37 @@ def build_tiny_lm(cfg: TinyLMConfig, out_dir: str | Path, texts: Iterable[str] =
     return out_dir
 
 
+def load_tokenizer(path_or_id: str | Path) -> PreTrainedTokenizerFast:
+    """A saved tokenizer, exactly as saved.
+
+    A locally built tokenizer is saved as a plain `tokenizers` backend; next to a Qwen2 or
+    Llama config, `AutoTokenizer` would rebuild it as that family's tokenizer (another
+    pre-tokenizer, an extra special token) and encode text differently. Saved plain
+    tokenizers are therefore loaded as plain tokenizers; everything else goes through
+    `AutoTokenizer`."""
+    config_file = Path(str(path_or_id)).expanduser() / "tokenizer_config.json"
+    if config_file.is_file():
+        import json
+
+        saved_class = json.loads(config_file.read_text()).get("tokenizer_class")
+        if saved_class in PLAIN_TOKENIZER_CLASSES:
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path_or_id))
+            tokenizer.padding_side = "left"
+            return tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def load_lm(path_or_id: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load model + tokenizer from a local directory or a hub id (`Qwen/...`)."""
     path_or_id = str(path_or_id)
     looks_local = path_or_id.startswith((".", "/", "~")) or os.path.exists(path_or_id)
     if looks_local and not (Path(path_or_id).expanduser() / "config.json").is_file():
         raise ConfigError(f"model {path_or_id}: no config.json there (not a saved model directory)")
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    tokenizer = load_tokenizer(path_or_id)
     model = AutoModelForCausalLM.from_pretrained(path_or_id)
     return model, tokenizer
 

@@ -71,13 +71,18 @@ def f1_judge(answer: str, label: str, threshold: float = F1_THRESHOLD) -> float:
 JUDGES: dict[str, Callable[[str, str], float]] = {"exact": exact_judge, "f1": f1_judge}
 
 
-def group_rewards(responses: list[str], label: str, rubrics: list[str], eta: float = 0.3, judge: str = "exact") -> list[float]:
-    """Positive-only rubric-shaped rewards for one group of responses to one prompt."""
+def group_rewards(responses: list[str], label: str, rubrics: list[str], eta: float = 0.3, judge: str = "exact",
+                  truncated: Sequence[bool] | None = None) -> list[float]:
+    """Positive-only rubric-shaped rewards for one group of responses to one prompt.
+
+    `truncated[i]` marks a response cut off by the length limit (scored 0, like a malformed one)."""
     if judge not in JUDGES:
         raise ValueError(f"judge: expected one of {sorted(JUDGES)}, got {judge!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta: expected a value in [0, 1], got {eta}")
     contents = [answer_content(response) for response in responses]
+    if truncated is not None:
+        contents = [None if cut else c for c, cut in zip(contents, truncated, strict=True)]
     rubric = [rubric_score(c, rubrics) if c is not None else 0.0 for c in contents]
     outcome = [JUDGES[judge](final_answer(c), label) if c is not None else 0.0 for c in contents]
     best = max(rubric, default=0.0)

@@ -1,0 +1,364 @@
+"""LongTraceRL training: a reader SFT-ed on the QA format, then GRPO with the rubric reward.
+
+    python -m pipelines.longtrace [--set data_dir=DIR grpo.reward=outcome eta=0.3 ...] [--resume]
+
+Recipe:
+1. Data: `data_dir` (built by `pipelines.longtrace_data`), or, when empty, the `data` section
+   built once into `storage_path/longtrace-data/<config hash>` and reused by later runs.
+2. Split by question id: `eval_fraction` held out (in both modes); the rest trains.
+3. On Ray Train: SFT the reader on tiered and random contexts of the training questions
+   (the chain target of `workloads.longtrace.reader`), cached by everything it depends on,
+   so the rubric-versus-outcome comparison SFTs once per seed.
+4. GRPO (`workloads.grpo`) on the tiered training contexts: G samples per prompt, rewards from
+   `group_rewards` (rubric: eta; outcome: eta = 0), asymmetric clipping, KL 0 by default.
+5. Evaluations to MLflow: held-out greedy accuracy on tiered versus random contexts of equal
+   length (difficulty), sampled accuracy on held-out questions and on the GRPO prompts,
+   before and after GRPO; the final reader is logged and registered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from pipelines import longtrace_data
+from pipelines.launch import RunSummary, main_for, open_run, storage_path
+from workloads import tracking
+from workloads.config import ConfigError, from_dict, require, to_dict
+from workloads.grpo import GRPOConfig, grpo_step, sample_groups
+from workloads.longtrace.kg import KGConfig
+from workloads.longtrace.reader import greedy_scores, is_held_out, load_examples, sampled_accuracy
+from workloads.longtrace.reward import JUDGES, group_rewards
+from workloads.longtrace.search import ContextConfig
+from workloads.plots import plot_curves
+from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
+from workloads.tiny_lm import TinyLMConfig, load_lm, load_tokenizer, model_config
+
+PIPELINE = "longtrace"
+REGISTERED_MODEL = "rayworks-longtrace"
+KEY_METRIC = "eval_accuracy_tiered"
+QUICKSTART = ["grpo.steps=24", "eval_every=12"]
+
+
+def default_data() -> longtrace_data.Config:
+    """The embedded world: 400 questions over the synthetic KG, 160-token contexts."""
+    return longtrace_data.Config(kg=KGConfig(num_questions=400), context=ContextConfig(budget_tokens=160))
+
+
+@dataclasses.dataclass
+class SFTStage:
+    steps: int = 500
+    batch_size: int = 8
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    section: ClassVar[str] = "sft"
+
+    def validate(self) -> None:
+        require(self.steps >= 0, "steps", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+
+
+@dataclasses.dataclass
+class Config:
+    seed: int = 0
+    run_name: str = ""
+    experiment: str = ""
+    storage_path: str = "./ray_results"
+    data_dir: str = ""  # longtrace_data output; empty: build the `data` section (cached)
+    model_init: str = ""  # a reader to start from (directory or hub id); empty: the tiny reader
+    reward: Literal["rubric", "outcome"] = "rubric"
+    eta: float = 0.3  # rubric weight inside correct answers (training); evaluation uses 0
+    judge: str = "exact"
+    eval_fraction: float = 0.2
+    grpo_prompts: int = 16  # GRPO draws its prompts from this many training questions (0: all)
+    eval_every: int = 10
+    probe_samples: int = 4  # sampled responses per question in the sampled-accuracy probes
+    num_workers: int = 1
+    register_model: bool = True
+    num_samples_logged: int = 12
+    data: longtrace_data.Config = dataclasses.field(default_factory=default_data)
+    model: TinyLMConfig = dataclasses.field(default_factory=lambda: TinyLMConfig(max_positions=512))
+    sft: SFTStage = dataclasses.field(default_factory=SFTStage)
+    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+
+    section: ClassVar[str] = "longtrace"
+
+    def validate(self) -> None:
+        require(self.reward in ("rubric", "outcome"), "reward", "expected rubric or outcome")
+        require(0.0 <= self.eta <= 1.0, "eta", "must be in [0, 1]")
+        require(self.judge in JUDGES, "judge", f"expected one of {sorted(JUDGES)}")
+        require(0.0 < self.eval_fraction < 1.0, "eval_fraction", "must be in (0, 1)")
+        require(self.grpo_prompts >= 0, "grpo_prompts", "must be >= 0")
+        require(self.eval_every >= 1, "eval_every", "must be >= 1")
+        require(self.probe_samples >= 1, "probe_samples", "must be >= 1")
+        require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        require(bool(self.model_init) or self.sft.steps > 0, "sft.steps", "the tiny reader needs SFT steps (or set model_init)")
+
+
+def step_budget(config: Config) -> tuple[int, int]:
+    """(steps, evaluation interval) of the part Tune's scheduler sees: GRPO."""
+    return config.grpo.steps, config.eval_every
+
+
+def config_hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def ensure_data(config: Config, parent_run_id: str | None) -> Path:
+    """`data_dir`, or the `data` section built once into a directory named by its hash."""
+    if config.data_dir:
+        directory = Path(config.data_dir).expanduser().resolve()
+        if not (directory / "tiered").is_dir():
+            raise ConfigError(f"data_dir: {directory} has no tiered/ rows; build them with "
+                              f"`rayworks run longtrace_data --set output_dir={directory}`")
+        return directory
+    directory = Path(storage_path(config.storage_path)) / "longtrace-data" / config_hash(to_dict(config.data))
+    if (directory / "BUILT").is_file():
+        return directory
+    building = directory.with_name(directory.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    longtrace_data.run(dataclasses.replace(config.data, output_dir=str(building)), parent_run_id=parent_run_id)
+    (building / "BUILT").write_text("ok\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    building.rename(directory)  # whole or absent: a crash mid-build leaves no half data set behind
+    return directory
+
+
+@dataclasses.dataclass
+class Splits:
+    sft: list  # tiered + random contexts of the training questions
+    grpo: list  # tiered contexts GRPO draws from
+    eval_tiered: list
+    eval_random: list
+
+
+def split_examples(config: Config, data_dir: Path, tokenizer) -> Splits:
+    tiered = load_examples(data_dir / "tiered", tokenizer)
+    random_rows = load_examples(data_dir / "random", tokenizer) if (data_dir / "random").is_dir() else []
+    held = lambda e: is_held_out(e.question_id, config.eval_fraction)  # noqa: E731
+    grpo = [e for e in tiered if not held(e)]
+    grpo = grpo[: config.grpo_prompts] if config.grpo_prompts else grpo
+    splits = Splits([e for e in tiered + random_rows if not held(e)], grpo,
+                    [e for e in tiered if held(e)], [e for e in random_rows if held(e)])
+    if not splits.sft or not splits.eval_tiered:
+        raise ConfigError(f"data_dir: {data_dir} holds too few questions to split "
+                          f"({len(tiered)} tiered rows, eval_fraction={config.eval_fraction})")
+    return splits
+
+
+def reader_and_tokenizer(config: Config, data_dir: Path):
+    if config.model_init:
+        return load_lm(config.model_init)
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(data_dir / "tokenizer")  # the tokenizer that measured the budget
+    torch.manual_seed(config.seed)
+    return AutoModelForCausalLM.from_config(model_config(config.model, tokenizer)), tokenizer
+
+
+def sft_reader(config: Config, model, tokenizer, splits: Splits, run) -> None:
+    """Teach the reader the QA format (in place); rank 0 logs the loss."""
+    stage = config.sft
+    max_length = max(len(tokenizer.encode(e.prompt + " " + e.chain_target)) for e in splits.sft) + 2
+    data = tokenize_examples(tokenizer, [e.prompt for e in splits.sft], [" " + e.chain_target for e in splits.sft], max_length)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.warmup_steps, stage.steps))
+    for step in range(stage.steps):
+        loss = train_step(model, optimizer, scheduler, batch_at(data, batch_indices(step, stage.batch_size, 1, 0, len(data), config.seed)))
+        if run is not None and ((step + 1) % 25 == 0 or step + 1 == stage.steps):
+            run.log_metrics({"sft_loss": loss}, step=step + 1)
+            print(f"[longtrace] sft step {step + 1}/{stage.steps}  loss {loss:.4f}", flush=True)
+
+
+def evaluate(config: Config, model, tokenizer, splits: Splits, seed: int) -> dict[str, float]:
+    g = config.grpo
+    tiered, _ = greedy_scores(model, tokenizer, splits.eval_tiered, g.max_new_tokens, config.judge)
+    metrics = {f"eval_{k}_tiered": v for k, v in tiered.items()}
+    if splits.eval_random:
+        random_scores, _ = greedy_scores(model, tokenizer, splits.eval_random, g.max_new_tokens, config.judge)
+        metrics.update({f"eval_{k}_random": v for k, v in random_scores.items()})
+        metrics["difficulty_gap"] = metrics["eval_accuracy_random"] - metrics["eval_accuracy_tiered"]
+    metrics["eval_sampled_accuracy_tiered"] = sampled_accuracy(model, tokenizer, splits.eval_tiered, config.probe_samples,
+                                                               g.max_new_tokens, g.temperature, seed, config.judge)
+    metrics["grpo_prompts_sampled_accuracy"] = sampled_accuracy(model, tokenizer, splits.grpo, config.probe_samples,
+                                                                g.max_new_tokens, g.temperature, seed + 1, config.judge)
+    return metrics
+
+
+def rollout_rewards(config: Config, rollouts, examples) -> torch.Tensor:
+    eta = config.eta if config.reward == "rubric" else 0.0
+    size, rewards = config.grpo.group_size, []
+    for j, example in enumerate(examples):
+        group = slice(j * size, (j + 1) * size)
+        rewards += group_rewards(rollouts.texts[group], example.label, example.rubrics, eta=eta, judge=config.judge,
+                                 truncated=rollouts.truncated[group])
+    return torch.tensor(rewards)
+
+
+def train_loop_per_worker(payload: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    config: Config = from_dict(Config, payload["config"])
+    data_dir, reader_cache = Path(payload["data_dir"]), payload["reader_cache"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    run = tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
+    torch.manual_seed(config.seed)
+
+    model, tokenizer = reader_and_tokenizer(config, data_dir)
+    splits = split_examples(config, data_dir, tokenizer)
+    g = config.grpo
+    optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=0.0)
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # resume inside GRPO
+        with checkpoint.as_directory() as directory:
+            model.load_state_dict(load_lm(Path(directory) / "model")[0].state_dict())
+            state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            start_step = state["step"]
+    elif reader_cache and (Path(reader_cache) / "config.json").is_file():
+        model.load_state_dict(load_lm(reader_cache)[0].state_dict())
+        if run:
+            run.set_tags({"reader_sft": f"cached {reader_cache}"})
+    elif config.sft.steps:
+        sft_reader(config, model, tokenizer, splits, run)  # every rank: same data, same seed, same weights
+        if rank == 0 and reader_cache:
+            staging = Path(tempfile.mkdtemp(dir=Path(reader_cache).parent))
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            shutil.rmtree(reader_cache, ignore_errors=True)
+            staging.rename(reader_cache)
+
+    ddp_model = ray.train.torch.prepare_model(model)
+    if rank == 0:
+        before = evaluate(config, model, tokenizer, splits, config.seed * 7919)
+        run.log_metrics({**before, "grpo_step": start_step}, step=start_step)
+        if start_step == 0:
+            run.log_metrics({f"before_grpo/{k}": v for k, v in before.items()}, step=0)
+        print(f"[longtrace] before GRPO: tiered {before['eval_accuracy_tiered']:.3f} "
+              f"random {before.get('eval_accuracy_random', float('nan')):.3f}", flush=True)
+
+    for step in range(start_step, g.steps):
+        indices = batch_indices(step, g.prompts_per_step, world_size, rank, len(splits.grpo), config.seed)
+        examples = [splits.grpo[i] for i in indices.tolist()]
+        rollouts = sample_groups(model, tokenizer, [e.prompt for e in examples], g.group_size, g.max_new_tokens,
+                                 g.temperature, generator_seed=(config.seed * 100_003 + step) * world_size + rank)
+        rewards = rollout_rewards(config, rollouts, examples)
+        stats = grpo_step(model, optimizer, rollouts, rewards, g, train_model=ddp_model)
+        done = step + 1
+        metrics = {"reward": float(rewards.mean()), "truncated": sum(rollouts.truncated) / len(rollouts.truncated),
+                   "response_tokens": float(rollouts.completion_mask.sum(dim=1).float().mean()), "grpo_step": done,
+                   "step": done, **stats}
+        if rank == 0:
+            run.log_metrics(metrics, step=done)
+        if done % config.eval_every == 0 or done == g.steps:
+            if rank == 0:
+                metrics.update(evaluate(config, model, tokenizer, splits, config.seed * 7919))
+                run.log_metrics(metrics, step=done)
+                print(f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
+                      f"eval tiered {metrics['eval_accuracy_tiered']:.3f}", flush=True)
+            with tempfile.TemporaryDirectory() as directory:
+                saved = None
+                if rank == 0:
+                    model.save_pretrained(Path(directory) / "model")
+                    tokenizer.save_pretrained(Path(directory) / "model")
+                    torch.save({"optimizer": optimizer.state_dict(), "step": done}, Path(directory) / "trainer_state.pt")
+                    saved = ray.train.Checkpoint.from_directory(directory)
+                ray.train.report(metrics, checkpoint=saved)
+    if g.steps == 0 or start_step >= g.steps:
+        with tempfile.TemporaryDirectory() as directory:
+            saved = None
+            if rank == 0:
+                model.save_pretrained(Path(directory) / "model")
+                tokenizer.save_pretrained(Path(directory) / "model")
+                saved = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report({"grpo_step": start_step, "step": start_step}, checkpoint=saved)
+
+
+def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    given_data = ensure_data(config, None) if config.data_dir else None  # a wrong path fails before any run opens
+    data_key = str(given_data) if given_data else config_hash(to_dict(config.data))
+    run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_key)
+    try:
+        data_dir = given_data or ensure_data(config, run_record.run_id)
+        run_record.set_tags({"data_dir": str(data_dir)})
+        reader_cache = ""
+        if not config.model_init and "://" not in config.storage_path:
+            key = config_hash(str(data_dir), to_dict(config.model), to_dict(config.sft), config.seed, config.eval_fraction)
+            cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
+            cache_root.mkdir(parents=True, exist_ok=True)
+            reader_cache = str(cache_root / key)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": to_dict(config), "data_dir": str(data_dir), "reader_cache": reader_cache,
+                               "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+            scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path(config.storage_path),
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                           callbacks=list(train_callbacks)),
+        )
+        result = trainer.fit()
+        summary = log_outcome(config, run_record, result.checkpoint, data_dir)
+    except BaseException:
+        run_record.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
+        raise
+    run_record.end("FINISHED")
+    return summary
+
+
+def log_outcome(config: Config, run_record: tracking.Run, checkpoint, data_dir: Path) -> RunSummary:
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as scratch:
+        model_dir = Path(directory) / "model"
+        run_record.log_artifact(model_dir, "model")
+        model, tokenizer = load_lm(model_dir)
+        splits = split_examples(config, data_dir, tokenizer)
+        shown = splits.eval_tiered[: config.num_samples_logged]
+        _, responses = greedy_scores(model, tokenizer, shown, config.grpo.max_new_tokens, config.judge)
+        samples = [{"question_id": e.question_id, "response": r, "label": e.label, "rubrics": e.rubrics,
+                    "eval_reward": group_rewards([r], e.label, e.rubrics, eta=0.0, judge=config.judge)[0]}
+                   for e, r in zip(shown, responses)]
+        run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")
+        history = {key: run_record.metric_history(key) for key in
+                   ("reward", "eval_accuracy_tiered", "eval_accuracy_random", "grpo_prompts_sampled_accuracy", "sft_loss")}
+        plot = plot_curves({"GRPO reward (sampled)": {"train": history["reward"]},
+                            "held-out accuracy (greedy)": {"tiered": history["eval_accuracy_tiered"],
+                                                           "random": history["eval_accuracy_random"]},
+                            "GRPO prompts, sampled accuracy": {"probe": history["grpo_prompts_sampled_accuracy"]},
+                            "SFT loss": {"sft": history["sft_loss"]}},
+                           Path(scratch) / "learning_curve.png", f"longtrace {config.reward} {run_record.run_id[:8]}")
+        run_record.log_artifact(plot)
+    final = {key: values[-1][1] for key, values in history.items() if values}
+    start = {key: values[0][1] for key, values in history.items() if values}
+    run_record.log_metrics({"final_eval_accuracy_tiered": final["eval_accuracy_tiered"]}, step=config.grpo.steps)
+    version = tracking.register_model(run_record, "model", REGISTERED_MODEL) if config.register_model else None
+    return RunSummary(PIPELINE, KEY_METRIC, final["eval_accuracy_tiered"], run_record.run_id, run_record.artifact_uri,
+                      extra={"reward": config.reward, "data_dir": str(data_dir), "registered_version": version,
+                             "before_grpo": {k: start.get(k) for k in ("eval_accuracy_tiered", "eval_accuracy_random",
+                                                                       "grpo_prompts_sampled_accuracy")},
+                             "after_grpo": {k: final.get(k) for k in ("eval_accuracy_tiered", "eval_accuracy_random",
+                                                                      "grpo_prompts_sampled_accuracy")}})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_for(PIPELINE, Config, run, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.longtrace import main as importable_main  # Ray pickles by reference
+
+    sys.exit(importable_main())
