@@ -17,7 +17,8 @@ import ray
 
 from workloads.config import from_dict
 from workloads.longtrace.kg import Question
-from workloads.longtrace.search import AgentConfig, ContextConfig, HeuristicAgent, build_context
+from workloads.longtrace.llm_agent import EndpointError
+from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, make_agent
 
 MODES = ("tiered", "random")
 
@@ -46,7 +47,7 @@ class ContextBuilder:
         of resolving it, and every actor fetches the one shared copy from the object store."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         (index,) = ray.get(index_ref)
-        self.agent = HeuristicAgent(index, from_dict(AgentConfig, agent))
+        self.agent = make_agent(index, from_dict(AgentConfig, agent))
         self.documents = {d.id: d for d in index.documents}
         self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
@@ -57,7 +58,15 @@ class ContextBuilder:
         rows = {"mode": [], "row_json": [], "skip_reason": [], "trajectory_json": []}
         for raw in batch.column("question").to_pylist():
             question = Question(**json.loads(raw))
-            trajectory = self.agent.run(question)
+            try:
+                trajectory = self.agent.run(question)
+            except EndpointError as exc:  # one unreachable question, not a lost batch
+                for mode in MODES:
+                    rows["mode"].append(mode)
+                    rows["row_json"].append("")
+                    rows["skip_reason"].append(f"search agent endpoint failed: {str(exc)[:120]}")
+                    rows["trajectory_json"].append("{}")
+                continue
             trajectory_json = json.dumps({"steps": [vars(s) for s in trajectory.steps], "answer": trajectory.answer,
                                           "cited": trajectory.cited})
             for mode in MODES:

@@ -132,6 +132,8 @@ def log_outcome(run_record, config: Config, built, counts: dict, skips: Skips, n
         for tier in row["metadata"]["doc_tiers"]:
             per_tier[tier] += 1
     order = ["gold", "tier1", "tier2", "filler"]
+    if not tier_tokens:
+        return  # nothing was built: the skip counts above say why
     with tempfile.TemporaryDirectory() as scratch:
         plot = plot_curves({f"{mode} contexts": {"documents per tier": [(i, counter[t]) for i, t in enumerate(order)]}
                             for mode, counter in tier_tokens.items()},

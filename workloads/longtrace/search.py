@@ -64,14 +64,38 @@ class Trajectory:
         return {d for s in self.steps for d in s.opened}
 
 
+AGENT_KINDS = ("heuristic", "openai", "hf")
+
+
 @dataclasses.dataclass
 class AgentConfig:
+    kind: str = "heuristic"  # heuristic | openai (OpenAI-compatible completions endpoint) | hf (local model)
     top_k_shown: int = 8
     top_k_opened: int = 3
+    endpoint: str = ""  # openai: base URL, e.g. http://vllm-host:8000
+    model: str = ""  # openai: the served model name; hf: a directory or hub id
+    api_key: str = ""
+    max_turns: int = 6
+    max_tokens: int = 128
+    timeout_s: float = 60.0
+    retries: int = 2
     section: ClassVar[str] = "agent"
 
     def validate(self) -> None:
+        require(self.kind in AGENT_KINDS, "kind", f"expected one of {', '.join(AGENT_KINDS)}")
         require(1 <= self.top_k_opened <= self.top_k_shown, "top_k_opened", "need 1 <= top_k_opened <= top_k_shown")
+        require(self.kind != "openai" or bool(self.endpoint), "endpoint", "the openai agent needs an endpoint URL")
+        require(self.kind != "hf" or bool(self.model), "model", "the hf agent needs a model directory or hub id")
+        require(self.max_turns >= 1, "max_turns", "must be >= 1")
+
+
+def make_agent(index: "SearchIndex", cfg: AgentConfig):
+    """The configured search agent (a registry of kinds, not an if-chain at call sites)."""
+    if cfg.kind == "heuristic":
+        return HeuristicAgent(index, cfg)
+    from workloads.longtrace.llm_agent import LLMAgent, make_generate
+
+    return LLMAgent(index, make_generate(cfg), cfg)
 
 
 class HeuristicAgent:
@@ -120,7 +144,8 @@ def parse_agent_output(text: str) -> dict:
     """Search-R1 style tags from an LLM agent; malformed output yields what could be read."""
     searches = re.findall(r"<search>(.*?)</search>", text, flags=re.S)
     answers = re.findall(r"<answer>(.*?)</answer>", text, flags=re.S)
-    return {"searches": [s.strip() for s in searches if s.strip()],
+    searches = [s.strip() for s in searches if s.strip()]
+    return {"searches": searches,
             "answer": answers[-1].strip() if answers else None,
             "malformed": not answers and not searches}
 

@@ -1,0 +1,121 @@
+"""An LLM search agent with Search-R1 tags, over an OpenAI-compatible endpoint or a local HF model.
+
+The agent writes `<search>query</search>`; the tool answers with an `<information>` block
+listing the top `top_k_shown` results (id and title: *shown*) and the full text of the first
+`top_k_opened` (*opened*); the agent ends with `<answer>...</answer>`. Documents it *cites*
+are the opened ones whose id or title it mentions after it stopped searching. Output that
+follows none of this (no tag at all, an unclosed tag, an empty answer) ends the episode with
+no answer; the trajectory so far is kept, so its shown/opened documents still tier distractors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Callable
+
+from workloads.longtrace.kg import Question
+from workloads.longtrace.search import AgentConfig, SearchIndex, Step, Trajectory, parse_agent_output
+
+AGENT_INSTRUCTION = (
+    "Answer the question. To look something up, write <search>query</search> and read the "
+    "<information> that follows. When you know the answer, write <answer>the answer</answer>.\n"
+)
+STOP = ["</search>", "</answer>"]
+
+Generate = Callable[[str], str]  # prompt -> continuation, stopped after a closing tag
+
+
+class EndpointError(RuntimeError):
+    pass
+
+
+def openai_completions(base_url: str, model: str, max_tokens: int, timeout_s: float, retries: int,
+                       api_key: str = "") -> Generate:
+    """`POST {base_url}/v1/completions` (vLLM, the project's Serve `generate` app, ...)."""
+    url = base_url.rstrip("/") + "/v1/completions"
+
+    def generate(prompt: str) -> str:
+        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                           "stop": STOP}).encode()
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        last_error = None
+        for attempt in range(retries + 1):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout_s) as response:
+                    payload = json.loads(response.read())
+                choice = payload["choices"][0]
+                text = choice["text"]
+                # Servers strip the stop string; put the closing tag back so the parser sees it.
+                if choice.get("finish_reason") == "stop" and not text.rstrip().endswith(tuple(STOP)):
+                    text += "</search>" if "<search>" in text.rsplit("</search>", 1)[-1] else "</answer>"
+                return text
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+                last_error = exc
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise EndpointError(f"agent endpoint {url}: malformed completion response ({exc!r})") from None
+        raise EndpointError(f"agent endpoint {url}: unreachable after {retries + 1} attempts ({last_error})")
+
+    return generate
+
+
+def hf_generate(model_path: str, max_tokens: int) -> Generate:
+    """Greedy continuation with a local causal LM (any directory or hub id)."""
+    import torch
+
+    from workloads.tiny_lm import load_lm
+
+    model, tokenizer = load_lm(model_path)
+    model.eval()
+
+    def generate(prompt: str) -> str:
+        enc = tokenizer([prompt], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, stop_strings=STOP,
+                                 tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    return generate
+
+
+@dataclasses.dataclass
+class LLMAgent:
+    index: SearchIndex
+    generate: Generate
+    cfg: AgentConfig
+
+    def run(self, question: Question) -> Trajectory:
+        transcript = f"{AGENT_INSTRUCTION}Question: {question.question}\n"
+        steps: list[Step] = []
+        for _ in range(self.cfg.max_turns):
+            output = self.generate(transcript)
+            transcript += output
+            parsed = parse_agent_output(output)
+            if parsed["answer"] is not None:
+                return Trajectory(question.id, steps, parsed["answer"] or None, self._cited(steps, output))
+            if not parsed["searches"]:
+                break  # malformed: neither a search nor an answer
+            query = parsed["searches"][-1]
+            hits = [self.index.documents[i] for i in self.index.search(query, self.cfg.top_k_shown)]
+            opened = hits[: self.cfg.top_k_opened]
+            steps.append(Step(query, [d.id for d in hits], [d.id for d in opened]))
+            listing = "\n".join(f"[{d.id}] {d.title}" + (f": {d.text}" if d in opened else "") for d in hits)
+            transcript += f"\n<information>\n{listing}\n</information>\n"
+        return Trajectory(question.id, steps, None, [])
+
+    def _cited(self, steps: list[Step], final_output: str) -> list[str]:
+        titles = {d.id: d.title for d in self.index.documents}
+        opened = [doc_id for step in steps for doc_id in step.opened]
+        return list(dict.fromkeys(d for d in opened if d in final_output or titles[d] in final_output))
+
+
+def make_generate(cfg: AgentConfig) -> Generate:
+    backends = {
+        "openai": lambda: openai_completions(cfg.endpoint, cfg.model, cfg.max_tokens, cfg.timeout_s, cfg.retries, cfg.api_key),
+        "hf": lambda: hf_generate(cfg.model, cfg.max_tokens),
+    }
+    return backends[cfg.kind]()
