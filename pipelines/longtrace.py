@@ -265,8 +265,9 @@ def train_loop_per_worker(payload: dict) -> None:
             run.log_metrics(metrics, step=done)
         if done % config.eval_every == 0 or done == g.steps:
             if rank == 0:
-                metrics.update(evaluate(config, model, tokenizer, splits, config.seed * 7919))
-                run.log_metrics(metrics, step=done)
+                evaluation = evaluate(config, model, tokenizer, splits, config.seed * 7919)
+                metrics.update(evaluation)
+                run.log_metrics(evaluation, step=done)
                 print(f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
                       f"eval tiered {metrics['eval_accuracy_tiered']:.3f}", flush=True)
             with tempfile.TemporaryDirectory() as directory:
