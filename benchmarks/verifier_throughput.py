@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
     print(f"  Serve /verify/python, 32 clients: {http_checks:.0f} checks/s, p50 {p50 * 1000:.1f} ms, "
           f"p99 {p99 * 1000:.1f} ms ({http_ok}/{args.http_requests} passed)")
-    print(f"  targets: >= 5x the subprocess baseline, >= 400 trivial checks/s")
+    print("  targets: >= 5x the subprocess baseline, >= 400 trivial checks/s")
     print(json.dumps({"benchmark": "verifier_throughput", "value": round(trivial_pool, 1), "baseline": round(trivial_sub, 1),
                       "ratio": round(trivial_pool / trivial_sub, 3), "unit": "checks/s"}))
 

@@ -45,7 +45,7 @@ from workloads.tiny_lm import TinyLMConfig, load_lm, load_tokenizer, model_confi
 PIPELINE = "longtrace"
 REGISTERED_MODEL = "rayworks-longtrace"
 KEY_METRIC = "eval_accuracy_tiered"
-QUICKSTART = ["grpo.steps=24", "eval_every=12"]
+QUICKSTART = ["eval_every=15"]
 
 
 def default_data() -> longtrace_data.Config:

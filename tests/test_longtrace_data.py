@@ -3,7 +3,6 @@ the Ray Data pipeline's Parquet output, including bad input."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq

@@ -1,5 +1,5 @@
-"""`rayworks run longtrace`: data built on demand, reader SFT, GRPO with the rubric reward on
-Ray Train, evaluations in MLflow; `rayworks compare` and `rayworks tune` over it."""
+"""`rayworks compare` and `rayworks tune` over the longtrace pipeline, and its bad input. (The
+embedded default itself, learning included, is checked on the quickstart's run: tests/test_quickstart.py.)"""
 
 from pathlib import Path
 
@@ -9,33 +9,6 @@ from tests.helpers import mlflow_client, rayworks, result_lines
 TINY = ["data.kg.num_questions=60", "sft.steps=30", "grpo.steps=2", "eval_every=2",
                                      "probe_samples=1", "grpo.group_size=2", "grpo.prompts_per_step=2",
                                      "register_model=false", "data.num_actors=1"]
-
-
-def test_grpo_improves_the_policy_on_its_prompts_and_everything_is_tracked(workdir: Path):
-    proc = rayworks(workdir, "run", "longtrace", timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (summary,) = result_lines(proc.stdout)
-    before, after = summary["extra"]["before_grpo"], summary["extra"]["after_grpo"]
-    # What GRPO optimises: the sampled accuracy on the prompts it trains on (fixed seed, margin).
-    assert after["grpo_prompts_sampled_accuracy"] >= before["grpo_prompts_sampled_accuracy"] + 0.15, summary
-    # The reader learned the task in SFT at all (untrained: 0).
-    assert before["eval_accuracy_tiered"] >= 0.15
-
-    client = mlflow_client(workdir)
-    run = client.get_run(summary["run_id"])
-    for metric in ("eval_accuracy_tiered", "eval_accuracy_random", "difficulty_gap", "eval_rubric_recall_tiered",
-                   "before_grpo/eval_accuracy_tiered", "before_grpo/eval_accuracy_random", "sft_loss", "clip_fraction"):
-        assert metric in run.data.metrics, metric
-    rewards = client.get_metric_history(summary["run_id"], "reward")
-    assert len(rewards) == 30 and all(0.0 <= m.value <= 1.0 for m in rewards)
-    assert run.data.params["reward"] == "rubric" and run.data.params["grpo.clip_high"] == "0.28"
-    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
-    assert {"model", "learning_curve.png", "samples.jsonl", "config.yaml"} <= artifacts
-    # the data set was built once, by a child run of the data pipeline, into the cache
-    data_dir = Path(summary["extra"]["data_dir"])
-    assert (data_dir / "BUILT").is_file() and (data_dir / "tiered").is_dir() and (data_dir / "random").is_dir()
-    data_runs = client.search_runs([client.get_experiment_by_name("rayworks-longtrace_data").experiment_id])
-    assert [r.data.tags.get("mlflow.parentRunId") for r in data_runs] == [summary["run_id"]]
 
 
 def test_compare_rubric_and_outcome_over_seeds_reports_mean_and_interval(workdir: Path):

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from workloads.longtrace.reward import answer_content, final_answer, group_rewards, rubric_score
+from workloads.longtrace.reward import answer_content, group_rewards, rubric_score
 
 RESPONSE_CUE = "\nResponse: "
 

@@ -12,7 +12,6 @@ The zygote keeps only CAP_SETUID/SETGID/KILL/FOWNER/DAC_OVERRIDE (bubblewrap dro
 rest), so a check, running as another uid with no capabilities, cannot signal it.
 """
 
-import gc
 import json
 import os
 import resource

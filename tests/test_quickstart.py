@@ -1,0 +1,63 @@
+"""`rayworks quickstart`: every pipeline's smallest embedded default in one fresh process, each
+checked for what it must show (learning, tracking, registration)."""
+
+from pathlib import Path
+
+from pipelines import PIPELINES
+from tests.helpers import mlflow_client, rayworks, result_lines
+
+
+def test_quickstart_runs_every_pipeline_and_each_learns(workdir: Path):
+    proc = rayworks(workdir, "quickstart", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pipeline" in proc.stdout and "MLflow run" in proc.stdout  # the summary table
+    summaries = {s["pipeline"]: s for s in result_lines(proc.stdout)}
+    assert set(summaries) == set(PIPELINES)  # every pipeline's embedded default ran
+    check_sft(workdir, summaries["sft"])
+    check_longtrace(workdir, summaries["longtrace"])
+    assert summaries["longtrace_data"]["value"] > 0
+
+
+def check_sft(workdir: Path, summary: dict) -> None:
+    # a short run beats the untrained model by a clear margin
+    assert summary["value"] >= summary["extra"]["untrained_accuracy"] + 0.2, summary
+
+    client = mlflow_client(workdir)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.max_steps"] == "400"
+    assert {"git_revision", "data_hash", "ray_job_id", "rayworks.run_name"} <= set(run.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "learning_curve.png", "samples.jsonl", "model"} <= artifacts
+    model_files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= model_files
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == sorted(steps) and steps[-1] == 400
+    versions = client.search_model_versions("name='rayworks-sft'")
+    assert [v.run_id for v in versions] == [summary["run_id"]]
+
+
+def check_longtrace(workdir: Path, summary: dict) -> None:
+    """The embedded longtrace default: data built on demand, reader SFT, GRPO with the rubric
+    reward on Ray Train, evaluations in MLflow."""
+    before, after = summary["extra"]["before_grpo"], summary["extra"]["after_grpo"]
+    # What GRPO optimises: the sampled accuracy on the prompts it trains on (fixed seed, margin).
+    assert after["grpo_prompts_sampled_accuracy"] >= before["grpo_prompts_sampled_accuracy"] + 0.15, summary
+    # The reader learned the task in SFT at all (untrained: 0).
+    assert before["eval_accuracy_tiered"] >= 0.15
+
+    client = mlflow_client(workdir)
+    run = client.get_run(summary["run_id"])
+    for metric in ("eval_accuracy_tiered", "eval_accuracy_random", "difficulty_gap", "eval_rubric_recall_tiered",
+                   "before_grpo/eval_accuracy_tiered", "before_grpo/eval_accuracy_random", "sft_loss", "clip_fraction"):
+        assert metric in run.data.metrics, metric
+    rewards = client.get_metric_history(summary["run_id"], "reward")
+    assert sorted(m.step for m in rewards) == list(range(1, 31)) and all(0.0 <= m.value <= 1.0 for m in rewards)
+    assert run.data.params["reward"] == "rubric" and run.data.params["grpo.clip_high"] == "0.28"
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"model", "learning_curve.png", "samples.jsonl", "config.yaml"} <= artifacts
+    # the data set was built once, by a child run of the data pipeline, into the cache
+    data_dir = Path(summary["extra"]["data_dir"])
+    assert (data_dir / "BUILT").is_file() and (data_dir / "tiered").is_dir() and (data_dir / "random").is_dir()
+    data_runs = client.search_runs([client.get_experiment_by_name("rayworks-longtrace_data").experiment_id])
+    assert [r.data.tags.get("mlflow.parentRunId") for r in data_runs] == [summary["run_id"]]
