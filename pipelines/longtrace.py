@@ -19,6 +19,7 @@ Recipe:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -36,7 +37,7 @@ from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.grpo import GRPOConfig, grpo_step, sample_groups
 from workloads.longtrace.kg import KGConfig
 from workloads.longtrace.reader import greedy_scores, is_held_out, load_examples, sampled_accuracy
-from workloads.longtrace.reward import JUDGES, group_rewards
+from workloads.longtrace.reward import JUDGES, group_rewards, llm_judge
 from workloads.longtrace.search import ContextConfig
 from workloads.plots import plot_curves
 from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
@@ -78,7 +79,9 @@ class Config:
     model_init: str = ""  # a reader to start from (directory or hub id); empty: the tiny reader
     reward: Literal["rubric", "outcome"] = "rubric"
     eta: float = 0.3  # rubric weight inside correct answers (training); evaluation uses 0
-    judge: str = "exact"
+    judge: str = "exact"  # exact | f1 | llm (an OpenAI-compatible endpoint: judge_endpoint, judge_model)
+    judge_endpoint: str = ""
+    judge_model: str = ""
     eval_fraction: float = 0.2
     grpo_prompts: int = 16  # GRPO draws its prompts from this many training questions (0: all)
     eval_every: int = 10
@@ -96,7 +99,8 @@ class Config:
     def validate(self) -> None:
         require(self.reward in ("rubric", "outcome"), "reward", "expected rubric or outcome")
         require(0.0 <= self.eta <= 1.0, "eta", "must be in [0, 1]")
-        require(self.judge in JUDGES, "judge", f"expected one of {sorted(JUDGES)}")
+        require(self.judge in JUDGES or self.judge == "llm", "judge", f"expected one of {sorted(JUDGES) + ['llm']}")
+        require(self.judge != "llm" or bool(self.judge_endpoint), "judge_endpoint", "judge=llm needs the endpoint's base URL")
         require(0.0 < self.eval_fraction < 1.0, "eval_fraction", "must be in (0, 1)")
         require(self.grpo_prompts >= 0, "grpo_prompts", "must be >= 0")
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
@@ -108,6 +112,16 @@ class Config:
 def step_budget(config: Config) -> tuple[int, int]:
     """(steps, evaluation interval) of the part Tune's scheduler sees: GRPO."""
     return config.grpo.steps, config.eval_every
+
+
+@functools.lru_cache(maxsize=4)
+def _judge(name: str, endpoint: str, model: str):
+    return llm_judge(endpoint, model) if name == "llm" else name
+
+
+def judge_for(config: Config):
+    """The outcome judge: a built-in judge's name, or the LLM judge behind `judge_endpoint`."""
+    return _judge(config.judge, config.judge_endpoint, config.judge_model)
 
 
 def config_hash(*parts) -> str:
@@ -182,16 +196,16 @@ def sft_reader(config: Config, model, tokenizer, splits: Splits, run) -> None:
 
 def evaluate(config: Config, model, tokenizer, splits: Splits, seed: int) -> dict[str, float]:
     g = config.grpo
-    tiered, _ = greedy_scores(model, tokenizer, splits.eval_tiered, g.max_new_tokens, config.judge)
+    tiered, _ = greedy_scores(model, tokenizer, splits.eval_tiered, g.max_new_tokens, judge_for(config))
     metrics = {f"eval_{k}_tiered": v for k, v in tiered.items()}
     if splits.eval_random:
-        random_scores, _ = greedy_scores(model, tokenizer, splits.eval_random, g.max_new_tokens, config.judge)
+        random_scores, _ = greedy_scores(model, tokenizer, splits.eval_random, g.max_new_tokens, judge_for(config))
         metrics.update({f"eval_{k}_random": v for k, v in random_scores.items()})
         metrics["difficulty_gap"] = metrics["eval_accuracy_random"] - metrics["eval_accuracy_tiered"]
     metrics["eval_sampled_accuracy_tiered"] = sampled_accuracy(model, tokenizer, splits.eval_tiered, config.probe_samples,
-                                                               g.max_new_tokens, g.temperature, seed, config.judge)
+                                                               g.max_new_tokens, g.temperature, seed, judge_for(config))
     metrics["grpo_prompts_sampled_accuracy"] = sampled_accuracy(model, tokenizer, splits.grpo, config.probe_samples,
-                                                                g.max_new_tokens, g.temperature, seed + 1, config.judge)
+                                                                g.max_new_tokens, g.temperature, seed + 1, judge_for(config))
     return metrics
 
 
@@ -200,7 +214,7 @@ def rollout_rewards(config: Config, rollouts, examples) -> torch.Tensor:
     size, rewards = config.grpo.group_size, []
     for j, example in enumerate(examples):
         group = slice(j * size, (j + 1) * size)
-        rewards += group_rewards(rollouts.texts[group], example.label, example.rubrics, eta=eta, judge=config.judge,
+        rewards += group_rewards(rollouts.texts[group], example.label, example.rubrics, eta=eta, judge=judge_for(config),
                                  truncated=rollouts.truncated[group])
     return torch.tensor(rewards)
 
@@ -329,9 +343,9 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, data_dir: 
         model, tokenizer = load_lm(model_dir)
         splits = split_examples(config, data_dir, tokenizer)
         shown = splits.eval_tiered[: config.num_samples_logged]
-        _, responses = greedy_scores(model, tokenizer, shown, config.grpo.max_new_tokens, config.judge)
+        _, responses = greedy_scores(model, tokenizer, shown, config.grpo.max_new_tokens, judge_for(config))
         samples = [{"question_id": e.question_id, "response": r, "label": e.label, "rubrics": e.rubrics,
-                    "eval_reward": group_rewards([r], e.label, e.rubrics, eta=0.0, judge=config.judge)[0]}
+                    "eval_reward": group_rewards([r], e.label, e.rubrics, eta=0.0, judge=judge_for(config))[0]}
                    for e, r in zip(shown, responses)]
         run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")
         history = {key: run_record.metric_history(key) for key in

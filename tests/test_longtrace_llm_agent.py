@@ -10,8 +10,21 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import mlflow_client, python_module, result_lines
-from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, synthetic_kg
-from workloads.longtrace.llm_agent import EndpointError, LLMAgent, hf_generate, openai_completions
+from workloads.longtrace import group_rewards
+from workloads.longtrace.kg import (
+    KGConfig,
+    Skips,
+    build_corpus,
+    generate_questions,
+    synthetic_kg,
+)
+from workloads.longtrace.llm_agent import (
+    EndpointError,
+    LLMAgent,
+    hf_generate,
+    openai_completions,
+)
+from workloads.longtrace.reward import llm_judge
 from workloads.longtrace.search import AgentConfig, SearchIndex
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm
 
@@ -25,7 +38,11 @@ class ScriptedCompletions(BaseHTTPRequestHandler):
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = request["prompt"]
-        if self.mode == "garbage":
+        if self.mode == "judge":  # a judge that compares case-insensitively
+            reference = re.search(r"Reference answer: (.*)\n", prompt).group(1)
+            candidate = re.search(r"Candidate answer: (.*)\n", prompt).group(1)
+            body = {"choices": [{"text": " yes" if reference.lower() == candidate.lower() else " no"}]}
+        elif self.mode == "garbage":
             body = {"choices": [{"text": "I am not sure what to do.", "finish_reason": "length"}]}
         elif self.mode == "broken":
             body = {"unexpected": True}
@@ -125,3 +142,14 @@ def test_data_pipeline_with_the_endpoint_agent_and_with_it_down(completions_serv
     assert any("endpoint failed" in reason for reason in summary["extra"]["skipped"])
     run = mlflow_client(workdir).get_run(summary["run_id"])
     assert any(key.startswith("skipped/search agent endpoint failed") for key in run.data.metrics)
+
+
+def test_llm_judge_endpoint_decides_the_outcome(completions_server):
+    ScriptedCompletions.mode = "judge"
+    judge = llm_judge(url(completions_server), "judge-model", timeout_s=5.0, retries=0)
+    responses = ["A > B. Answer: PARIS", "A > B. Answer: Lyon"]
+    # exact match would accept PARIS too (norm lowercases); the LLM judge's verdicts are used as given
+    assert group_rewards(responses, "Paris", ["A", "B"], eta=0.3, judge=judge) == pytest.approx([1.0, 0.0])
+    ScriptedCompletions.mode = "broken"
+    with pytest.raises(EndpointError, match="malformed"):
+        judge("x", "y")

@@ -33,32 +33,41 @@ class EndpointError(RuntimeError):
     pass
 
 
+def post_completion(base_url: str, body: dict, timeout_s: float, retries: int, api_key: str = "") -> dict:
+    """One OpenAI-compatible `POST {base_url}/v1/completions`; returns its first choice.
+    Network failures are retried with backoff; a malformed response is not (it will not heal)."""
+    url = base_url.rstrip("/") + "/v1/completions"
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    last_error = None
+    for attempt in range(retries + 1):
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode(), headers),
+                                        timeout=timeout_s) as response:
+                payload = json.loads(response.read())
+            choice = payload["choices"][0]
+            if not isinstance(choice["text"], str):
+                raise TypeError("choices[0].text is not a string")
+            return choice
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            last_error = exc
+            time.sleep(min(2.0, 0.2 * 2**attempt))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise EndpointError(f"endpoint {url}: malformed completion response ({exc!r})") from None
+    raise EndpointError(f"endpoint {url}: unreachable after {retries + 1} attempts ({last_error})")
+
+
 def openai_completions(base_url: str, model: str, max_tokens: int, timeout_s: float, retries: int,
                        api_key: str = "") -> Generate:
-    """`POST {base_url}/v1/completions` (vLLM, the project's Serve `generate` app, ...)."""
-    url = base_url.rstrip("/") + "/v1/completions"
+    """The agent's turns through an OpenAI-compatible endpoint (vLLM, the Serve `generate` app, ...)."""
 
     def generate(prompt: str) -> str:
-        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
-                           "stop": STOP}).encode()
-        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-        last_error = None
-        for attempt in range(retries + 1):
-            try:
-                with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout_s) as response:
-                    payload = json.loads(response.read())
-                choice = payload["choices"][0]
-                text = choice["text"]
-                # Servers strip the stop string; put the closing tag back so the parser sees it.
-                if choice.get("finish_reason") == "stop" and not text.rstrip().endswith(tuple(STOP)):
-                    text += "</search>" if "<search>" in text.rsplit("</search>", 1)[-1] else "</answer>"
-                return text
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last_error = exc
-                time.sleep(min(2.0, 0.2 * 2**attempt))
-            except (KeyError, IndexError, TypeError, ValueError) as exc:
-                raise EndpointError(f"agent endpoint {url}: malformed completion response ({exc!r})") from None
-        raise EndpointError(f"agent endpoint {url}: unreachable after {retries + 1} attempts ({last_error})")
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": STOP}
+        choice = post_completion(base_url, body, timeout_s, retries, api_key)
+        text = choice["text"]
+        # Servers strip the stop string; put the closing tag back so the parser sees it.
+        if choice.get("finish_reason") == "stop" and not text.rstrip().endswith(tuple(STOP)):
+            text += "</search>" if "<search>" in text.rsplit("</search>", 1)[-1] else "</answer>"
+        return text
 
     return generate
 

@@ -68,23 +68,40 @@ def f1_judge(answer: str, label: str, threshold: float = F1_THRESHOLD) -> float:
     return float(2 * precision * recall / (precision + recall) >= threshold)
 
 
-JUDGES: dict[str, Callable[[str, str], float]] = {"exact": exact_judge, "f1": f1_judge}
+Judge = Callable[[str, str], float]
+JUDGES: dict[str, Judge] = {"exact": exact_judge, "f1": f1_judge}
 
 
-def group_rewards(responses: list[str], label: str, rubrics: list[str], eta: float = 0.3, judge: str = "exact",
+def llm_judge(endpoint: str, model: str, timeout_s: float = 30.0, retries: int = 2, api_key: str = "") -> Judge:
+    """An LLM judge behind an OpenAI-compatible completions endpoint: 1 when it replies yes."""
+    from workloads.longtrace.llm_agent import post_completion
+
+    def judge(answer: str, label: str) -> float:
+        prompt = (f"Reference answer: {label}\nCandidate answer: {answer.strip()}\n"
+                  "Does the candidate name the same thing as the reference? Reply yes or no.\nReply:")
+        body = {"model": model, "prompt": prompt, "max_tokens": 3, "temperature": 0.0}
+        return float(post_completion(endpoint, body, timeout_s, retries, api_key)["text"].strip().lower().startswith("yes"))
+
+    return judge
+
+
+def group_rewards(responses: list[str], label: str, rubrics: list[str], eta: float = 0.3, judge: str | Judge = "exact",
                   truncated: Sequence[bool] | None = None) -> list[float]:
     """Positive-only rubric-shaped rewards for one group of responses to one prompt.
 
-    `truncated[i]` marks a response cut off by the length limit (scored 0, like a malformed one)."""
-    if judge not in JUDGES:
+    `judge` is a built-in judge's name or any `(answer, label) -> {0, 1}` callable (e.g.
+    `llm_judge(...)`); `truncated[i]` marks a response cut off by the length limit (scored 0,
+    like a malformed one)."""
+    if not callable(judge) and judge not in JUDGES:
         raise ValueError(f"judge: expected one of {sorted(JUDGES)}, got {judge!r}")
+    judge_fn = judge if callable(judge) else JUDGES[judge]
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta: expected a value in [0, 1], got {eta}")
     contents = [answer_content(response) for response in responses]
     if truncated is not None:
         contents = [None if cut else c for c, cut in zip(contents, truncated, strict=True)]
     rubric = [rubric_score(c, rubrics) if c is not None else 0.0 for c in contents]
-    outcome = [JUDGES[judge](final_answer(c), label) if c is not None else 0.0 for c in contents]
+    outcome = [judge_fn(final_answer(c), label) if c is not None else 0.0 for c in contents]
     best = max(rubric, default=0.0)
     shaped = [r / best if best > 0 else 0.0 for r in rubric]
     return [0.0 if out == 0 else (1 - eta) * out + eta * s for out, s in zip(outcome, shaped)]
