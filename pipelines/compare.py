@@ -72,21 +72,18 @@ def run_comparison(pipeline: str, vary: str, seeds: int, metrics: list[str], con
     except BaseException:
         parent.end("FAILED")
         raise
-    table = {}
+    arms_summary = {}
     for arm, result in results.items():
+        arms_summary[arm] = {}
         for metric in metrics:
             mean, low, high = result.interval(metric)
-            table[(arm, metric)] = (mean, low, high)
+            arms_summary[arm][metric] = {"values": result.values[metric], "mean": mean, "ci95": [low, high]}
             parent.log_metrics({f"{arm}/{metric}/mean": mean, f"{arm}/{metric}/ci95_low": low,
                                 f"{arm}/{metric}/ci95_high": high}, step=0)
-    parent.log_yaml({"field": field, "seeds": seeds,
-                     "arms": {arm: {m: {"values": r.values[m], "mean": table[(arm, m)][0],
-                                        "ci95": [table[(arm, m)][1], table[(arm, m)][2]]} for m in metrics}
-                              for arm, r in results.items()}}, "comparison.yaml")
+    outcome = {"parent_run_id": parent.run_id, "field": field, "seeds": seeds, "arms": arms_summary}
+    parent.log_yaml({k: v for k, v in outcome.items() if k != "parent_run_id"}, "comparison.yaml")
     parent.end("FINISHED")
-    return {"parent_run_id": parent.run_id, "field": field, "seeds": seeds,
-            "arms": {arm: {m: {"values": results[arm].values[m], "mean": table[(arm, m)][0],
-                               "ci95": [table[(arm, m)][1], table[(arm, m)][2]]} for m in metrics} for arm in arms}}
+    return outcome
 
 
 def print_comparison(outcome: dict) -> None:

@@ -24,6 +24,35 @@ PIPELINE_TAG = "rayworks.pipeline"
 
 
 @dataclasses.dataclass
+class RunFields:
+    """The fields every pipeline's Config starts with."""
+
+    seed: int = 0
+    run_name: str = ""  # empty: a fresh timestamped name
+    experiment: str = ""  # empty: rayworks-<pipeline>
+    storage_path: str = "./ray_results"
+
+
+def report_with_checkpoint(metrics: dict, rank: int, model, tokenizer, trainer_state: dict | None = None) -> None:
+    """`ray.train.report` with a checkpoint written by rank 0: `model/` (weights + tokenizer,
+    loadable by `load_lm`) and, when given, `trainer_state.pt`. Every rank must call it."""
+    import tempfile
+
+    import ray.train
+    import torch
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            model.save_pretrained(Path(directory) / "model")
+            tokenizer.save_pretrained(Path(directory) / "model")
+            if trainer_state is not None:
+                torch.save(trainer_state, Path(directory) / "trainer_state.pt")
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@dataclasses.dataclass
 class RunSummary:
     pipeline: str
     metric: str

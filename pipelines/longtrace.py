@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 import torch
 
 from pipelines import longtrace_data
-from pipelines.launch import RunSummary, main_for, open_run, storage_path
+from pipelines.launch import RunFields, RunSummary, main_for, open_run, report_with_checkpoint, storage_path
 from workloads import tracking
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.grpo import GRPOConfig, grpo_step, sample_groups
@@ -70,11 +70,7 @@ class SFTStage:
 
 
 @dataclasses.dataclass
-class Config:
-    seed: int = 0
-    run_name: str = ""
-    experiment: str = ""
-    storage_path: str = "./ray_results"
+class Config(RunFields):
     data_dir: str = ""  # longtrace_data output; empty: build the `data` section (cached)
     model_init: str = ""  # a reader to start from (directory or hub id); empty: the tiny reader
     reward: Literal["rubric", "outcome"] = "rubric"
@@ -256,8 +252,9 @@ def train_loop_per_worker(payload: dict) -> None:
             staging.rename(reader_cache)
 
     ddp_model = ray.train.torch.prepare_model(model)
+    eval_seed = config.seed * 7919  # the same sampled probes before and after GRPO, apart from the training draws
     if rank == 0:
-        before = evaluate(config, model, tokenizer, splits, config.seed * 7919)
+        before = evaluate(config, model, tokenizer, splits, eval_seed)
         run.log_metrics({**before, "grpo_step": start_step}, step=start_step)
         if start_step == 0:
             run.log_metrics({f"before_grpo/{k}": v for k, v in before.items()}, step=0)
@@ -279,27 +276,14 @@ def train_loop_per_worker(payload: dict) -> None:
             run.log_metrics(metrics, step=done)
         if done % config.eval_every == 0 or done == g.steps:
             if rank == 0:
-                evaluation = evaluate(config, model, tokenizer, splits, config.seed * 7919)
+                evaluation = evaluate(config, model, tokenizer, splits, eval_seed)
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
                 print(f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
                       f"eval tiered {metrics['eval_accuracy_tiered']:.3f}", flush=True)
-            with tempfile.TemporaryDirectory() as directory:
-                saved = None
-                if rank == 0:
-                    model.save_pretrained(Path(directory) / "model")
-                    tokenizer.save_pretrained(Path(directory) / "model")
-                    torch.save({"optimizer": optimizer.state_dict(), "step": done}, Path(directory) / "trainer_state.pt")
-                    saved = ray.train.Checkpoint.from_directory(directory)
-                ray.train.report(metrics, checkpoint=saved)
-    if g.steps == 0 or start_step >= g.steps:
-        with tempfile.TemporaryDirectory() as directory:
-            saved = None
-            if rank == 0:
-                model.save_pretrained(Path(directory) / "model")
-                tokenizer.save_pretrained(Path(directory) / "model")
-                saved = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report({"grpo_step": start_step, "step": start_step}, checkpoint=saved)
+            report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(), "step": done})
+    if g.steps == 0 or start_step >= g.steps:  # nothing left to train: the reader as it is
+        report_with_checkpoint({"grpo_step": start_step, "step": start_step}, rank, model, tokenizer)
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:

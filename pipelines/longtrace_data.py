@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
-from pipelines.launch import RunSummary, main_for, open_run
+from pipelines.launch import RunFields, RunSummary, main_for, open_run
 from workloads import tracking
 from workloads.config import ConfigError, require, to_dict
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg
@@ -35,11 +35,7 @@ QUICKSTART = ["kg.num_questions=100", "num_actors=2"]
 
 
 @dataclasses.dataclass
-class Config:
-    seed: int = 0
-    run_name: str = ""
-    experiment: str = ""
-    storage_path: str = "./ray_results"
+class Config(RunFields):
     output_dir: str = "./longtrace_data"
     # The reader's tokenizer (path or hub id) that measures the token budget; empty: a byte-level
     # BPE with `tokenizer_merges` merges learned on the corpus, saved to output_dir/tokenizer

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import torch
 
-from pipelines.launch import RunSummary, main_for, open_run, storage_path
+from pipelines.launch import RunFields, RunSummary, main_for, open_run, report_with_checkpoint, storage_path
 from workloads import tracking
 from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import from_dict, require, to_dict
@@ -67,11 +67,7 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class Config:
-    seed: int = 0
-    run_name: str = ""  # empty: a fresh timestamped name
-    experiment: str = ""  # empty: rayworks-sft
-    storage_path: str = "./ray_results"
+class Config(RunFields):
     # A saved model directory or hub id to start from; empty: build the tiny default.
     model_init: str = ""
     register_model: bool = True
@@ -156,15 +152,8 @@ def train_loop_per_worker(payload: dict) -> None:
         # Ray Train hears only at eval and checkpoint steps: a report waits for the controller
         # to collect the previous one (it polls every ~2 s), so frequent reports stall training.
         if global_step % train.checkpoint_every == 0 or last:
-            with tempfile.TemporaryDirectory() as directory:
-                checkpoint = None
-                if rank == 0:
-                    bare_model.save_pretrained(Path(directory) / "model")
-                    tokenizer.save_pretrained(Path(directory) / "model")
-                    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "step": global_step}, Path(directory) / "trainer_state.pt")
-                    checkpoint = ray.train.Checkpoint.from_directory(directory)
-                ray.train.report(metrics, checkpoint=checkpoint)
+            report_with_checkpoint(metrics, rank, bare_model, tokenizer,
+                                   {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": global_step})
         elif evaluating:
             ray.train.report(metrics)
 

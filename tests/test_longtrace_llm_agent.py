@@ -26,7 +26,7 @@ from workloads.longtrace.llm_agent import (
 )
 from workloads.longtrace.reward import llm_judge
 from workloads.longtrace.search import AgentConfig, SearchIndex
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm
+from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_lm
 
 
 class ScriptedCompletions(BaseHTTPRequestHandler):
@@ -117,8 +117,14 @@ def test_local_hf_agent_runs_on_a_tiny_model(tmp_path, world):
     model_dir = build_tiny_lm(TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                                            intermediate_size=64), tmp_path / "agent")
     cfg = AgentConfig(kind="hf", model=str(model_dir), max_turns=2)
-    trajectory = LLMAgent(index, hf_generate(str(model_dir), 16), cfg).run(questions[0])
-    assert trajectory.question_id == questions[0].id  # untrained output: parsed, not crashed
+    generate = hf_generate(str(model_dir), 16)
+    _, tokenizer = load_lm(model_dir)
+    output = generate("Question: where?\n")
+    assert 0 < len(tokenizer.encode(output, add_special_tokens=False)) <= 16
+    # An untrained model writes no tags: the episode ends at once, with no answer and no search.
+    trajectory = LLMAgent(index, generate, cfg).run(questions[0])
+    assert trajectory.question_id == questions[0].id
+    assert trajectory.answer is None and trajectory.steps == [] and trajectory.cited == []
 
 
 def test_data_pipeline_with_the_endpoint_agent_and_with_it_down(completions_server, workdir: Path):
