@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import threading
 import time
 
 from cluster.connect import RayUnreachable
@@ -123,6 +125,35 @@ def _stop_like_ctrl_c(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+SERVE_STOP_DEADLINE_S = 30.0
+
+
+def _bounded(step, deadline_s: float) -> bool:
+    """Run `step` in a helper thread; False when it is still running after `deadline_s`."""
+    worker = threading.Thread(target=step, daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    return not worker.is_alive()
+
+
+def _stop_serve(deadline_s: float = SERVE_STOP_DEADLINE_S) -> bool:
+    """Stop Serve, then this process's Ray, each within a deadline.
+
+    A loaded machine can leave `serve.shutdown()` waiting on a controller that no longer
+    answers; Ctrl-C must still end the process, and with it the local Ray it started.
+    """
+    import ray
+    from ray import serve
+
+    started = time.monotonic()
+    for name, step in (("serve.shutdown", serve.shutdown), ("ray.shutdown", ray.shutdown)):
+        if not _bounded(step, deadline_s):
+            print(f"warning: {name}() did not finish within {deadline_s:.0f} s; exiting anyway", file=sys.stderr, flush=True)
+            return False
+    print(f"Serve stopped in {time.monotonic() - started:.1f} s", flush=True)
+    return True
+
+
 def cmd_serve(args) -> int:
     from ray import serve
 
@@ -150,7 +181,8 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:
         print("shutting down Serve ...", flush=True)
     finally:
-        serve.shutdown()
+        if not _stop_serve():
+            os._exit(1)  # a hung shutdown thread would block interpreter exit; the local Ray dies with us
     return 0
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +47,50 @@ def mlflow_client(workdir: Path):
 
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def start_app(workdir: Path, app: str, port: int, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """`rayworks serve APP` in a fresh process and session; its output lines arrive on the queue."""
+    proc = subprocess.Popen(["rayworks", "serve", app, "--port", str(port), *args], cwd=workdir,
+                            env=scratch_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def wait_for(lines: "queue.Queue[str]", text: str, timeout: float) -> list[str]:
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            continue
+        if text in seen[-1]:
+            return seen
+    raise AssertionError(f"{text!r} not printed within {timeout}s:\n" + "".join(seen[-40:]))
+
+
+def kill_session(leader: int) -> None:
+    """SIGKILL every process of the session `leader` started: the CLI and the local Ray it owns
+    (Ray's workers sit in their own process groups, so killing the group is not enough)."""
+    import psutil
+
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == leader:
+                os.kill(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def stop_with_ctrl_c(proc: subprocess.Popen, timeout: float = 90) -> int:
+    """Ctrl-C the app and return its exit code; if it does not exit in time, kill its whole session
+    so a hung app cannot leave a Ray cluster behind for the next test, and fail."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(proc.pid)
+        proc.wait(timeout=30)
+        raise AssertionError(f"the app did not exit within {timeout}s of Ctrl-C; its session was killed") from None

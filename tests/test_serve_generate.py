@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import os
-import queue
-import signal
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 import requests
 
-from tests.helpers import scratch_env
+from tests.helpers import start_app, stop_with_ctrl_c, wait_for
 
 PORT = 8127
 
@@ -34,33 +29,11 @@ def _register_tiny_model(workdir: Path) -> str:
         del os.environ["MLFLOW_TRACKING_URI"]
 
 
-def _start_app(workdir: Path, app: str, port: int, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
-    """`rayworks serve APP` in a fresh process; its output lines arrive on the queue."""
-    proc = subprocess.Popen(["rayworks", "serve", app, "--port", str(port), *args], cwd=workdir,
-                            env=scratch_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    return proc, lines
-
-
-def _wait_for(lines: "queue.Queue[str]", text: str, timeout: float) -> list[str]:
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            seen.append(lines.get(timeout=1))
-        except queue.Empty:
-            continue
-        if text in seen[-1]:
-            return seen
-    raise AssertionError(f"{text!r} not printed within {timeout}s:\n" + "".join(seen[-40:]))
-
-
 def test_generate_serves_the_newest_registered_model_and_validates_requests(workdir: Path):
     run_id = _register_tiny_model(workdir)
-    proc, lines = _start_app(workdir, "generate", PORT)
+    proc, lines = start_app(workdir, "generate", PORT)
     try:
-        _wait_for(lines, "is up at", timeout=180)
+        wait_for(lines, "is up at", timeout=180)
         url = f"http://127.0.0.1:{PORT}"
         health = requests.get(f"{url}/healthz", timeout=30).json()
         assert run_id in health["model"] and health["warning"] is None
@@ -84,10 +57,9 @@ def test_generate_serves_the_newest_registered_model_and_validates_requests(work
         not_json = requests.post(f"{url}/generate", data="{not json", headers={"content-type": "application/json"}, timeout=30)
         assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
     finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=90)
+        code = stop_with_ctrl_c(proc)
     assert code == 0
-    _wait_for(lines, "shutting down Serve", timeout=5)
+    wait_for(lines, "shutting down Serve", timeout=5)
     try:
         requests.get(f"http://127.0.0.1:{PORT}/healthz", timeout=2)
         raise AssertionError("server still answering after Ctrl-C")

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
-from tests.test_serve_generate import _start_app, _wait_for
+from tests.helpers import start_app, stop_with_ctrl_c, wait_for
 
 PORT = 8129
 URL = f"http://127.0.0.1:{PORT}"
 
 
 def test_verifier_endpoint(workdir: Path):
-    proc, lines = _start_app(workdir, "verifier", PORT)
+    proc, lines = start_app(workdir, "verifier", PORT)
     try:
-        _wait_for(lines, "is up at", timeout=180)
+        wait_for(lines, "is up at", timeout=180)
         post = lambda path, body: requests.post(f"{URL}{path}", json=body, timeout=60)  # noqa: E731
 
         passed = post("/verify/python", {"code": "def f(x):\n    return 2 * x", "tests": "assert f(2) == 4"}).json()
@@ -50,5 +49,4 @@ def test_verifier_endpoint(workdir: Path):
             statuses = list(clients.map(lambda job: post("/verify/python", job).json()["status"], jobs))
         assert statuses == ["failed" if i % 3 == 0 else "passed" for i in range(96)]
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=90) == 0
+        assert stop_with_ctrl_c(proc) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import mlflow_client, rayworks, scratch_env
+from tests.helpers import kill_session, mlflow_client, rayworks, scratch_env
 
 
 def _free_port() -> int:
@@ -52,8 +52,9 @@ def ray_head(tmp_path_factory):
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait(timeout=30)
+            pass
+        kill_session(head.pid)  # whatever of the head outlived it must not hold ports for later tests
+        head.wait(timeout=30)
 
 
 def test_submit_runs_the_pipeline_as_a_ray_job(ray_head, workdir: Path):
