@@ -17,7 +17,7 @@ import ray
 
 from workloads.config import from_dict
 from workloads.longtrace.kg import Question
-from workloads.longtrace.llm_agent import EndpointError
+from workloads.endpoints import EndpointError
 from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, make_agent
 
 MODES = ("tiered", "random")

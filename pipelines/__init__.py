@@ -13,6 +13,7 @@ from types import ModuleType
 
 PIPELINES: dict[str, str] = {
     "sft": "pipelines.sft",
+    "distil": "pipelines.distil",
     "longtrace_data": "pipelines.longtrace_data",
     "longtrace": "pipelines.longtrace",
 }

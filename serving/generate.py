@@ -1,6 +1,7 @@
 """Serve app `generate`: text completion from a causal LM checkpoint.
 
     POST /generate {"prompt": str, "max_new_tokens": int}  ->  {"completion": str, ...}
+    POST /v1/completions   OpenAI-compatible; with vLLM's `prompt_logprobs` (DistIL's endpoint expert)
     GET  /healthz
 
 The checkpoint is any local model directory or hub id; with none given, the newest version of
@@ -13,10 +14,11 @@ default (and a warning in every response). Start it with `rayworks serve generat
 # on the ingress methods to read it from the JSON body.
 import logging
 import tempfile
-from typing import Annotated
+from typing import Annotated, Literal, Optional, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from ray import serve
 
 from serving.http import json_api
@@ -36,6 +38,25 @@ class GenerateRequest(BaseModel):
 
     prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)] = 32
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's completions request this app implements (n=1, no streaming)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Optional[StrictStr] = None
+    prompt: Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
+    max_tokens: Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)] = 16
+    temperature: Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=2)] = 1.0
+    stop: Union[StrictStr, list[StrictStr], None] = None
+    seed: Optional[StrictInt] = None
+    prompt_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
+    logprobs: Optional[StrictInt] = None
+    n: Literal[1] = 1
+    echo: Literal[False] = False
+    stream: Literal[False] = False
+    user: Optional[StrictStr] = None
 
 
 def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
@@ -78,6 +99,21 @@ class Generator:
         if self.warning:
             body["warning"] = self.warning
         return body
+
+    @api.post("/v1/completions")
+    def completions(self, request: CompletionRequest):
+        from workloads.completions import PromptError, completion_response, encode_prompts
+
+        if request.logprobs:
+            return JSONResponse(status_code=422, content={"error": "logprobs: not supported (use prompt_logprobs)"})
+        try:
+            sequences = encode_prompts(self.tokenizer, request.prompt, self.model.config.vocab_size,
+                                       self.model.config.max_position_embeddings)
+        except PromptError as exc:
+            return JSONResponse(status_code=422, content={"error": str(exc)})
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        return completion_response(self.model, self.tokenizer, self.source, sequences, request.max_tokens,
+                                   float(request.temperature), stop, request.seed, request.prompt_logprobs)
 
 
 def build_app(args: dict | None = None):

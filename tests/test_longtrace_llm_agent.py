@@ -18,8 +18,8 @@ from workloads.longtrace.kg import (
     generate_questions,
     synthetic_kg,
 )
+from workloads.endpoints import EndpointError
 from workloads.longtrace.llm_agent import (
-    EndpointError,
     LLMAgent,
     hf_generate,
     openai_completions,

@@ -1,6 +1,7 @@
 """`rayworks quickstart`: every pipeline's smallest embedded default in one fresh process, each
 checked for what it must show (learning, tracking, registration)."""
 
+import json
 from pathlib import Path
 
 from pipelines import PIPELINES
@@ -15,6 +16,7 @@ def test_quickstart_runs_every_pipeline_and_each_learns(workdir: Path):
     assert set(summaries) == set(PIPELINES)  # every pipeline's embedded default ran
     check_sft(workdir, summaries["sft"])
     check_longtrace(workdir, summaries["longtrace"])
+    check_distil(workdir, summaries["distil"])
     assert summaries["longtrace_data"]["value"] > 0
 
 
@@ -62,3 +64,22 @@ def check_longtrace(workdir: Path, summary: dict) -> None:
     data_runs = client.search_runs([client.get_experiment_by_name("rayworks-longtrace_data").experiment_id],
                                    filter_string=f"tags.`mlflow.parentRunId` = '{summary['run_id']}'")
     assert len(data_runs) == 1 and data_runs[0].info.status == "FINISHED"
+
+
+def check_distil(workdir: Path, summary: dict) -> None:
+    """The embedded DistIL default: a briefly SFT-ed student (an `sft` child run), the oracle
+    expert, forward-CE DAgger on Ray Train; Pass@1 must rise (fixed seed, margin)."""
+    assert summary["value"] >= summary["extra"]["pass_at_1_before"] + 0.03, summary
+    client = mlflow_client(workdir)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["objective"] == "distil"
+    losses = client.get_metric_history(summary["run_id"], "loss")
+    assert sorted(m.step for m in losses) == list(range(1, 31))
+    assert run.data.metrics["total_expert_positions"] > 0 and run.data.metrics["total_expert_cache_misses"] > 0
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"model", "pass_at_k.png", "samples_annotated.jsonl", "config.yaml"} <= artifacts
+    samples = client.download_artifacts(summary["run_id"], "samples_annotated.jsonl", str(workdir))
+    first = json.loads(Path(samples).read_text().splitlines()[0])
+    assert first["positions"][0]["expert_top3"][0][1] == 1.0  # the oracle: a point mass on the correct token
+    (student_run,) = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    assert student_run.data.params["train.max_steps"] == "300"

@@ -74,19 +74,24 @@ def generalised_jsd(student: torch.Tensor, expert: torch.Tensor, beta: float) ->
 OBJECTIVES = ("distil", "reverse_kl", "jsd")
 
 
-def token_objective(name: str, student_logits: torch.Tensor, expert: TopKDistribution, beta: float = 0.5) -> torch.Tensor:
-    """Mean over visited states of the named objective, on the expert's k + 1 buckets."""
-    student = student_bucket_logprobs(student_logits, expert.token_ids)
-    target = expert.bucket_probs()
-    if name == "distil":
-        per_state = forward_cross_entropy(student, target)
-    elif name == "reverse_kl":
-        per_state = reverse_kl(student, target)
-    elif name == "jsd":
-        per_state = generalised_jsd(student, target, beta)
-    else:
+OBJECTIVE_FUNCTIONS = {
+    "distil": lambda student, target, beta: forward_cross_entropy(student, target),
+    "reverse_kl": lambda student, target, beta: reverse_kl(student, target),
+    "jsd": generalised_jsd,
+}
+
+
+def per_state_objective(name: str, student_logits: torch.Tensor, expert: TopKDistribution, beta: float = 0.5) -> torch.Tensor:
+    """[N]: the named objective at each visited state, on the expert's k + 1 buckets."""
+    if name not in OBJECTIVE_FUNCTIONS:
         raise ValueError(f"objective: expected one of {OBJECTIVES}, got {name!r}")
-    return per_state.mean()
+    student = student_bucket_logprobs(student_logits, expert.token_ids)
+    return OBJECTIVE_FUNCTIONS[name](student, expert.bucket_probs(), beta)
+
+
+def token_objective(name: str, student_logits: torch.Tensor, expert: TopKDistribution, beta: float = 0.5) -> torch.Tensor:
+    """Mean over visited states of the named objective."""
+    return per_state_objective(name, student_logits, expert, beta).mean()
 
 
 @dataclasses.dataclass

@@ -11,12 +11,9 @@ no answer; the trajectory so far is kept, so its shown/opened documents still ti
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
-import urllib.error
-import urllib.request
 from typing import Callable
 
+from workloads.endpoints import post_completion
 from workloads.longtrace.kg import Question
 from workloads.longtrace.search import AgentConfig, SearchIndex, Step, Trajectory, parse_agent_output
 
@@ -27,33 +24,6 @@ AGENT_INSTRUCTION = (
 STOP = ["</search>", "</answer>"]
 
 Generate = Callable[[str], str]  # prompt -> continuation, stopped after a closing tag
-
-
-class EndpointError(RuntimeError):
-    pass
-
-
-def post_completion(base_url: str, body: dict, timeout_s: float, retries: int, api_key: str = "") -> dict:
-    """One OpenAI-compatible `POST {base_url}/v1/completions`; returns its first choice.
-    Network failures are retried with backoff; a malformed response is not (it will not heal)."""
-    url = base_url.rstrip("/") + "/v1/completions"
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    last_error = None
-    for attempt in range(retries + 1):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode(), headers),
-                                        timeout=timeout_s) as response:
-                payload = json.loads(response.read())
-            choice = payload["choices"][0]
-            if not isinstance(choice["text"], str):
-                raise TypeError("choices[0].text is not a string")
-            return choice
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            last_error = exc
-            time.sleep(min(2.0, 0.2 * 2**attempt))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EndpointError(f"endpoint {url}: malformed completion response ({exc!r})") from None
-    raise EndpointError(f"endpoint {url}: unreachable after {retries + 1} attempts ({last_error})")
 
 
 def openai_completions(base_url: str, model: str, max_tokens: int, timeout_s: float, retries: int,

@@ -74,7 +74,7 @@ JUDGES: dict[str, Judge] = {"exact": exact_judge, "f1": f1_judge}
 
 def llm_judge(endpoint: str, model: str, timeout_s: float = 30.0, retries: int = 2, api_key: str = "") -> Judge:
     """An LLM judge behind an OpenAI-compatible completions endpoint: 1 when it replies yes."""
-    from workloads.longtrace.llm_agent import post_completion
+    from workloads.endpoints import post_completion
 
     def judge(answer: str, label: str) -> float:
         prompt = (f"Reference answer: {label}\nCandidate answer: {answer.strip()}\n"

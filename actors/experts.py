@@ -1,0 +1,81 @@
+"""Expert-query actors: any `workloads.experts` backend behind a Ray actor with its own cache.
+
+    pool = ExpertPool(ExpertConfig(kind="hf", model="./expert"), student_tokenizer_dir)
+    labels = pool.label(states)        # one ExpertLabels per StudentState
+
+A state always goes to the same actor (by its hash), so each actor's cache sees every
+repeat of the states it owns. `label` waits at most the configured time-out (times the
+retries) and raises `ExpertUnavailable` instead of hanging on a dead or stuck expert.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Sequence
+
+import ray
+
+from workloads.endpoints import EndpointError
+from workloads.experts import CachedExpert, ExpertConfig, ExpertLabels, StudentState, build_expert
+
+
+class ExpertUnavailable(EndpointError):
+    """The expert did not label a batch in time or failed doing so."""
+
+
+@ray.remote
+class ExpertActor:
+    def __init__(self, cfg: ExpertConfig, student_tokenizer_dir: str):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.cfg, self.student_tokenizer_dir, self.expert = cfg, student_tokenizer_dir, None
+
+    def start(self) -> str:
+        """Build the backend; a configuration problem (a tokenizer mismatch, a missing model)
+        surfaces here, in the caller, as the ConfigError it is."""
+        from workloads.tiny_lm import load_tokenizer
+
+        if self.expert is None:
+            backend = build_expert(self.cfg, load_tokenizer(self.student_tokenizer_dir))
+            self.expert = CachedExpert(backend, self.cfg.batch_size, self.cfg.cache_size)
+        return self.expert.expert.expert_id
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        return self.expert.label(states)
+
+    def stats(self) -> dict[str, float]:
+        return self.expert.stats()
+
+
+class ExpertPool:
+    """`num_actors` expert actors; picklable, so Ray Train workers can query them directly."""
+
+    def __init__(self, cfg: ExpertConfig, student_tokenizer_dir: str):
+        cpus = 1 if cfg.kind == "hf" else 0  # a local model computes; the oracle and an endpoint client barely do
+        self.cfg = cfg
+        self.actors = [ExpertActor.options(num_cpus=cpus).remote(cfg, student_tokenizer_dir) for _ in range(cfg.num_actors)]
+        self.expert_id = ray.get([actor.start.remote() for actor in self.actors])[0]
+
+    @property
+    def deadline_s(self) -> float:
+        return self.cfg.timeout_s * (self.cfg.retries + 1) + 30.0
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        owner = [zlib.crc32(state.key(self.expert_id, self.cfg.top_k).encode()) % len(self.actors) for state in states]
+        refs = {index: self.actors[index].label.remote([s for s, o in zip(states, owner) if o == index])
+                for index in sorted(set(owner))}
+        try:
+            answers = dict(zip(refs, ray.get(list(refs.values()), timeout=self.deadline_s)))
+        except ray.exceptions.GetTimeoutError:
+            raise ExpertUnavailable(f"expert {self.expert_id}: no labels within {self.deadline_s:.0f} s") from None
+        except EndpointError as exc:  # Ray re-raises the actor's error as its own class
+            raise ExpertUnavailable(str(exc).strip().splitlines()[-1]) from None
+        iterators = {index: iter(labels) for index, labels in answers.items()}
+        return [next(iterators[o]) for o in owner]
+
+    def stats(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for stats in ray.get([actor.stats.remote() for actor in self.actors]):
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0) + value
+        return totals

@@ -1,0 +1,326 @@
+"""DistIL: distributional DAgger from a blackbox expert, with its baselines, on Ray Train.
+
+    python -m pipelines.distil [--set objective=reverse_kl expert.kind=hf expert.model=DIR ...] [--resume]
+
+Recipe:
+1. The student: `student_init`, or the tiny model SFT-ed briefly on arithmetic by the `sft`
+   pipeline (a child MLflow run), cached by its config and seed under `storage_path`.
+2. Expert-query actors (`actors.experts`): the oracle (default), a local HF model, or an
+   OpenAI-compatible endpoint with `prompt_logprobs`; each caches its labels.
+3. On Ray Train, per iteration: the student samples `samples_per_prompt` completions for
+   `prompts_per_iteration` training problems -> the experts label every visited state with
+   top-k + tail (seeing the reference solution when `expert.privileged`) -> the student takes
+   `updates_per_iteration` steps on `objective` (distil = forward CE, reverse_kl, jsd) or, for
+   `rlvr`, GRPO steps with the 0/1 answer check as reward -> Pass@1 / Pass@N on held-out
+   problems every `eval_every` iterations.
+4. MLflow: per-iteration metrics, Pass@1 and Pass@N against student samples (plot), student
+   outputs with the expert's annotations, the config, the final student.
+
+An expert that fails (down, slow, malformed answers) costs that iteration's update
+(`expert_failures`); `max_expert_failures` in a row stop the run with a clear error after its
+last checkpoint, which `--resume` continues from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from pipelines import sft
+from pipelines.launch import RunFields, RunSummary, main_for, open_run, report_with_checkpoint, storage_path
+from workloads import tracking
+from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
+from workloads.config import ConfigError, from_dict, require, to_dict
+from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts
+from workloads.distill import OBJECTIVES
+from workloads.experts import ExpertConfig
+from workloads.grpo import GRPOConfig, grpo_step, sample_groups
+from workloads.plots import plot_curves
+from workloads.sft import batch_indices, greedy_complete
+from workloads.tiny_lm import TinyLMConfig, load_lm
+
+PIPELINE = "distil"
+REGISTERED_MODEL = "rayworks-distil"
+KEY_METRIC = "pass_at_1"
+QUICKSTART: list[str] = []
+ALL_OBJECTIVES = (*OBJECTIVES, "rlvr")
+
+
+@dataclasses.dataclass
+class Config(RunFields):
+    objective: Literal["distil", "reverse_kl", "jsd", "rlvr"] = "distil"
+    jsd_beta: float = 0.5
+    average: Literal["token", "sequence"] = "token"
+    student_init: str = ""  # a model directory or hub id; empty: the tiny student, SFT-ed briefly
+    student_sft_steps: int = 300
+    iterations: int = 30
+    prompts_per_iteration: int = 16
+    samples_per_prompt: int = 4  # also GRPO's group size for rlvr
+    updates_per_iteration: int = 2
+    lr: float = 1e-4  # a fresh Adam on an SFT-ed student: larger steps undo the SFT
+    warmup_iterations: int = 3
+    temperature: float = 1.0  # the student's sampling temperature (rollouts and Pass@k)
+    max_new_tokens: int = 24
+    eval_problems: int = 100
+    eval_samples: int = 8  # N of Pass@N
+    eval_every: int = 10
+    max_expert_failures: int = 3
+    num_workers: int = 1
+    register_model: bool = True
+    num_samples_logged: int = 8
+    model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
+    task: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    expert: ExpertConfig = dataclasses.field(default_factory=ExpertConfig)
+
+    section: ClassVar[str] = "distil"
+
+    def validate(self) -> None:
+        require(self.objective in ALL_OBJECTIVES, "objective", f"expected one of {list(ALL_OBJECTIVES)}")
+        require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1)")
+        require(self.average in ("token", "sequence"), "average", "expected token or sequence")
+        require(bool(self.student_init) or self.student_sft_steps >= 1, "student_sft_steps", "the tiny student needs SFT steps (or set student_init)")
+        require(self.iterations >= 0, "iterations", "must be >= 0")
+        require(self.prompts_per_iteration >= 1, "prompts_per_iteration", "must be >= 1")
+        require(self.samples_per_prompt >= 2 or self.objective != "rlvr", "samples_per_prompt", "rlvr needs >= 2 (GRPO groups)")
+        require(self.samples_per_prompt >= 1 and self.updates_per_iteration >= 1, "samples_per_prompt",
+                "samples_per_prompt and updates_per_iteration must be >= 1")
+        require(self.lr > 0 and self.warmup_iterations >= 0, "lr", "need lr > 0 and warmup_iterations >= 0")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.eval_problems >= 1 and self.eval_samples >= 1, "eval_samples", "eval_problems and eval_samples must be >= 1")
+        require(self.eval_every >= 1, "eval_every", "must be >= 1")
+        require(self.max_expert_failures >= 1, "max_expert_failures", "must be >= 1")
+        require(self.num_workers >= 1, "num_workers", "must be >= 1")
+
+
+def step_budget(config: Config) -> tuple[int, int]:
+    """(steps, evaluation interval) as Tune's scheduler sees them: DAgger iterations."""
+    return config.iterations, config.eval_every
+
+
+# ---------------------------------------------------------------- the student
+def ensure_student(config: Config, parent_run_id: str) -> str:
+    """`student_init`, or the tiny student SFT-ed by the `sft` pipeline, cached by its config and seed."""
+    if config.student_init:
+        return config.student_init
+    student_config = sft.Config(seed=config.seed, run_name="", experiment=config.experiment or f"rayworks-{PIPELINE}",
+                                storage_path=config.storage_path,
+                                register_model=False, num_samples_logged=4, model=config.model, task=config.task,
+                                train=sft.TrainConfig(max_steps=config.student_sft_steps, eval_every=config.student_sft_steps,
+                                                      checkpoint_every=config.student_sft_steps))
+    cache = Path(storage_path(config.storage_path)) / "distil-students" / tracking.data_hash([to_dict(student_config)])
+    if (cache / "config.json").is_file():
+        return str(cache)
+    summary = sft.run(student_config, parent_run_id=parent_run_id)
+    import mlflow.artifacts
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cache.parent))
+    downloaded = mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="model", dst_path=str(staging),
+                                                     tracking_uri=tracking.tracking_uri())
+    shutil.rmtree(cache, ignore_errors=True)
+    Path(downloaded).rename(cache)  # whole or absent
+    shutil.rmtree(staging, ignore_errors=True)
+    return str(cache)
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate(config: Config, model, tokenizer, problems, seed: int) -> dict[str, float]:
+    """Pass@1 and Pass@N (N = eval_samples, unbiased estimators) and greedy accuracy."""
+    n = config.eval_samples
+    rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems], n, config.max_new_tokens,
+                             config.temperature, generator_seed=seed)
+    correct = [sum(check_answer(p, rollouts.texts[i * n + j]) for j in range(n)) for i, p in enumerate(problems)]
+    greedy = greedy_complete(model, tokenizer, [p.prompt for p in problems], config.max_new_tokens)
+    return {"pass_at_1": sum(pass_at_k(n, c, 1) for c in correct) / len(problems),
+            "pass_at_n": sum(pass_at_k(n, c, n) for c in correct) / len(problems),
+            "greedy_accuracy": sum(check_answer(p, g) for p, g in zip(problems, greedy)) / len(problems)}
+
+
+def annotated_samples(tokenizer, states, labels, problems, texts, limit: int) -> list[dict]:
+    """Student outputs with the expert's view of each position (its top 3 and the student's token)."""
+    samples = []
+    for state, label, problem, text in list(zip(states, labels, problems, texts))[:limit]:
+        positions = []
+        for j, token in enumerate(state.completion_ids):
+            top = [(tokenizer.decode([int(t)]), round(float(torch.tensor(v).exp()), 3))
+                   for t, v in zip(label.token_ids[j][:3], label.logprobs[j][:3])] if label.valid[j] else None
+            positions.append({"student": tokenizer.decode([token]), "expert_top3": top})
+        samples.append({"prompt": problem.prompt, "completion": text, "correct": check_answer(problem, text),
+                        "positions": positions})
+    return samples
+
+
+# ---------------------------------------------------------------- training (on every Ray Train worker)
+def train_loop_per_worker(payload: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    from actors.experts import ExpertUnavailable
+
+    config: Config = from_dict(Config, payload["config"])
+    experts = payload["experts"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    run = tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
+    torch.manual_seed(config.seed)
+
+    model, tokenizer = load_lm(payload["student"])
+    train_problems, eval_problems = generate_splits(config.task, config.seed)
+    eval_problems = eval_problems[: config.eval_problems]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    warmup = max(1, config.warmup_iterations * config.updates_per_iteration)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    grpo = GRPOConfig(group_size=config.samples_per_prompt, lr=config.lr, updates_per_batch=config.updates_per_iteration,
+                      temperature=config.temperature, max_new_tokens=config.max_new_tokens)
+    start, failures_in_a_row, stopped = 0, 0, ""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            model.load_state_dict(load_lm(Path(directory) / "model")[0].state_dict())
+            state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start = state["iteration"]
+    train_model = ray.train.torch.prepare_model(model)
+    per_iteration = config.prompts_per_iteration * config.samples_per_prompt * world_size
+    eval_seed = config.seed * 7919 + 1  # the same Pass@k draws at every evaluation
+
+    if rank == 0:
+        before = evaluate(config, model, tokenizer, eval_problems, eval_seed)
+        run.log_metrics({**before, "student_samples": start * per_iteration}, step=start)
+        print(f"[distil] {config.objective}: pass@1 {before['pass_at_1']:.3f} pass@{config.eval_samples} "
+              f"{before['pass_at_n']:.3f} before iteration {start + 1}", flush=True)
+
+    for iteration in range(start, config.iterations):
+        indices = batch_indices(iteration, config.prompts_per_iteration, world_size, rank, len(train_problems), config.seed)
+        problems = [train_problems[i] for i in indices.tolist() for _ in range(config.samples_per_prompt)]
+        rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems[:: config.samples_per_prompt]],
+                                 config.samples_per_prompt, config.max_new_tokens, config.temperature,
+                                 generator_seed=(config.seed * 100_003 + iteration) * world_size + rank)
+        rewards = torch.tensor([float(check_answer(p, t)) for p, t in zip(problems, rollouts.texts)])
+        done = iteration + 1
+        metrics = {"iteration": done, "student_samples": done * per_iteration, "rollout_accuracy": float(rewards.mean())}
+        if config.objective == "rlvr":
+            metrics.update(grpo_step(model, optimizer, rollouts, rewards, grpo, train_model=train_model))
+            scheduler.step()
+        else:
+            privileged = [p.solution if config.expert.privileged else "" for p in problems]
+            states = states_from_rollouts(rollouts, privileged)
+            try:
+                labels = experts.label(states)
+                failures_in_a_row = 0
+            except (ExpertUnavailable, ConfigError) as exc:
+                failures_in_a_row += 1
+                metrics["expert_failures"] = failures_in_a_row
+                print(f"[distil] iteration {done}: expert failed ({exc}); update skipped", flush=True)
+                labels = None
+                if isinstance(exc, ConfigError) or failures_in_a_row >= config.max_expert_failures:
+                    stopped = f"expert.{'endpoint' if config.expert.kind == 'openai' else 'kind'}: {exc}"
+            if labels is not None:
+                train_model.train()
+                for _ in range(config.updates_per_iteration):
+                    loss, labelled = distillation_loss(train_model, rollouts, labels, config.objective,
+                                                       config.jsd_beta, config.average)
+                    if labelled == 0:  # empty rollouts or an expert that abstained everywhere
+                        break
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                metrics.update({"loss": float(loss.detach()), "labelled_states": labelled})
+                if rank == 0 and done == config.iterations:
+                    samples = annotated_samples(tokenizer, states, labels, problems, rollouts.texts, config.num_samples_logged)
+                    run.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples_annotated.jsonl")
+        if rank == 0:
+            run.log_metrics(metrics, step=done)
+        if stopped or done % config.eval_every == 0 or done == config.iterations:
+            if rank == 0:
+                evaluation = evaluate(config, model, tokenizer, eval_problems, eval_seed)
+                metrics.update(evaluation)
+                run.log_metrics(evaluation, step=done)
+                print(f"[distil] iteration {done}/{config.iterations}  pass@1 {evaluation['pass_at_1']:.3f}  "
+                      f"pass@{config.eval_samples} {evaluation['pass_at_n']:.3f}", flush=True)
+            if stopped:
+                metrics["stopped"] = stopped
+            report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "iteration": done})
+        if stopped:
+            return
+    if config.iterations == 0 or start >= config.iterations:
+        report_with_checkpoint({"iteration": start}, rank, model, tokenizer)
+
+
+# ---------------------------------------------------------------- the driver
+def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from actors.experts import ExpertPool
+
+    train_problems, _ = generate_splits(config.task, config.seed)  # a bad task config fails before any run opens
+    run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
+                                    data_hash=tracking.data_hash(p.expression for p in train_problems))
+    try:
+        student = ensure_student(config, run_record.run_id)
+        run_record.set_tags({"student": student})
+        experts = ExpertPool(config.expert, student) if config.objective != "rlvr" else None
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": to_dict(config), "student": student, "experts": experts,
+                               "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+            scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path(config.storage_path),
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+                                           callbacks=list(train_callbacks)),
+        )
+        result = trainer.fit()
+        if experts is not None:
+            run_record.log_metrics({f"total_{k}": v for k, v in experts.stats().items()}, step=config.iterations)
+        if result.metrics and result.metrics.get("stopped"):
+            raise ConfigError(f"{result.metrics['stopped']} (stopped after iteration {result.metrics['iteration']}; "
+                              "its checkpoint is kept: fix the expert and pass --resume)")
+        summary = log_outcome(config, run_record, result.checkpoint, student)
+    except BaseException:
+        run_record.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
+        raise
+    run_record.end("FINISHED")
+    return summary
+
+
+def log_outcome(config: Config, run_record: tracking.Run, checkpoint, student: str) -> RunSummary:
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as scratch:
+        run_record.log_artifact(Path(directory) / "model", "model")
+        history = {key: run_record.metric_history(key) for key in ("pass_at_1", "pass_at_n", "student_samples", "loss")}
+        samples_at = dict(history["student_samples"])
+        against_samples = lambda key: [(samples_at.get(step, step), value) for step, value in history[key]]  # noqa: E731
+        plot = plot_curves({f"Pass@1 / Pass@{config.eval_samples} vs student samples":
+                            {"Pass@1": against_samples("pass_at_1"), f"Pass@{config.eval_samples}": against_samples("pass_at_n")},
+                            f"{config.objective} loss": {"loss": history["loss"]}},
+                           Path(scratch) / "pass_at_k.png", f"distil {config.objective} {run_record.run_id[:8]}")
+        run_record.log_artifact(plot)
+    start, final = history["pass_at_1"][0][1], history["pass_at_1"][-1][1]
+    run_record.log_metrics({"final_pass_at_1": final, "pass_at_1_gain": final - start,
+                            "pass_at_n_gain": history["pass_at_n"][-1][1] - history["pass_at_n"][0][1]}, step=config.iterations)
+    version = tracking.register_model(run_record, "model", REGISTERED_MODEL) if config.register_model else None
+    return RunSummary(PIPELINE, KEY_METRIC, final, run_record.run_id, run_record.artifact_uri,
+                      extra={"objective": config.objective, "student": student, "pass_at_1_before": start,
+                             "pass_at_n_before": history["pass_at_n"][0][1], "pass_at_n": history["pass_at_n"][-1][1],
+                             "registered_version": version})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_for(PIPELINE, Config, run, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.distil import main as importable_main  # Ray pickles by reference
+
+    sys.exit(importable_main())

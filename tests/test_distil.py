@@ -1,0 +1,80 @@
+"""DistIL end to end: the four objectives through `rayworks compare`, an expert served over real
+HTTP by the project's Serve app, and the ways an expert can fail."""
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tests.helpers import mlflow_client, rayworks, start_app, stop_with_ctrl_c, wait_for
+from workloads.arithmetic import ArithmeticConfig, generate_splits
+from workloads.experts import EndpointExpert, HFExpert, StudentState
+from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_tokenizer
+
+TINY = ["student_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_iteration=4", "eval_problems=10",
+        "eval_samples=2", "register_model=false"]
+PORT = 8131
+
+
+def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
+    proc = rayworks(workdir, "compare", "distil", "--vary", "objective=distil,reverse_kl,jsd,rlvr", "--seeds", "2",
+                    "--metric", "pass_at_1", "--metric", "pass_at_n", "--set", *TINY, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = mlflow_client(workdir)
+    experiment = client.get_experiment_by_name("rayworks-distil")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.`rayworks.compare` = 'objective'")
+    for arm in ("distil", "reverse_kl", "jsd", "rlvr"):
+        for metric in ("pass_at_1", "pass_at_n"):
+            assert f"{arm}/{metric}/mean" in parent.data.metrics
+    summary = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "comparison.yaml", str(workdir))).read_text())
+    assert all(len(summary["arms"][arm]["pass_at_1"]["values"]) == 2 for arm in summary["arms"])
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.params["objective"] for c in children) == sorted(["distil", "reverse_kl", "jsd", "rlvr"] * 2)
+    # the student was SFT-ed once per seed and reused by every objective
+    students = {c.data.tags["student"] for c in children}
+    assert len(students) == 2 and all((Path(s) / "config.json").is_file() for s in students)
+
+
+def test_an_expert_served_by_the_generate_app_labels_like_the_local_model(workdir: Path):
+    model_dir = build_tiny_lm(TinyLMConfig(), workdir / "expert", seed=3)
+    tokenizer = load_tokenizer(model_dir)
+    proc, lines = start_app(workdir, "generate", PORT, "--checkpoint", str(model_dir))
+    try:
+        wait_for(lines, "is up at", timeout=180)
+        url = f"http://127.0.0.1:{PORT}"
+        problem = generate_splits(ArithmeticConfig(num_train=4, num_eval=1), seed=0)[0][0]
+        prompt = (tokenizer.bos_token_id, *tokenizer.encode(problem.prompt, add_special_tokens=False))
+        states = [StudentState(prompt, tuple(tokenizer.encode(text, add_special_tokens=False)), "")
+                  for text in (problem.solution, "1+1=2\n")]
+        over_http = EndpointExpert(url, "tiny", tokenizer, top_k=4, timeout_s=30).label(states)
+        local = HFExpert(str(model_dir), tokenizer, top_k=4).label(states)
+        for remote, here in zip(over_http, local):
+            assert remote.token_ids.tolist() == here.token_ids.tolist()
+            assert np.allclose(remote.logprobs, here.logprobs, atol=1e-4)
+
+        # the whole pipeline against the endpoint (the student shares the expert's tokenizer)
+        run = rayworks(workdir, "run", "distil", "--set", *TINY, f"student_init={model_dir}", "expert.kind=openai",
+                       f"expert.endpoint={url}", "expert.model=tiny", "expert.privileged=false", timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    finally:
+        assert stop_with_ctrl_c(proc) == 0
+
+
+def test_an_expert_that_is_down_stops_the_run_with_a_clear_error_and_keeps_its_checkpoint(workdir: Path):
+    model_dir = build_tiny_lm(TinyLMConfig(), workdir / "student", seed=0)
+    proc = rayworks(workdir, "run", "distil", "--set", *TINY, f"student_init={model_dir}", "expert.kind=openai",
+                    "expert.endpoint=http://127.0.0.1:9", "expert.timeout_s=1", "expert.retries=0",
+                    "max_expert_failures=1", "run_name=down", timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "expert.endpoint" in proc.stderr and "unreachable" in proc.stderr and "--resume" in proc.stderr
+    client = mlflow_client(workdir)
+    (run,) = client.search_runs([client.get_experiment_by_name("rayworks-distil").experiment_id], "tags.`rayworks.run_name` = 'down'")
+    assert run.info.status == "FAILED" and run.data.metrics["expert_failures"] == 1
+    assert list((workdir / "ray_results" / "down").glob("checkpoint_*"))
+
+
+def test_bad_distil_config_names_the_field(workdir: Path):
+    for override, field in [("objective=kl", "objective"), ("expert.kind=openai", "expert.endpoint"),
+                            ("jsd_beta=1.5", "jsd_beta"), ("expert.alignment=text", "expert.alignment")]:
+        proc = rayworks(workdir, "run", "distil", "--set", override, timeout=120)
+        assert proc.returncode == 2 and field in proc.stderr, (override, proc.stderr[-1000:])

@@ -1,0 +1,175 @@
+"""Experts and the DAgger step without Ray: exact labels, the tail, the cache, alignment, Pass@k."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workloads.arithmetic import ArithmeticConfig, generate_splits
+from workloads.completions import completion_response, encode_prompts
+from workloads.config import ConfigError
+from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts
+from workloads.experts import (
+    CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, StudentState, TokenizerMismatch,
+    parse_prompt_logprobs,
+)
+from workloads.grpo import Rollouts
+from workloads.sft import masked_token_cross_entropy, tokenize_examples
+from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, tiny_lm
+
+PROBLEMS = generate_splits(ArithmeticConfig(num_train=20, num_eval=2), seed=0)[0]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    directory = build_tiny_lm(TinyLMConfig(), tmp_path_factory.mktemp("student"), seed=0)
+    return tiny_lm(TinyLMConfig(), seed=0)[1], directory
+
+
+def rollouts_of(tokenizer, prompts, completions) -> Rollouts:
+    """Rollouts whose completions are the given texts (then eos), laid out as `sample_groups` does."""
+    enc = tokenizer([tokenizer.bos_token + p for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids = [tokenizer.encode(c, add_special_tokens=False) + [tokenizer.eos_token_id] for c in completions]
+    width = max(map(len, ids))
+    completion = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in ids])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids])
+    return Rollouts(torch.cat([enc["input_ids"], completion], 1), torch.cat([enc["attention_mask"], mask], 1), mask,
+                    list(completions), [False] * len(completions))
+
+
+def test_oracle_labels_the_correct_token_until_the_first_mistake(student):
+    tokenizer, _ = student
+    problem = PROBLEMS[0]
+    wrong = problem.solution.replace("=", "=1", 1)  # a wrong digit right after the first "="
+    rollouts = rollouts_of(tokenizer, [problem.prompt] * 2, [problem.solution, wrong])
+    right_labels, wrong_labels = OracleExpert(tokenizer, top_k=4).label(states_from_rollouts(rollouts, [problem.solution] * 2))
+    correct = tokenizer.encode(problem.solution, add_special_tokens=False) + [tokenizer.eos_token_id]
+    assert right_labels.valid.all() and right_labels.token_ids[:, 0].tolist() == correct
+    assert np.all(np.exp(right_labels.logprobs).sum(axis=1) == 1.0)  # a point mass: no tail
+    first_wrong = wrong.index("=") + 1
+    assert wrong_labels.valid.tolist() == [True] * (first_wrong + 1) + [False] * (len(wrong_labels.valid) - first_wrong - 1)
+    assert wrong_labels.token_ids[first_wrong, 0] == correct[first_wrong]  # the correction at the mistake
+    with pytest.raises(ConfigError, match="character-level"):
+        OracleExpert(tiny_lm(TinyLMConfig(bpe_merges=20), texts=[p.solution for p in PROBLEMS])[1], top_k=4)
+    with pytest.raises(ConfigError, match="privileged"):
+        OracleExpert(tokenizer, 4).label([StudentState((1,), (5,), "")])
+
+
+def test_distillation_loss_on_the_oracle_path_is_the_sft_loss(student):
+    tokenizer, directory = student
+    model, _ = tiny_lm(TinyLMConfig(), seed=0)
+    problems = PROBLEMS[:3]
+    rollouts = rollouts_of(tokenizer, [p.prompt for p in problems], [p.solution for p in problems])
+    labels = OracleExpert(tokenizer, top_k=4).label(states_from_rollouts(rollouts, [p.solution for p in problems]))
+    loss, labelled = distillation_loss(model, rollouts, labels, "distil")
+    data = tokenize_examples(tokenizer, [p.prompt for p in problems], [p.solution for p in problems], 64)
+    sft = masked_token_cross_entropy(model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits, data.labels)
+    assert labelled == sum(len(p.solution) + 1 for p in problems)
+    assert loss.item() == pytest.approx(sft.item(), rel=1e-5)
+    per_sequence, _ = distillation_loss(model, rollouts, labels, "distil", average="sequence")
+    assert per_sequence.item() == pytest.approx(loss.item() * labelled / 3, rel=1e-5)
+    for label in labels:
+        label.valid[:] = False  # an expert that abstains everywhere: no update, no nan
+    nothing, count = distillation_loss(model, rollouts, labels, "reverse_kl")
+    assert count == 0 and nothing.item() == 0.0
+
+
+def test_hf_expert_labels_are_the_models_top_k_with_the_tail_left_over(student):
+    tokenizer, directory = student
+    expert = HFExpert(str(directory), tokenizer, top_k=5)
+    problem = PROBLEMS[0]
+    rollouts = rollouts_of(tokenizer, [problem.prompt], [problem.solution])
+    (labels,) = expert.label(states_from_rollouts(rollouts, [""]))
+    with torch.no_grad():
+        logits = expert.model(input_ids=rollouts.input_ids[:, rollouts.attention_mask[0].bool()]).logits[0]
+    start = int(rollouts.attention_mask[0, : rollouts.prompt_length].sum())
+    expected = torch.log_softmax(logits[start - 1 : -1], dim=-1).topk(5, dim=-1)
+    assert labels.token_ids.tolist() == expected.indices.tolist()
+    assert np.allclose(labels.logprobs, expected.values.numpy(), atol=1e-5)
+    assert (np.exp(labels.logprobs).sum(axis=1) < 1).all()  # the tail keeps the rest
+
+
+def test_a_tokenizer_mismatch_is_refused_unless_text_alignment_is_on(student, tmp_path):
+    tokenizer, _ = student
+    other = build_tiny_lm(TinyLMConfig(bpe_merges=30), tmp_path / "bpe-expert", texts=[p.solution for p in PROBLEMS] * 5)
+    with pytest.raises(TokenizerMismatch, match="expert.alignment=text"):
+        HFExpert(str(other), tokenizer, top_k=4)
+    expert = HFExpert(str(other), tokenizer, top_k=4, alignment="text")
+    problem = PROBLEMS[0]
+    rollouts = rollouts_of(tokenizer, [problem.prompt], [problem.solution])
+    (labels,) = expert.label(states_from_rollouts(rollouts, [""]))
+    assert 0 < labels.valid.sum() < len(labels.valid)  # labels only where both tokenizers start a token
+    mass = np.exp(labels.logprobs[labels.valid]).sum(axis=1)
+    assert (mass <= 1 + 1e-5).all() and (mass > 0).all()
+
+
+def test_the_endpoint_format_round_trips_to_the_same_labels_as_the_local_model(student):
+    tokenizer, directory = student
+    local = HFExpert(str(directory), tokenizer, top_k=4)
+    problem = PROBLEMS[1]
+    state = states_from_rollouts(rollouts_of(tokenizer, [problem.prompt], [problem.solution]), [""])[0]
+    sequence = list(state.prompt_ids) + list(state.completion_ids)
+    response = completion_response(local.model, tokenizer, "m", encode_prompts(tokenizer, [sequence], len(tokenizer), 256),
+                                   max_tokens=1, temperature=0.0, stop=[], seed=None, top_k_prompt=4)
+    parsed = parse_prompt_logprobs(response["choices"][0], 0, sequence, len(state.prompt_ids), 4, tokenizer)
+    (expected,) = local.label([state])
+    assert parsed.token_ids.tolist() == expected.token_ids.tolist()
+    assert np.allclose(parsed.logprobs, expected.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("choice, message", [
+    ({"text": "", "prompt_logprobs": None}, "expected one entry per prompt token"),
+    ({"text": "", "prompt_logprobs": [None, None, None]}, r"prompt_logprobs\[1\]: expected a mapping"),
+    ({"text": "", "prompt_logprobs": [None, {"5": 0.0}, {"x": {"logprob": -1}}]}, r"\['x'\]: not a token id"),
+    ({"text": "", "prompt_logprobs": [None, {"5": 0.0}, {"7": {"logprob": "high"}}]}, "numeric log-prob"),
+])
+def test_malformed_prompt_logprobs_name_the_field(choice, message):
+    with pytest.raises(MalformedExpertResponse, match=message):
+        parse_prompt_logprobs(choice, 0, [1, 5, 7], 1, top_k=2)
+
+
+def test_an_endpoint_serving_another_tokenizer_is_refused(student):
+    tokenizer, _ = student
+    token = tokenizer.encode("7", add_special_tokens=False)[0]
+    choice = {"text": "", "prompt_logprobs": [None, {str(token): {"logprob": -0.1, "decoded_token": "seven"}}]}
+    with pytest.raises(TokenizerMismatch, match="another tokenizer"):
+        parse_prompt_logprobs(choice, 0, [1, token], 1, top_k=2, student_tokenizer=tokenizer)
+
+
+def test_the_cache_answers_repeated_states_and_batches_the_misses(student):
+    tokenizer, _ = student
+
+    class CountingOracle(OracleExpert):
+        calls: list[int] = []
+
+        def label(self, states):
+            self.calls.append(len(states))
+            return super().label(states)
+
+    backend = CountingOracle(tokenizer, top_k=3)
+    cached = CachedExpert(backend, batch_size=2, capacity=100)
+    problem = PROBLEMS[0]
+    states = states_from_rollouts(rollouts_of(tokenizer, [problem.prompt] * 3, [problem.solution, "1", problem.solution]),
+                                  [problem.solution] * 3)
+    first = cached.label(states)
+    assert backend.calls == [2] and first[0] is first[2]
+    cached.label(states)
+    assert backend.calls == [2] and cached.stats()["expert_cache_hits"] == 4
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(4, 2))
+    assert pass_at_k(8, 0, 8) == 0.0 and pass_at_k(8, 1, 8) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_endpoint_expert_refuses_a_dead_endpoint_quickly(student):
+    tokenizer, _ = student
+    from workloads.endpoints import EndpointError
+
+    expert = EndpointExpert("http://127.0.0.1:9", "m", tokenizer, top_k=2, timeout_s=1.0, retries=1)
+    with pytest.raises(EndpointError, match="unreachable after 2 attempts"):
+        expert.label([StudentState((1, 5), (6,), "")])

@@ -1,0 +1,77 @@
+"""DistIL's DAgger step in plain torch: the student's rollouts become states for the expert,
+the expert's labels become the loss, and Pass@k measures the student.
+
+    states = states_from_rollouts(rollouts, privileged)       # what the student visited
+    labels = expert.label(states)                              # top-k + tail at every position
+    loss = distillation_loss(model, rollouts, labels, "distil") # -sum_a sg(p_E(a|s)) log pi(a|s)
+
+Because the states are the student's own prefixes, the expert corrects the student where
+the student actually goes (DAgger), not only along the expert's own path.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import torch
+
+from workloads.distill import TopKDistribution, per_state_objective
+from workloads.experts import ExpertLabels, StudentState
+from workloads.grpo import Rollouts
+
+
+def states_from_rollouts(rollouts: Rollouts, privileged: Sequence[str]) -> list[StudentState]:
+    """One state per rollout row: its unpadded prompt ids and its completion up to and including eos."""
+    start = rollouts.prompt_length
+    states = []
+    for row in range(rollouts.input_ids.shape[0]):
+        prompt = rollouts.input_ids[row, :start][rollouts.attention_mask[row, :start].bool()]
+        completion = rollouts.input_ids[row, start:][rollouts.completion_mask[row].bool()]
+        states.append(StudentState(tuple(prompt.tolist()), tuple(completion.tolist()), privileged[row]))
+    return states
+
+
+def rollout_logits(model, rollouts: Rollouts) -> torch.Tensor:
+    """[N, T, V]: the student's next-token logits at every completion position (left padding aware)."""
+    position_ids = (rollouts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    logits = model(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, position_ids=position_ids).logits
+    start = rollouts.prompt_length
+    return logits[:, start - 1 : -1, :].float()
+
+
+def distillation_loss(model, rollouts: Rollouts, labels: Sequence[ExpertLabels], objective: str, beta: float = 0.5,
+                      average: Literal["token", "sequence"] = "token") -> tuple[torch.Tensor, int]:
+    """(loss, number of labelled states). `token`: mean over every labelled state; `sequence`:
+    each rollout's sum over its states, averaged over rollouts. No labelled state: (0, 0)."""
+    logits = rollout_logits(model, rollouts)
+    rows, columns, ids, logprobs = [], [], [], []
+    for row, label in enumerate(labels):
+        length = int(rollouts.completion_mask[row].sum())
+        if len(label.valid) != length:
+            raise ValueError(f"expert labels for rollout {row}: {len(label.valid)} positions, the completion has {length}")
+        for column in range(length):
+            if label.valid[column]:
+                rows.append(row)
+                columns.append(column)
+        ids.append(torch.from_numpy(label.token_ids[label.valid]))
+        logprobs.append(torch.from_numpy(label.logprobs[label.valid]))
+    if not rows:
+        return logits.sum() * 0.0, 0
+    rows_t = torch.tensor(rows)
+    expert = TopKDistribution(torch.cat(ids), torch.cat(logprobs))
+    per_state = per_state_objective(objective, logits[rows_t, torch.tensor(columns)], expert, beta)
+    if average == "token":
+        return per_state.mean(), len(rows)
+    per_sequence = torch.zeros(len(labels)).index_add(0, rows_t, per_state)
+    return per_sequence[rows_t.unique()].mean(), len(rows)
+
+
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased estimate of P(at least one of k samples is correct) from n samples, `correct` right:
+    1 - C(n - c, k) / C(n, k)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@k: need 1 <= k <= n, got k={k}, n={n}")
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)

@@ -1,0 +1,369 @@
+"""Experts that label student-visited states with next-token distributions (DistIL).
+
+A `StudentState` is one student rollout: its prompt and completion token ids (student
+tokenizer) plus `privileged` text the expert may read and the student never sees (the
+reference solution, a verifier's error message). Labelling it returns, for every completion
+position j, the expert's top-k next tokens and their log-probs given prompt + completion[:j]:
+exactly the k + 1 buckets `workloads.distill.TopKDistribution` trains on.
+
+Experts (one interface: `expert_id`, `top_k`, `label(states)`):
+- `OracleExpert`: the exact distribution over correct next tokens of an arithmetic solution,
+  given the reference solution (a point mass; it abstains once the student has gone wrong).
+- `HFExpert`: a local causal LM (any directory or hub id); one batched forward pass.
+- `EndpointExpert`: an OpenAI-compatible completions endpoint with vLLM's `prompt_logprobs`,
+  all states of a batch in one request (the prompt is a list of token-id lists).
+`CachedExpert` wraps any of them: repeated states are answered from memory, keyed by
+(expert id, state hash), misses are sent in batches.
+
+The student and the expert must share a tokenizer, because labels are token ids. A mismatch
+is refused (`TokenizerMismatch`) unless `alignment="text"`: then the expert reads the text,
+and its distribution is mapped onto the student's tokens at every position where both
+tokenizers start a token (see `HFExpert`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from typing import ClassVar, Literal, Protocol, Sequence
+
+import numpy as np
+
+from workloads.config import ConfigError, require
+from workloads.endpoints import EndpointError, post_completions
+
+
+class TokenizerMismatch(ConfigError):
+    """The expert's tokenizer differs from the student's and text alignment is off."""
+
+
+class MalformedExpertResponse(EndpointError):
+    """An endpoint answered, but not with usable prompt log-probs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentState:
+    prompt_ids: tuple[int, ...]  # bos + prompt, student tokenizer
+    completion_ids: tuple[int, ...]  # the student's continuation (up to and including eos)
+    privileged: str = ""
+
+    def key(self, expert_id: str, top_k: int) -> str:
+        raw = json.dumps([expert_id, top_k, self.prompt_ids, self.completion_ids, self.privileged])
+        return hashlib.sha1(raw.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class ExpertLabels:
+    """Per completion position: the expert's top-k token ids and log-probs ([T, k] each).
+    `valid[j]` is False where the expert has no opinion (text alignment found no shared boundary)."""
+
+    token_ids: np.ndarray
+    logprobs: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def empty(cls, top_k: int) -> "ExpertLabels":
+        return cls(np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), np.zeros(0, bool))
+
+
+class Expert(Protocol):
+    expert_id: str
+    top_k: int
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]: ...
+
+
+@dataclasses.dataclass
+class ExpertConfig:
+    kind: Literal["oracle", "hf", "openai"] = "oracle"
+    model: str = ""  # hf: a model directory or hub id; openai: the served model's name
+    endpoint: str = ""  # openai: base URL (http://host:8000)
+    api_key: str = ""
+    top_k: int = 8
+    temperature: float = 1.0  # the expert's distribution is softmax(logits / temperature)
+    privileged: bool = True  # pass the reference solution to the expert (the oracle needs it)
+    alignment: Literal["tokens", "text"] = "tokens"
+    batch_size: int = 32  # states per backend call
+    cache_size: int = 20000  # labelled states kept in memory per actor
+    timeout_s: float = 30.0
+    retries: int = 2
+    num_actors: int = 1
+
+    section: ClassVar[str] = "expert"
+
+    def validate(self) -> None:
+        require(self.kind in ("oracle", "hf", "openai"), "kind", "expected oracle, hf or openai")
+        require(self.kind != "hf" or bool(self.model), "model", "kind=hf needs a model directory or hub id")
+        require(self.kind != "openai" or bool(self.endpoint), "endpoint", "kind=openai needs the endpoint's base URL")
+        require(self.top_k >= 1, "top_k", "must be >= 1")
+        require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.alignment in ("tokens", "text"), "alignment", "expected tokens or text")
+        require(self.alignment == "tokens" or self.kind == "hf", "alignment", "text alignment needs kind=hf")
+        require(self.batch_size >= 1 and self.num_actors >= 1, "batch_size", "batch_size and num_actors must be >= 1")
+        require(self.cache_size >= 0, "cache_size", "must be >= 0")
+        require(self.timeout_s > 0 and self.retries >= 0, "timeout_s", "need timeout_s > 0 and retries >= 0")
+
+
+def _top_k_rows(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries of each row, largest first: (ids [T, k], log-probs [T, k])."""
+    ids = np.argsort(-logprobs, axis=-1, kind="stable")[:, :k]
+    return ids.astype(np.int64), np.take_along_axis(logprobs, ids, axis=-1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- oracle
+class OracleExpert:
+    """The correct next character of an arithmetic solution, given the reference solution.
+
+    The solution text (then eos) is the only correct completion, so while the student's
+    completion is still a prefix of it the correct next token is unique: a point mass, the
+    other k - 1 entries carrying probability 0 and the tail exactly 0. After the student's first
+    wrong token no continuation is correct; the oracle abstains there (`valid` False), so every
+    label it gives is exact."""
+
+    def __init__(self, tokenizer, top_k: int):
+        probe = "Q: 12+34-5\n12+34=46\nAnswer: 41\n"
+        if len(tokenizer.encode(probe, add_special_tokens=False)) != len(probe):
+            raise ConfigError("expert.kind=oracle: needs a character-level student tokenizer (model.bpe_merges=0)")
+        self.tokenizer, self.top_k, self.expert_id = tokenizer, top_k, "oracle:arithmetic"
+        # k - 1 distinct filler ids with probability 0, so every label has exactly k entries
+        self.fillers = list(range(top_k + 1))
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        labels = []
+        for state in states:
+            if not state.privileged:
+                raise ConfigError("expert.kind=oracle: needs the reference solution (set expert.privileged=true)")
+            correct = self.tokenizer.encode(state.privileged, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+            steps = len(state.completion_ids)
+            ids = np.zeros((steps, self.top_k), np.int64)
+            logprobs = np.full((steps, self.top_k), -math.inf, np.float32)
+            valid = np.zeros(steps, bool)
+            for j in range(min(steps, len(correct))):
+                ids[j] = [correct[j]] + [f for f in self.fillers if f != correct[j]][: self.top_k - 1]
+                logprobs[j, 0], valid[j] = 0.0, True
+                if state.completion_ids[j] != correct[j]:
+                    break  # off the solution from here on
+            labels.append(ExpertLabels(ids, logprobs, valid))
+        return labels
+
+
+# ---------------------------------------------------------------- local HF model
+def privileged_prefix(privileged: str) -> str:
+    """How privileged feedback is shown to an LM expert: before the prompt, as a reference."""
+    return f"Reference:\n{privileged}\n" if privileged else ""
+
+
+class HFExpert:
+    """A local causal LM; every state of a batch in one padded forward pass."""
+
+    def __init__(self, model_path: str, student_tokenizer, top_k: int, temperature: float = 1.0,
+                 alignment: str = "tokens"):
+        import torch
+
+        from workloads.tiny_lm import load_lm
+
+        torch.set_num_threads(1)
+        self.model, self.tokenizer = load_lm(model_path)
+        self.model.eval()
+        self.student, self.top_k, self.temperature, self.alignment = student_tokenizer, top_k, temperature, alignment
+        self.expert_id = f"hf:{model_path}:t{temperature}"
+        if student_tokenizer.get_vocab() != self.tokenizer.get_vocab() and alignment == "tokens":
+            raise TokenizerMismatch(
+                f"expert.model: {model_path} uses another tokenizer than the student ({len(self.tokenizer)} vs "
+                f"{len(student_tokenizer)} tokens); labels are token ids, so set expert.alignment=text to align on text")
+
+    def _logprobs(self, sequences: list[list[int]]):
+        """[B, L, V] next-token log-probs of right-padded `sequences`."""
+        import torch
+
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        with torch.no_grad():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        return torch.log_softmax(logits / self.temperature, dim=-1)
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        if not states:
+            return []
+        if self.alignment == "text":
+            return [self._label_text(state) for state in states]
+        sequences, starts = [], []
+        for state in states:
+            extra = self.tokenizer.encode(privileged_prefix(state.privileged), add_special_tokens=False)
+            head = list(state.prompt_ids[:1]) + extra + list(state.prompt_ids[1:])
+            sequences.append(head + list(state.completion_ids))
+            starts.append(len(head))
+        logprobs = self._logprobs([s[:-1] if len(s) > 1 else s for s in sequences]).numpy()
+        labels = []
+        for row, (state, start) in enumerate(zip(states, starts)):
+            steps = len(state.completion_ids)
+            if steps == 0:
+                labels.append(ExpertLabels.empty(self.top_k))
+                continue
+            ids, values = _top_k_rows(logprobs[row, start - 1 : start - 1 + steps], self.top_k)
+            labels.append(ExpertLabels(ids, values, np.ones(steps, bool)))
+        return labels
+
+    def _label_text(self, state: StudentState) -> ExpertLabels:
+        """Text alignment: the expert reads the decoded text with its own tokenizer. At a student
+        token that starts where an expert token starts, the expert's next-token distribution is
+        mapped onto student tokens (each expert token to the student's first token of its text,
+        merging duplicates); positions without a shared boundary get no label."""
+        prompt = self.student.decode(list(state.prompt_ids), skip_special_tokens=True)
+        pieces = [self.student.decode([t], skip_special_tokens=False) for t in state.completion_ids]
+        text = privileged_prefix(state.privileged) + prompt
+        starts = []  # character offset where each student completion token starts
+        for piece in pieces:
+            starts.append(len(text))
+            text += piece
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        expert_ids = bos + encoded["input_ids"]
+        by_offset = {start: index + len(bos) for index, (start, _) in enumerate(encoded["offset_mapping"])}
+        logprobs = self._logprobs([expert_ids])[0].numpy()
+        steps = len(pieces)
+        ids = np.zeros((steps, self.top_k), np.int64)
+        values = np.full((steps, self.top_k), -math.inf, np.float32)
+        valid = np.zeros(steps, bool)
+        for j, offset in enumerate(starts):
+            position = by_offset.get(offset)
+            if position is None or position == 0:
+                continue
+            top_ids, top_values = _top_k_rows(logprobs[position - 1 : position], self.top_k)
+            mass: dict[int, float] = {}
+            for expert_token, value in zip(top_ids[0], top_values[0]):
+                mapped = self.student.encode(self.tokenizer.decode([int(expert_token)]), add_special_tokens=False)
+                student_token = mapped[0] if mapped else self.student.eos_token_id
+                mass[student_token] = mass.get(student_token, 0.0) + math.exp(float(value))
+            ranked = sorted(mass.items(), key=lambda item: -item[1])[: self.top_k]
+            fillers = [t for t in range(len(self.student)) if t not in mass][: self.top_k - len(ranked)]
+            ids[j] = [t for t, _ in ranked] + fillers
+            values[j, : len(ranked)] = [math.log(p) for _, p in ranked]
+            valid[j] = True
+        return ExpertLabels(ids, values, valid)
+
+
+# ---------------------------------------------------------------- OpenAI-compatible endpoint
+def parse_prompt_logprobs(choice: dict, index: int, sequence: Sequence[int], start: int, top_k: int,
+                          student_tokenizer=None) -> ExpertLabels:
+    """ExpertLabels from one choice's vLLM-style `prompt_logprobs`: a list with one entry per
+    prompt token (the first is null), each {token_id: {"logprob": x, "decoded_token": s}} or
+    {token_id: x}. Anything else raises MalformedExpertResponse naming the field."""
+    field = f"choices[{index}].prompt_logprobs"
+    entries = choice.get("prompt_logprobs")
+    if not isinstance(entries, list) or len(entries) != len(sequence):
+        got = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
+        raise MalformedExpertResponse(f"{field}: expected one entry per prompt token ({len(sequence)}), got {got}")
+    steps = len(sequence) - start
+    ids = np.zeros((steps, top_k), np.int64)
+    values = np.full((steps, top_k), -math.inf, np.float32)
+    mismatched = 0
+    for j in range(steps):
+        position = start + j
+        entry = entries[position]
+        if not isinstance(entry, dict) or not entry:
+            raise MalformedExpertResponse(f"{field}[{position}]: expected a mapping of token id to log-prob, got {entry!r:.80}")
+        parsed = []
+        for token, value in entry.items():
+            logprob = value.get("logprob") if isinstance(value, dict) else value
+            try:
+                parsed.append((int(token), float(logprob)))
+            except (TypeError, ValueError):
+                raise MalformedExpertResponse(f"{field}[{position}][{token!r}]: not a token id with a numeric log-prob") from None
+            if (student_tokenizer is not None and isinstance(value, dict) and int(token) == sequence[position]
+                    and isinstance(value.get("decoded_token"), str)
+                    and value["decoded_token"] != student_tokenizer.decode([int(token)])):
+                mismatched += 1
+        parsed.sort(key=lambda item: -item[1])
+        for slot, (token, logprob) in enumerate(parsed[:top_k]):
+            ids[j, slot], values[j, slot] = token, logprob
+        used = {token for token, _ in parsed[:top_k]}
+        fillers = [t for t in range(top_k * 2 + 1) if t not in used][: top_k - min(top_k, len(parsed))]
+        ids[j, len(parsed[:top_k]):] = fillers
+    if mismatched:
+        raise TokenizerMismatch(f"{field}: {mismatched} of the student's tokens decode differently on the endpoint; "
+                                "the expert serves a model with another tokenizer")
+    return ExpertLabels(ids, values, np.ones(steps, bool))
+
+
+class EndpointExpert:
+    """An OpenAI-compatible completions endpoint scoring prompt + completion with `prompt_logprobs`."""
+
+    def __init__(self, base_url: str, model: str, student_tokenizer, top_k: int, timeout_s: float = 30.0,
+                 retries: int = 2, api_key: str = ""):
+        self.base_url, self.model, self.student, self.top_k = base_url, model, student_tokenizer, top_k
+        self.timeout_s, self.retries, self.api_key = timeout_s, retries, api_key
+        self.expert_id = f"openai:{base_url}:{model}"
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        if not states:
+            return []
+        sequences, starts = [], []
+        for state in states:
+            extra = self.student.encode(privileged_prefix(state.privileged), add_special_tokens=False)
+            head = list(state.prompt_ids[:1]) + extra + list(state.prompt_ids[1:])
+            sequences.append(head + list(state.completion_ids))
+            starts.append(len(head))
+        body = {"model": self.model, "prompt": sequences, "max_tokens": 1, "temperature": 0.0,
+                "prompt_logprobs": self.top_k}
+        choices = post_completions(self.base_url, body, self.timeout_s, self.retries, self.api_key)
+        if len(choices) != len(sequences):
+            raise MalformedExpertResponse(f"choices: expected {len(sequences)} (one per prompt), got {len(choices)}")
+        ordered = sorted(choices, key=lambda c: c.get("index", 0))
+        return [parse_prompt_logprobs(choice, i, sequence, start, self.top_k, self.student)
+                for i, (choice, sequence, start) in enumerate(zip(ordered, sequences, starts))]
+
+
+# ---------------------------------------------------------------- cache
+class CachedExpert:
+    """Answer repeated states from memory (LRU by state hash); send misses in batches."""
+
+    def __init__(self, expert: Expert, batch_size: int = 32, capacity: int = 20000):
+        self.expert, self.batch_size, self.capacity = expert, batch_size, capacity
+        self.cache: OrderedDict[str, ExpertLabels] = OrderedDict()
+        self.hits = self.misses = self.positions = 0
+
+    def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        keys = [state.key(self.expert.expert_id, self.expert.top_k) for state in states]
+        missing: dict[str, StudentState] = {}
+        found: dict[str, ExpertLabels] = {}
+        for key, state in zip(keys, states):
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                found[key] = self.cache[key]
+                self.hits += 1
+            elif key in missing:
+                self.hits += 1
+            else:
+                missing[key] = state
+                self.misses += 1
+        pending = list(missing.items())
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for (key, _), labels in zip(chunk, self.expert.label([state for _, state in chunk])):
+                found[key] = labels
+                self.positions += len(labels.valid)
+                if self.capacity:
+                    self.cache[key] = labels
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return [found[key] for key in keys]
+
+    def stats(self) -> dict[str, float]:
+        return {"expert_cache_hits": self.hits, "expert_cache_misses": self.misses, "expert_positions": self.positions}
+
+
+def build_expert(cfg: ExpertConfig, student_tokenizer) -> Expert:
+    """The configured backend (not cached; wrap it in `CachedExpert`)."""
+    builders = {
+        "oracle": lambda: OracleExpert(student_tokenizer, cfg.top_k),
+        "hf": lambda: HFExpert(cfg.model, student_tokenizer, cfg.top_k, cfg.temperature, cfg.alignment),
+        "openai": lambda: EndpointExpert(cfg.endpoint, cfg.model, student_tokenizer, cfg.top_k, cfg.timeout_s,
+                                         cfg.retries, cfg.api_key),
+    }
+    return builders[cfg.kind]()
