@@ -61,10 +61,10 @@ class Config(RunFields):
     student_init: str = ""  # a model directory or hub id; empty: the tiny student, SFT-ed briefly
     student_sft_steps: int = 300
     iterations: int = 30
-    prompts_per_iteration: int = 16
+    prompts_per_iteration: int = 48
     samples_per_prompt: int = 4  # also GRPO's group size for rlvr
     updates_per_iteration: int = 2
-    lr: float = 1e-4  # a fresh Adam on an SFT-ed student: larger steps undo the SFT
+    lr: float = 2e-4  # a fresh Adam on an SFT-ed student: larger steps (1e-3) undo the SFT
     warmup_iterations: int = 3
     temperature: float = 1.0  # the student's sampling temperature (rollouts and Pass@k)
     max_new_tokens: int = 24
