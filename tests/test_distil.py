@@ -17,7 +17,7 @@ PORT = 8131
 
 
 def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
-    proc = rayworks(workdir, "compare", "distil", "--vary", "objective=distil,reverse_kl,jsd,rlvr", "--seeds", "2",
+    proc = rayworks(workdir, "compare", "distil", "--vary", "objective=distil,reverse_kl,jsd,rlvr", "--seeds", "1",
                     "--metric", "pass_at_1", "--metric", "pass_at_n", "--set", *TINY, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = mlflow_client(workdir)
@@ -27,12 +27,12 @@ def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
         for metric in ("pass_at_1", "pass_at_n"):
             assert f"{arm}/{metric}/mean" in parent.data.metrics
     summary = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "comparison.yaml", str(workdir))).read_text())
-    assert all(len(summary["arms"][arm]["pass_at_1"]["values"]) == 2 for arm in summary["arms"])
+    assert all(len(summary["arms"][arm]["pass_at_1"]["values"]) == 1 for arm in summary["arms"])
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.data.params["objective"] for c in children) == sorted(["distil", "reverse_kl", "jsd", "rlvr"] * 2)
-    # the student was SFT-ed once per seed and reused by every objective
+    assert sorted(c.data.params["objective"] for c in children) == sorted(["distil", "reverse_kl", "jsd", "rlvr"])
+    # the student was SFT-ed once (an `sft` child of the first arm) and reused by every objective
     students = {c.data.tags["student"] for c in children}
-    assert len(students) == 2 and all((Path(s) / "config.json").is_file() for s in students)
+    assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()
 
 
 def test_an_expert_served_by_the_generate_app_labels_like_the_local_model(workdir: Path):

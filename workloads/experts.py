@@ -156,6 +156,18 @@ def privileged_prefix(privileged: str) -> str:
     return f"Reference:\n{privileged}\n" if privileged else ""
 
 
+def expert_sequences(states: Sequence[StudentState], tokenizer) -> tuple[list[list[int]], list[int]]:
+    """What an LM expert reads per state (bos, privileged prefix, prompt, completion) and where
+    the completion starts."""
+    sequences, starts = [], []
+    for state in states:
+        extra = tokenizer.encode(privileged_prefix(state.privileged), add_special_tokens=False)
+        head = list(state.prompt_ids[:1]) + extra + list(state.prompt_ids[1:])
+        sequences.append(head + list(state.completion_ids))
+        starts.append(len(head))
+    return sequences, starts
+
+
 class HFExpert:
     """A local causal LM; every state of a batch in one padded forward pass."""
 
@@ -192,12 +204,7 @@ class HFExpert:
             return []
         if self.alignment == "text":
             return [self._label_text(state) for state in states]
-        sequences, starts = [], []
-        for state in states:
-            extra = self.tokenizer.encode(privileged_prefix(state.privileged), add_special_tokens=False)
-            head = list(state.prompt_ids[:1]) + extra + list(state.prompt_ids[1:])
-            sequences.append(head + list(state.completion_ids))
-            starts.append(len(head))
+        sequences, starts = expert_sequences(states, self.tokenizer)
         logprobs = self._logprobs([s[:-1] if len(s) > 1 else s for s in sequences]).numpy()
         labels = []
         for row, (state, start) in enumerate(zip(states, starts)):
@@ -303,12 +310,7 @@ class EndpointExpert:
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
         if not states:
             return []
-        sequences, starts = [], []
-        for state in states:
-            extra = self.student.encode(privileged_prefix(state.privileged), add_special_tokens=False)
-            head = list(state.prompt_ids[:1]) + extra + list(state.prompt_ids[1:])
-            sequences.append(head + list(state.completion_ids))
-            starts.append(len(head))
+        sequences, starts = expert_sequences(states, self.student)
         body = {"model": self.model, "prompt": sequences, "max_tokens": 1, "temperature": 0.0,
                 "prompt_logprobs": self.top_k}
         choices = post_completions(self.base_url, body, self.timeout_s, self.retries, self.api_key)
