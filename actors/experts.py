@@ -10,7 +10,6 @@ retries) and raises `ExpertUnavailable` instead of hanging on a dead or stuck ex
 
 from __future__ import annotations
 
-import os
 import zlib
 from typing import Sequence
 
@@ -27,7 +26,9 @@ class ExpertUnavailable(EndpointError):
 @ray.remote
 class ExpertActor:
     def __init__(self, cfg: ExpertConfig, student_tokenizer_dir: str):
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)  # actors share the machine's cores
         self.cfg, self.student_tokenizer_dir, self.expert = cfg, student_tokenizer_dir, None
 
     def start(self) -> str:
@@ -68,8 +69,8 @@ class ExpertPool:
             answers = dict(zip(refs, ray.get(list(refs.values()), timeout=self.deadline_s)))
         except ray.exceptions.GetTimeoutError:
             raise ExpertUnavailable(f"expert {self.expert_id}: no labels within {self.deadline_s:.0f} s") from None
-        except EndpointError as exc:  # Ray re-raises the actor's error as its own class
-            raise ExpertUnavailable(str(exc).strip().splitlines()[-1]) from None
+        except EndpointError as exc:  # Ray re-raises the actor's error as its own class; `cause` is the original
+            raise ExpertUnavailable(str(getattr(exc, "cause", exc))) from None
         iterators = {index: iter(labels) for index, labels in answers.items()}
         return [next(iterators[o]) for o in owner]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,16 @@ from typing import ClassVar, Literal
 import torch
 
 from pipelines import sft
-from pipelines.launch import RunFields, RunSummary, main_for, open_run, report_with_checkpoint, storage_path
+from pipelines.launch import (
+    RunFields,
+    RunSummary,
+    ending_run,
+    main_for,
+    open_run,
+    report_with_checkpoint,
+    storage_path,
+    train_run_config,
+)
 from workloads import tracking
 from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import ConfigError, from_dict, require, to_dict
@@ -149,7 +159,7 @@ def annotated_samples(tokenizer, states, labels, problems, texts, limit: int) ->
     for state, label, problem, text in list(zip(states, labels, problems, texts))[:limit]:
         positions = []
         for j, token in enumerate(state.completion_ids):
-            top = [(tokenizer.decode([int(t)]), round(float(torch.tensor(v).exp()), 3))
+            top = [(tokenizer.decode([int(t)]), round(math.exp(float(v)), 3))
                    for t, v in zip(label.token_ids[j][:3], label.logprobs[j][:3])] if label.valid[j] else None
             positions.append({"student": tokenizer.decode([token]), "expert_top3": top})
         samples.append({"prompt": problem.prompt, "completion": text, "correct": check_answer(problem, text),
@@ -268,7 +278,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     train_problems, _ = generate_splits(config.task, config.seed)  # a bad task config fails before any run opens
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
                                     data_hash=tracking.data_hash(p.expression for p in train_problems))
-    try:
+    with ending_run(run_record):
         student = ensure_student(config, run_record.run_id)
         run_record.set_tags({"student": student})
         experts = ExpertPool(config.expert, student) if config.objective != "rlvr" else None
@@ -277,9 +287,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             train_loop_config={"config": to_dict(config), "student": student, "experts": experts,
                                "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
             scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
-            run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path(config.storage_path),
-                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                                           callbacks=list(train_callbacks)),
+            run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()
         if experts is not None:
@@ -288,10 +296,6 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             raise ConfigError(f"{result.metrics['stopped']} (stopped after iteration {result.metrics['iteration']}; "
                               "its checkpoint is kept: fix the expert and pass --resume)")
         summary = log_outcome(config, run_record, result.checkpoint, student)
-    except BaseException:
-        run_record.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
-        raise
-    run_record.end("FINISHED")
     return summary
 
 

@@ -8,6 +8,7 @@ is the same entry point that `rayworks run` and `ray job submit` use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -31,6 +32,28 @@ class RunFields:
     run_name: str = ""  # empty: a fresh timestamped name
     experiment: str = ""  # empty: rayworks-<pipeline>
     storage_path: str = "./ray_results"
+
+
+@contextlib.contextmanager
+def ending_run(run: tracking.Run):
+    """End the pipeline's MLflow run with the block: FINISHED, KILLED on Ctrl-C, FAILED otherwise."""
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.end("KILLED")
+        raise
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")
+
+
+def train_run_config(config: RunFields, run_name: str, callbacks=()):
+    """Ray Train's RunConfig for a pipeline run: named like the MLflow run, last two checkpoints kept."""
+    import ray.train
+
+    return ray.train.RunConfig(name=run_name, storage_path=storage_path(config.storage_path),
+                               checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=list(callbacks))
 
 
 def report_with_checkpoint(metrics: dict, rank: int, model, tokenizer, trainer_state: dict | None = None) -> None:

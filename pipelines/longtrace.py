@@ -31,16 +31,36 @@ from typing import ClassVar, Literal
 import torch
 
 from pipelines import longtrace_data
-from pipelines.launch import RunFields, RunSummary, main_for, open_run, report_with_checkpoint, storage_path
+from pipelines.launch import (
+    RunFields,
+    RunSummary,
+    ending_run,
+    main_for,
+    open_run,
+    report_with_checkpoint,
+    storage_path,
+    train_run_config,
+)
 from workloads import tracking
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.grpo import GRPOConfig, grpo_step, sample_groups
 from workloads.longtrace.kg import KGConfig
-from workloads.longtrace.reader import greedy_scores, is_held_out, load_examples, sampled_accuracy
+from workloads.longtrace.reader import (
+    greedy_scores,
+    is_held_out,
+    load_examples,
+    sampled_accuracy,
+)
 from workloads.longtrace.reward import JUDGES, group_rewards, llm_judge
 from workloads.longtrace.search import ContextConfig
 from workloads.plots import plot_curves
-from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
+from workloads.sft import (
+    batch_at,
+    batch_indices,
+    tokenize_examples,
+    train_step,
+    warmup_cosine,
+)
 from workloads.tiny_lm import TinyLMConfig, load_lm, load_tokenizer, model_config
 
 PIPELINE = "longtrace"
@@ -293,7 +313,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     given_data = ensure_data(config, None) if config.data_dir else None  # a wrong path fails before any run opens
     data_key = str(given_data) if given_data else config_hash(to_dict(config.data))
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_key)
-    try:
+    with ending_run(run_record):
         data_dir = given_data or ensure_data(config, run_record.run_id)
         run_record.set_tags({"data_dir": str(data_dir)})
         reader_cache = ""
@@ -307,16 +327,10 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             train_loop_config={"config": to_dict(config), "data_dir": str(data_dir), "reader_cache": reader_cache,
                                "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
             scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
-            run_config=ray.train.RunConfig(name=run_name, storage_path=storage_path(config.storage_path),
-                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                                           callbacks=list(train_callbacks)),
+            run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()
         summary = log_outcome(config, run_record, result.checkpoint, data_dir)
-    except BaseException:
-        run_record.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
-        raise
-    run_record.end("FINISHED")
     return summary
 
 

@@ -22,10 +22,16 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
-from pipelines.launch import RunFields, RunSummary, main_for, open_run
+from pipelines.launch import RunFields, RunSummary, ending_run, main_for, open_run
 from workloads import tracking
 from workloads.config import ConfigError, require, to_dict
-from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg
+from workloads.longtrace.kg import (
+    KGConfig,
+    Skips,
+    build_corpus,
+    generate_questions,
+    load_kg,
+)
 from workloads.longtrace.search import AgentConfig, ContextConfig, SearchIndex
 from workloads.plots import plot_curves
 
@@ -73,7 +79,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         raise ConfigError(f"kg: no question could be generated ({dict(skips)})")
     data_hash = tracking.data_hash(dataclasses.asdict(q) for q in questions)
     run_record, _ = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
-    try:
+    with ending_run(run_record):
         output = Path(config.output_dir).resolve()
         tokenizer = config.tokenizer or save_corpus_tokenizer(documents, questions, config.tokenizer_merges, output / "tokenizer")
         index_ref = ray.put(SearchIndex(documents))  # indexed once, shared by every actor
@@ -95,10 +101,6 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             else:
                 built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode), mode=SaveMode.OVERWRITE)
         log_outcome(run_record, config, built, counts, skips, len(questions), len(documents))
-    except BaseException:
-        run_record.end("FAILED")
-        raise
-    run_record.end("FINISHED")
     return RunSummary(PIPELINE, KEY_METRIC, float(counts["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
 
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipelines.longtrace_data import main as importable_main  # Ray pickles by reference
+    from pipelines.longtrace_data import (
+        main as importable_main,  # Ray pickles by reference
+    )
 
     sys.exit(importable_main())

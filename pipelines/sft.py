@@ -24,12 +24,27 @@ from typing import ClassVar
 
 import torch
 
-from pipelines.launch import RunFields, RunSummary, main_for, open_run, report_with_checkpoint, storage_path
+from pipelines.launch import (
+    RunFields,
+    RunSummary,
+    ending_run,
+    main_for,
+    open_run,
+    report_with_checkpoint,
+    train_run_config,
+)
 from workloads import tracking
 from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import from_dict, require, to_dict
 from workloads.plots import plot_curves
-from workloads.sft import batch_at, batch_indices, greedy_complete, tokenize_examples, train_step, warmup_cosine
+from workloads.sft import (
+    batch_at,
+    batch_indices,
+    greedy_complete,
+    tokenize_examples,
+    train_step,
+    warmup_cosine,
+)
 from workloads.tiny_lm import TinyLMConfig, load_lm, tiny_lm
 
 PIPELINE = "sft"
@@ -165,7 +180,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     train_problems, _ = generate_splits(config.task, config.seed)
     data_hash = tracking.data_hash(p.expression for p in train_problems)
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
-    try:
+    with ending_run(run_record):
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
@@ -178,19 +193,10 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                 use_gpu=config.train.use_gpu,
                 resources_per_worker={"CPU": config.train.cpus_per_worker},
             ),
-            run_config=ray.train.RunConfig(
-                name=run_name,
-                storage_path=storage_path(config.storage_path),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=list(train_callbacks),
-            ),
+            run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()
         summary = log_outcome(config, run_record, result.checkpoint)
-    except BaseException:
-        run_record.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
-        raise
-    run_record.end("FINISHED")
     return summary
 
 

@@ -4,6 +4,7 @@ HTTP by the project's Serve app, and the ways an expert can fail."""
 from pathlib import Path
 
 import numpy as np
+import requests
 import yaml
 
 from tests.helpers import mlflow_client, rayworks, start_app, stop_with_ctrl_c, wait_for
@@ -51,6 +52,15 @@ def test_an_expert_served_by_the_generate_app_labels_like_the_local_model(workdi
         for remote, here in zip(over_http, local):
             assert remote.token_ids.tolist() == here.token_ids.tolist()
             assert np.allclose(remote.logprobs, here.logprobs, atol=1e-4)
+
+        # the completions route itself: text prompts, stop strings, and refusals that name the field
+        text = requests.post(f"{url}/v1/completions", json={"prompt": problem.prompt, "max_tokens": 8, "temperature": 0,
+                                                            "stop": ["\n"]}, timeout=30).json()
+        assert "\n" not in text["choices"][0]["text"] and text["usage"]["prompt_tokens"] == len(prompt)
+        for body, field in [({"prompt": [0, 99999]}, "prompt: token id 99999"), ({"prompt": "x", "n": 2}, "n"),
+                            ({"prompt": "x", "prompt_logprobs": 50}, "prompt_logprobs"), ({"prompt": ""}, "prompt")]:
+            refused = requests.post(f"{url}/v1/completions", json=body, timeout=30)
+            assert refused.status_code == 422 and refused.json()["error"].startswith(field), (body, refused.text)
 
         # the whole pipeline against the endpoint (the student shares the expert's tokenizer)
         run = rayworks(workdir, "run", "distil", "--set", *TINY, f"student_init={model_dir}", "expert.kind=openai",

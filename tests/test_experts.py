@@ -141,7 +141,11 @@ def test_the_cache_answers_repeated_states_and_batches_the_misses(student):
     tokenizer, _ = student
 
     class CountingOracle(OracleExpert):
-        calls: list[int] = []
+        """The real oracle, recording the batch size of every call that reaches it."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls: list[int] = []
 
         def label(self, states):
             self.calls.append(len(states))

@@ -39,7 +39,8 @@ def encode_prompts(tokenizer, prompts, vocab_size: int, max_positions: int) -> l
     return encoded
 
 
-def _right_padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def right_padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of `sequences` padded on the right to the longest."""
     width = max(len(s) for s in sequences)
     ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in sequences])
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
@@ -49,7 +50,7 @@ def _right_padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[torch.T
 @torch.no_grad()
 def prompt_logprobs(model, tokenizer, sequences: list[list[int]], top_k: int) -> list[list[dict | None]]:
     """Per sequence, per position: the top-k next-token log-probs and the actual token's (one forward pass)."""
-    ids, mask = _right_padded(sequences, tokenizer.pad_token_id)
+    ids, mask = right_padded(sequences, tokenizer.pad_token_id)
     logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
     out = []
     for row, sequence in enumerate(sequences):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 from collections import OrderedDict
@@ -173,11 +174,8 @@ class HFExpert:
 
     def __init__(self, model_path: str, student_tokenizer, top_k: int, temperature: float = 1.0,
                  alignment: str = "tokens"):
-        import torch
-
         from workloads.tiny_lm import load_lm
 
-        torch.set_num_threads(1)
         self.model, self.tokenizer = load_lm(model_path)
         self.model.eval()
         self.student, self.top_k, self.temperature, self.alignment = student_tokenizer, top_k, temperature, alignment
@@ -191,10 +189,9 @@ class HFExpert:
         """[B, L, V] next-token log-probs of right-padded `sequences`."""
         import torch
 
-        width = max(len(s) for s in sequences)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in sequences])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
+        from workloads.completions import right_padded
+
+        ids, mask = right_padded(sequences, self.tokenizer.pad_token_id)
         with torch.no_grad():
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
         return torch.log_softmax(logits / self.temperature, dim=-1)
@@ -248,7 +245,7 @@ class HFExpert:
                 student_token = mapped[0] if mapped else self.student.eos_token_id
                 mass[student_token] = mass.get(student_token, 0.0) + math.exp(float(value))
             ranked = sorted(mass.items(), key=lambda item: -item[1])[: self.top_k]
-            fillers = [t for t in range(len(self.student)) if t not in mass][: self.top_k - len(ranked)]
+            fillers = list(itertools.islice((t for t in range(len(self.student)) if t not in mass), self.top_k - len(ranked)))
             ids[j] = [t for t, _ in ranked] + fillers
             values[j, : len(ranked)] = [math.log(p) for _, p in ranked]
             valid[j] = True
