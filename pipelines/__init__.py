@@ -16,6 +16,7 @@ PIPELINES: dict[str, str] = {
     "distil": "pipelines.distil",
     "longtrace_data": "pipelines.longtrace_data",
     "longtrace": "pipelines.longtrace",
+    "ppo": "pipelines.ppo",
 }
 
 

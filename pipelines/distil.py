@@ -44,6 +44,7 @@ from pipelines.launch import (
     report_with_checkpoint,
     storage_path,
     train_run_config,
+    train_worker_context,
 )
 from workloads import tracking
 from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
@@ -176,9 +177,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     config: Config = from_dict(Config, payload["config"])
     experts = payload["experts"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    run = tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
+    rank, world_size, run = train_worker_context(payload)
     torch.manual_seed(config.seed)
 
     model, tokenizer = load_lm(payload["student"])

@@ -56,6 +56,15 @@ def train_run_config(config: RunFields, run_name: str, callbacks=()):
                                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=list(callbacks))
 
 
+def train_worker_context(payload: dict) -> tuple[int, int, tracking.Run | None]:
+    """Inside a Ray Train worker: (rank, world size, the pipeline's MLflow run on rank 0 else None)."""
+    import ray.train
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    return rank, world_size, tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
+
+
 def report_with_checkpoint(metrics: dict, rank: int, model, tokenizer, trainer_state: dict | None = None) -> None:
     """`ray.train.report` with a checkpoint written by rank 0: `model/` (weights + tokenizer,
     loadable by `load_lm`) and, when given, `trainer_state.pt`. Every rank must call it."""

@@ -40,6 +40,7 @@ from pipelines.launch import (
     report_with_checkpoint,
     storage_path,
     train_run_config,
+    train_worker_context,
 )
 from workloads import tracking
 from workloads.config import ConfigError, from_dict, require, to_dict
@@ -241,9 +242,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     config: Config = from_dict(Config, payload["config"])
     data_dir, reader_cache = Path(payload["data_dir"]), payload["reader_cache"]
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    run = tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
+    rank, world_size, run = train_worker_context(payload)
     torch.manual_seed(config.seed)
 
     model, tokenizer = reader_and_tokenizer(config, data_dir)

@@ -32,6 +32,7 @@ from pipelines.launch import (
     open_run,
     report_with_checkpoint,
     train_run_config,
+    train_worker_context,
 )
 from workloads import tracking
 from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
@@ -116,8 +117,7 @@ def train_loop_per_worker(payload: dict) -> None:
     import ray.train.torch
 
     config: Config = from_dict(Config, payload["config"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size, run = train_worker_context(payload)
     torch.manual_seed(config.seed)
 
     model, tokenizer = initial_model(config)
@@ -142,7 +142,6 @@ def train_loop_per_worker(payload: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     bare_model = model.module if hasattr(model, "module") else model
-    run = tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
 
     eval_accuracy = float("nan")
     if rank == 0:

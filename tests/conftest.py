@@ -20,3 +20,13 @@ def pytest_sessionstart(session):
 def workdir(tmp_path: Path) -> Path:
     """A scratch working directory: ./mlruns and ./ray_results of a CLI run land here."""
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for the tests of one module (2 CPUs, as on the CI machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

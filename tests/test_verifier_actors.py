@@ -9,13 +9,6 @@ import ray
 from actors.verifiers import LeanVerifier, PythonVerifier
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_python_verifier_actor_batches_and_steps(local_ray):
     verifier = PythonVerifier.remote(num_workers=2)
     jobs = [{"code": f"x = {i}", "tests": "assert x % 2 == 0"} for i in range(6)]
