@@ -104,6 +104,12 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
             configure_logging=True,
             logging_level="WARNING",
         )
+        # Point Ray's "current cluster" file at this cluster, as `ray start` does: the state API
+        # (which Ray Train's placement-group cleaner polls) otherwise finds a stale address there
+        # and every training run waits out its 12 s shutdown timeout.
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(ray.get_runtime_context().gcs_address)
         return None
     if target.startswith(("http://", "https://")):
         raise RayUnreachable(

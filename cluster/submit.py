@@ -62,7 +62,9 @@ def make_client(address: str):
         return JobSubmissionClient(address, headers=headers)
     except Exception as exc:  # Ray wraps HTTP failures in several exception types
         text = str(exc)
-        if "401" in text or "Missing authentication token" in text:
+        # Ray's client may itself complain first (e.g. "RAY_AUTH_TOKEN_PATH is set but file cannot be opened")
+        no_token_reported = token is None and "token" in text.lower() and "auth" in text.lower()
+        if "401" in text or "Missing authentication token" in text or no_token_reported:
             raise SubmitError(f"the cluster at {address} requires a Ray auth token and none was found: {auth_token_hint()}") from None
         if "403" in text or "Invalid authentication token" in text:
             raise SubmitError(f"the cluster at {address} rejected the Ray auth token: {auth_token_hint()}") from None

@@ -78,19 +78,19 @@ class G1Task(MujocoTask):
 class VelocityParams:
     action_scale: float = 0.5
     episode_steps: int = 1000  # 20 s
-    lin_vel_x: tuple = (-1.0, 1.0)
-    lin_vel_y: tuple = (-0.5, 0.5)
-    ang_vel_yaw: tuple = (-1.0, 1.0)
+    lin_vel_x: tuple[float, float] = (-1.0, 1.0)
+    lin_vel_y: tuple[float, float] = (-0.5, 0.5)
+    ang_vel_yaw: tuple[float, float] = (-1.0, 1.0)
     zero_command_probability: float = 0.1
     command_resample_steps: int = 500
-    gait_frequency: tuple = (1.25, 1.5)
+    gait_frequency: tuple[float, float] = (1.25, 1.5)
     foot_height: float = 0.12
     push_interval_steps: int = 0  # 0: no pushes
-    push_speed: tuple = (0.1, 1.0)  # m/s added to the base, in a random horizontal direction
+    push_speed: tuple[float, float] = (0.1, 1.0)  # m/s added to the base, in a random horizontal direction
     randomize: bool = False
     model_variants: int = 8
-    floor_friction: tuple = (0.4, 1.0)
-    mass_scale: tuple = (0.9, 1.1)
+    floor_friction: tuple[float, float] = (0.4, 1.0)
+    mass_scale: tuple[float, float] = (0.9, 1.1)
     fall_gravity_z: float = -0.5  # terminate once the base's "down" points less than this much down
     fall_height: float = 0.4
     tracking_sigma: float = 0.25

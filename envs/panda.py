@@ -62,8 +62,8 @@ class PandaTask(MujocoTask):
 class ReachParams:
     action_scale: float = 0.04
     joint_noise: float = 0.1
-    target_low: tuple = (0.3, -0.3, 0.15)
-    target_high: tuple = (0.6, 0.3, 0.55)
+    target_low: tuple[float, float, float] = (0.3, -0.3, 0.15)
+    target_high: tuple[float, float, float] = (0.6, 0.3, 0.55)
     success_distance: float = 0.05
     reach_scale: float = 1.0
     success_scale: float = 1.0
@@ -116,8 +116,8 @@ class PickCubeParams:
     action_scale: float = 0.04
     joint_noise: float = 0.1
     box_xy_range: float = 0.2  # the cube starts at (0.5, 0) +- this
-    target_low: tuple = (0.3, -0.2, 0.2)
-    target_high: tuple = (0.7, 0.2, 0.4)
+    target_low: tuple[float, float, float] = (0.3, -0.2, 0.2)
+    target_high: tuple[float, float, float] = (0.7, 0.2, 0.4)
     success_distance: float = 0.05
     reach_distance: float = 0.012  # the gripper "has reached" the cube once this close
     # Playground's PandaPickCube scales

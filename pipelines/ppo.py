@@ -31,7 +31,7 @@ import torch
 
 from pipelines.launch import RunFields, RunSummary, ending_run, main_for, open_run, train_run_config, train_worker_context
 from workloads import tracking
-from workloads.config import ConfigError, from_dict, require, to_dict
+from workloads.config import ConfigError, build_section, from_dict, require, to_dict
 from workloads.plots import plot_curves
 from workloads.ppo import PPOConfig, ppo_update
 
@@ -67,9 +67,7 @@ class Config(RunFields):
         import envs
 
         require(self.env in envs.TASKS, "env", f"unknown environment {self.env!r}; known: {', '.join(envs.TASKS)}")
-        known = {f.name for f in dataclasses.fields(envs.TASKS[self.env].Params)}
-        unknown = sorted(set(self.env_params) - known)
-        require(not unknown, f"env_params.{unknown[0] if unknown else ''}", f"unknown parameter of {self.env}; known: {', '.join(sorted(known))}")
+        build_section(envs.TASKS[self.env].Params, self.env_params, "env_params")  # names a wrong or mistyped field
         require(self.iterations >= 1, "iterations", "must be >= 1")
         require(self.steps_per_iteration >= 1, "steps_per_iteration", "must be >= 1")
         require(self.num_rollout_workers >= 1 and self.envs_per_worker >= 1, "num_rollout_workers",

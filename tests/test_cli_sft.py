@@ -20,7 +20,7 @@ from tests.helpers import mlflow_client, python_module, rayworks, result_lines, 
         (["run", "sft", "--set", "train.nonsense=1"], "sft.train.nonsense: unknown field"),
         (["run", "sft", "--set", "model.hidden_size=130"], "sft.model.hidden_size: must be divisible"),
         (["run", "sft", "--config", "missing.yaml"], "config file missing.yaml: not found"),
-        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: distil, longtrace, longtrace_data, sft"),
+        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: distil, longtrace, longtrace_data, ppo, sft"),
         (["serve", "nosuch"], "unknown Serve app 'nosuch'; known apps: generate"),
     ],
 )

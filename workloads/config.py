@@ -53,8 +53,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        args = typing.get_args(tp) or (Any,)
+        if origin is tuple and Ellipsis not in args and len(args) > 1:  # tuple[float, float]: fixed length
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+            return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
+        items = [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
@@ -187,6 +191,13 @@ def _merge(base: dict, update: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
+
+
+def build_section(cls: type[T], data: dict, where: str) -> T:
+    """A dataclass from a mapping, every value type-checked; errors name `where.field`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    return _build(cls, data, where)
 
 
 def from_dict(cls: type[T], data: dict) -> T:
