@@ -135,8 +135,14 @@ def ensure_student(config: Config, parent_run_id: str) -> str:
     staging = Path(tempfile.mkdtemp(dir=cache.parent))
     downloaded = mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="model", dst_path=str(staging),
                                                      tracking_uri=tracking.tracking_uri())
-    shutil.rmtree(cache, ignore_errors=True)
-    Path(downloaded).rename(cache)  # whole or absent
+    if not (cache / "config.json").is_file():
+        shutil.rmtree(cache, ignore_errors=True)  # a partial copy
+    try:
+        Path(downloaded).rename(cache)  # whole or absent
+    except OSError:
+        if not (cache / "config.json").is_file():
+            raise
+        # a concurrent run (another Tune trial) cached the same student first: use that one
     shutil.rmtree(staging, ignore_errors=True)
     return str(cache)
 

@@ -7,7 +7,7 @@ import numpy as np
 import requests
 import yaml
 
-from tests.helpers import mlflow_client, rayworks, start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import mlflow_client, rayworks, result_lines, start_app, stop_with_ctrl_c, wait_for
 from workloads.arithmetic import ArithmeticConfig, generate_splits
 from workloads.experts import EndpointExpert, HFExpert, StudentState
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_tokenizer
@@ -34,6 +34,17 @@ def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
     # the student was SFT-ed once (an `sft` child of the first arm) and reused by every objective
     students = {c.data.tags["student"] for c in children}
     assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()
+
+
+def test_tune_distil_over_learning_rate_top_k_and_temperature(workdir: Path):
+    space = workdir / "space.yaml"
+    space.write_text(yaml.safe_dump({"metric": "pass_at_1", "space": {
+        "lr": {"loguniform": [3e-5, 3e-4]}, "expert.top_k": {"choice": [1, 4]}, "temperature": {"uniform": [0.8, 1.2]}}}))
+    proc = rayworks(workdir, "tune", "distil", "--space", str(space), "--num-samples", "2", "--set", *TINY, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (outcome,) = result_lines(proc.stdout)
+    assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and 0.0 <= outcome["best_value"] <= 1.0
+    assert {"lr", "expert.top_k", "temperature"} <= set(outcome["best_params"])
 
 
 def test_an_expert_served_by_the_generate_app_labels_like_the_local_model(workdir: Path):
