@@ -8,7 +8,7 @@ For G1 (velocity tracking, feet-only scene, 10 substeps) and Panda (reach, 4 sub
   compiled model (random controls around the default pose, reset when the robot falls),
   control steps/s, times the number of cores Ray has;
 - workers: `RolloutGroup.collect` with 1 and with 2 workers (pinned to cores, one thread
-  each), each stepping N environments (G1 64, Panda 256) with the 128x128 actor sampling
+  each), each stepping N environments (G1 64, Panda 512) with the 128x128 actor sampling
   actions every step; wall time around `collect` (weights broadcast included).
 The last line is the JSON record for the environment with the lower fraction of its limit.
 """
@@ -29,7 +29,7 @@ from actors.rollout import PolicySpec, RolloutGroup, limit_threads
 
 # robot -> (environment, environments per worker): Panda's physics step is ~10x cheaper than
 # G1's, so a worker needs more of them to amortise the per-step policy call.
-CASES = {"G1": ("rayworks/G1Velocity-v0", 64), "Panda": ("rayworks/PandaReach-v0", 256)}
+CASES = {"G1": ("rayworks/G1Velocity-v0", 64), "Panda": ("rayworks/PandaReach-v0", 512)}
 
 
 def raw_limit(env_id: str, seconds: float) -> float:
