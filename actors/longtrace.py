@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import ray
@@ -25,20 +26,46 @@ MODES = ("tiered", "random")
 
 def token_counter(tokenizer_path: str):
     """Token counts with the reader's tokenizer (a saved directory or hub id), memoised:
-    the same documents are measured again for every context they are candidates for."""
-    if not tokenizer_path:
-        from workloads.tiny_lm import build_tokenizer
+    the same documents are measured again for every context they are candidates for.
 
-        tokenizer = build_tokenizer()
+    A saved fast tokenizer (`tokenizer.json`) is counted by the `tokenizers` backend directly:
+    the same ids as the transformers wrapper without its import (seconds per actor start) or
+    its per-call overhead."""
+    saved = Path(tokenizer_path) / "tokenizer.json" if tokenizer_path else None
+    if saved is not None and saved.is_file():
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_file(str(saved))
     else:
-        from workloads.tiny_lm import load_tokenizer
+        from workloads.tiny_lm import build_tokenizer, load_tokenizer
 
-        tokenizer = load_tokenizer(tokenizer_path)
+        backend = (load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()).backend_tokenizer
+
     @functools.lru_cache(maxsize=1 << 20)
     def count(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
+        return len(backend.encode(text, add_special_tokens=False).ids)
 
     return count
+
+
+# The public LongTraceRL row (what `build_context` returns), typed once so that every block,
+# however few rows it has (or however empty their rubric lists), has the same schema.
+ROW_SCHEMA = pa.schema([
+    ("source", pa.string()),
+    ("input_messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("label", pa.string()),
+    ("metadata", pa.struct([
+        ("extra_reward_info", pa.struct([("question", pa.string()), ("rubrics", pa.list_(pa.string())),
+                                         ("dataset_name", pa.string())])),
+        ("question_id", pa.string()),
+        ("doc_ids", pa.list_(pa.string())),
+        ("doc_tiers", pa.list_(pa.string())),
+        ("context_tokens", pa.int64()),
+    ])),
+])
+# Built rows also say which context they are, why they were skipped ("" when built; the row
+# fields are then null) and the agent's trajectory (JSON), for the counts and samples.
+BUILT_SCHEMA = pa.schema([*ROW_SCHEMA, ("mode", pa.string()), ("skip_reason", pa.string()), ("trajectory", pa.string())])
 
 
 class ContextBuilder:
@@ -55,37 +82,27 @@ class ContextBuilder:
         self.seed = seed
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = {"mode": [], "row_json": [], "skip_reason": [], "trajectory_json": []}
+        rows = []
         for raw in batch.column("question").to_pylist():
             question = Question(**json.loads(raw))
             try:
                 trajectory = self.agent.run(question)
             except EndpointError as exc:  # one unreachable question, not a lost batch
-                for mode in MODES:
-                    rows["mode"].append(mode)
-                    rows["row_json"].append("")
-                    rows["skip_reason"].append(f"search agent endpoint failed: {str(exc)[:120]}")
-                    rows["trajectory_json"].append("{}")
+                reason = f"search agent endpoint failed: {str(exc)[:120]}"
+                rows.extend({"mode": mode, "skip_reason": reason, "trajectory": "{}"} for mode in MODES)
                 continue
             trajectory_json = json.dumps({"steps": [vars(s) for s in trajectory.steps], "answer": trajectory.answer,
                                           "cited": trajectory.cited})
             for mode in MODES:
                 row = build_context(question, trajectory, self.documents, self.count_tokens, self.context, self.seed, mode,
                                     self.doc_ids)
-                rows["mode"].append(mode)
-                rows["row_json"].append(json.dumps(row) if row else "")
-                rows["skip_reason"].append("" if row else "gold documents exceed the token budget")
-                rows["trajectory_json"].append(trajectory_json)
-        return pa.table(rows)
+                reason = "" if row else "gold documents exceed the token budget"
+                rows.append({**(row or {}), "mode": mode, "skip_reason": reason, "trajectory": trajectory_json})
+        return pa.Table.from_pylist(rows, schema=BUILT_SCHEMA)
 
 
-def decode_rows(batch: pa.Table, mode: str) -> pa.Table:
-    """The built rows of one mode as the public LongTraceRL columns (input_messages, label,
-    metadata, ...); a whole batch is filtered at once (no per-row Python filter)."""
-    import pyarrow.compute as pc
+def built_rows(built, mode: str):
+    """The rows of one context mode that were built, as the public LongTraceRL columns."""
+    from ray.data.expressions import col
 
-    keep = pc.and_(pc.equal(batch.column("mode"), mode), pc.equal(batch.column("skip_reason"), ""))
-    texts = batch.filter(keep).column("row_json").to_pylist()
-    if not texts:
-        return pa.table({"source": pa.array([], pa.string())})
-    return pa.Table.from_pylist([json.loads(text) for text in texts])
+    return built.filter(expr=(col("mode") == mode) & (col("skip_reason") == "")).select_columns(ROW_SCHEMA.names)

@@ -49,23 +49,23 @@ def plain_loop(questions, index: SearchIndex, count_tokens, output: Path) -> flo
     return sum(map(len, rows.values())) / (time.perf_counter() - started)
 
 
-def ray_data(questions, index: SearchIndex, actors: int, output: Path) -> float:
+def ray_data(questions, index: SearchIndex, tokenizer: str, actors: int, output: Path) -> float:
     """What `pipelines.longtrace_data` does: map over an actor pool, then Parquet out."""
     import ray
 
-    from actors.longtrace import MODES, ContextBuilder, decode_rows
+    from actors.longtrace import MODES, ContextBuilder, built_rows
 
     index_ref = ray.put(index)
     started = time.perf_counter()
     dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
     built = dataset.map_batches(
         ContextBuilder, fn_constructor_kwargs={"index_ref": [index_ref], "agent": to_dict(AgentConfig()),
-                                               "context": to_dict(ContextConfig()), "tokenizer": "", "seed": 0},
+                                               "context": to_dict(ContextConfig()), "tokenizer": tokenizer, "seed": 0},
         concurrency=actors, batch_size=32, batch_format="pyarrow", num_cpus=1,
     ).materialize()
     outcome = built.select_columns(["skip_reason"]).to_pandas()
     for mode in MODES:
-        built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode))
+        built_rows(built, mode).write_parquet(str(output / mode))
     return int((outcome["skip_reason"] == "").sum()) / (time.perf_counter() - started)
 
 
@@ -89,6 +89,7 @@ def bm25_latency(num_docs: int, queries: int = 300) -> tuple[float, float, float
 def main(argv: list[str] | None = None) -> None:
     from actors.longtrace import token_counter
     from cluster.connect import connect
+    from pipelines.longtrace_data import save_corpus_tokenizer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=3000)
@@ -103,10 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     index = SearchIndex(documents)
 
     with tempfile.TemporaryDirectory() as scratch:
-        plain = plain_loop(questions, index, token_counter(""), Path(scratch) / "plain")
+        # The reader's tokenizer measures the budget, as `pipelines.longtrace_data` saves it.
+        tokenizer = save_corpus_tokenizer(documents, questions, 500, Path(scratch) / "tokenizer")
+        plain = plain_loop(questions, index, token_counter(tokenizer), Path(scratch) / "plain")
         connect(None, log_to_driver=False)
-        one_actor = ray_data(questions, index, 1, Path(scratch) / "one")
-        two_actors = ray_data(questions, index, 2, Path(scratch) / "two")
+        one_actor = ray_data(questions, index, tokenizer, 1, Path(scratch) / "one")
+        two_actors = ray_data(questions, index, tokenizer, 2, Path(scratch) / "two")
     p50, p99, build_s = bm25_latency(args.corpus_docs)
 
     print(f"distractor_build: {len(questions)} questions, {len(documents)} documents, 2 contexts per question")

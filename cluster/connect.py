@@ -13,6 +13,7 @@ This module imports nothing else from the project, so pipelines and the CLI can 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -87,6 +88,26 @@ def auth_token_hint() -> str:
     )
 
 
+def point_current_cluster_file(gcs_address: str) -> None:
+    """Write this cluster's address where Ray looks for "the current cluster", and put back what
+    was there at exit: a later plain `ray.init()` must not find a dead address (or lose the
+    address of a `ray start` cluster running on this machine)."""
+    from ray._private.utils import get_ray_address_file, read_ray_address, write_ray_address
+
+    previous = read_ray_address()
+    write_ray_address(gcs_address)
+
+    def restore() -> None:
+        if read_ray_address() != gcs_address:
+            return  # someone else's cluster took the file over since
+        if previous:
+            write_ray_address(previous)
+        else:
+            Path(get_ray_address_file(None)).unlink(missing_ok=True)
+
+    atexit.register(restore)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True):
     """Initialise Ray for this process (no-op when already initialised); return the address used."""
     import ray
@@ -107,9 +128,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
         # Point Ray's "current cluster" file at this cluster, as `ray start` does: the state API
         # (which Ray Train's placement-group cleaner polls) otherwise finds a stale address there
         # and every training run waits out its 12 s shutdown timeout.
-        from ray._private.utils import write_ray_address
-
-        write_ray_address(ray.get_runtime_context().gcs_address)
+        point_current_cluster_file(ray.get_runtime_context().gcs_address)
         return None
     if target.startswith(("http://", "https://")):
         raise RayUnreachable(

@@ -66,7 +66,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     import ray
     from ray.data import SaveMode
 
-    from actors.longtrace import MODES, ContextBuilder, decode_rows
+    from actors.longtrace import MODES, ContextBuilder, built_rows
 
     skips = Skips()
     try:
@@ -99,7 +99,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             if not counts[mode]:
                 shutil.rmtree(output / mode, ignore_errors=True)  # no stale rows from an earlier build
             else:
-                built.map_batches(decode_rows, fn_kwargs={"mode": mode}, batch_format="pyarrow").write_parquet(str(output / mode), mode=SaveMode.OVERWRITE)
+                built_rows(built, mode).write_parquet(str(output / mode), mode=SaveMode.OVERWRITE)
         log_outcome(run_record, config, built, counts, skips, len(questions), len(documents))
     return RunSummary(PIPELINE, KEY_METRIC, float(counts["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
@@ -116,18 +116,22 @@ def save_corpus_tokenizer(documents, questions, merges: int, directory: Path) ->
 
 
 def log_outcome(run_record, config: Config, built, counts: dict, skips: Skips, num_questions: int, num_documents: int) -> None:
+    from ray.data.expressions import col
+
+    from actors.longtrace import ROW_SCHEMA
+
     metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()}}
     metrics.update({"skipped/" + re.sub(r"[^A-Za-z0-9_ -]+", " ", reason)[:200].strip(): n for reason, n in skips.items()})
     run_record.log_metrics(metrics, step=0)
     run_record.log_yaml({"skipped": dict(skips), "examples": dict(skips.examples)}, "skipped.yaml")
-    sample = built.filter(lambda row: row["skip_reason"] == "").take(6)
-    run_record.log_text("\n".join(json.dumps({"row": json.loads(r["row_json"]), "trajectory": json.loads(r["trajectory_json"])})
+    kept = built.filter(expr=col("skip_reason") == "")
+    sample = kept.take(6)
+    run_record.log_text("\n".join(json.dumps({"row": {k: r[k] for k in ROW_SCHEMA.names}, "trajectory": json.loads(r["trajectory"])})
                                   for r in sample) + "\n", "samples.jsonl")
     tier_tokens: dict[str, Counter] = {}
-    for record in built.filter(lambda row: row["skip_reason"] == "").select_columns(["mode", "row_json"]).take(200):
-        row = json.loads(record["row_json"])
+    for record in kept.select_columns(["mode", "metadata"]).take(200):
         per_tier = tier_tokens.setdefault(record["mode"], Counter())
-        for tier in row["metadata"]["doc_tiers"]:
+        for tier in record["metadata"]["doc_tiers"]:
             per_tier[tier] += 1
     order = ["gold", "tier1", "tier2", "filler"]
     if not tier_tokens:

@@ -61,6 +61,28 @@ def test_heuristic_agent_follows_the_chain_and_records_a_trajectory(world):
     assert read_fact("Ana Ko was born in Lyo. Ana Ko works for X Works.", "Ana Ko", "works_for") == "X Works"
 
 
+def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, tmp_path):
+    """Actors receive the index pickled; it must answer the same and keep numpy's builtin dtypes
+    (an unpickled dtype takes bm25s' `np.add.at` scoring off its fast path)."""
+    import pickle
+
+    from actors.longtrace import token_counter
+    from workloads.tiny_lm import build_tokenizer
+
+    _, documents, questions = world
+    index = SearchIndex(documents)
+    shipped = pickle.loads(pickle.dumps(index))
+    assert all(a.dtype.isbuiltin for a in shipped.retriever.scores.values() if hasattr(a, "dtype"))
+    for question in questions[:10]:
+        assert shipped.search(question.question, 5) == index.search(question.question, 5)
+    # Token counts from a saved tokenizer.json equal the transformers tokenizer's.
+    tokenizer = build_tokenizer([document_section(d) for d in documents], 50)
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    count = token_counter(str(tmp_path / "tokenizer"))
+    for document in documents[:20]:
+        assert count(document_section(document)) == len(tokenizer.encode(document_section(document), add_special_tokens=False))
+
+
 def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
     _, documents, questions = world
     by_id = {d.id: d for d in documents}

@@ -93,3 +93,30 @@ def test_submit_to_a_dead_address_fails_fast(workdir: Path):
     proc = rayworks(workdir, "submit", "sft", "--address", "http://127.0.0.1:1", timeout=60)
     assert proc.returncode == 3 and "unreachable" in proc.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_local_run_puts_back_the_current_cluster_file(workdir: Path):
+    """While a local run is up, Ray's current-cluster file names it; after it exits the file holds
+    what it held before, so a later plain `ray.init()` neither finds a dead address nor loses a
+    `ray start` cluster of this machine."""
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    address_file = Path(get_ray_address_file(None))
+    before = address_file.read_text() if address_file.exists() else None
+    address_file.parent.mkdir(parents=True, exist_ok=True)
+    address_file.write_text("10.255.0.1:6379")  # a stand-in for a cluster started with `ray start`
+    try:
+        proc = subprocess.run(
+            ["python", "-c", "from cluster.connect import connect; connect(None, log_to_driver=False); "
+                             "from ray._private.utils import read_ray_address; print(read_ray_address())"],
+            env=scratch_env(workdir), capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        during = proc.stdout.strip().splitlines()[-1]
+        assert during != "10.255.0.1:6379" and ":" in during
+        assert read_ray_address() == "10.255.0.1:6379"
+    finally:
+        if before is None:
+            address_file.unlink(missing_ok=True)
+        else:
+            address_file.write_text(before)

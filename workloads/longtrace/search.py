@@ -13,6 +13,7 @@ import re
 from typing import Callable, ClassVar
 
 import bm25s
+import numpy as np
 
 from workloads.config import require
 from workloads.longtrace.kg import RELATIONS, Document, Question
@@ -32,12 +33,23 @@ class SearchIndex:
         texts = [f"{d.title}. {d.text}" for d in documents]
         self.retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled (as every actor receives it from the object store) with canonical dtypes:
+        an unpickled numpy array carries a non-builtin copy of its dtype, which takes
+        `np.add.at` (bm25s' scoring) off its fast path, 1.5x slower per query here."""
+        self.__dict__.update(state)
+        scores = self.retriever.scores
+        for name, array in scores.items():
+            if isinstance(array, np.ndarray):
+                scores[name] = array.view(np.dtype(array.dtype.str))
+
     def search(self, query: str, k: int) -> list[int]:
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
         if not tokens[0]:
             return []
         k = min(k, len(self.documents))
-        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        # n_threads=0 scores in this thread; any other value starts a thread pool per call
+        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
         return [int(i) for i, s in zip(ids[0], scores[0]) if s > 0]
 
 
@@ -106,6 +118,9 @@ class HeuristicAgent:
     def __init__(self, index: SearchIndex, cfg: AgentConfig = AgentConfig()):
         self.index, self.cfg = index, cfg
         self.title_of = {d.id: d.title for d in index.documents}
+        self.page_of: dict[str, Document] = {}  # title -> the first document with that title
+        for document in index.documents:
+            self.page_of.setdefault(document.title, document)
 
     def run(self, question: Question) -> Trajectory:
         current, steps, cited = question.chain[0], [], []
@@ -124,7 +139,7 @@ class HeuristicAgent:
             if found is None:
                 return Trajectory(question.id, steps, None, cited)
             current = found
-        answer_doc = next((d for d in self.index.documents if d.title == current), None)
+        answer_doc = self.page_of.get(current)
         if answer_doc is not None and answer_doc.id not in cited:
             cited.append(answer_doc.id)  # the answer entity's own page confirms it
         return Trajectory(question.id, steps, current, cited)
