@@ -16,7 +16,7 @@ from typing import Sequence
 import ray
 
 from workloads.endpoints import EndpointError
-from workloads.experts import CachedExpert, ExpertConfig, ExpertLabels, StudentState, build_expert
+from workloads.experts import CachedExpert, ExpertConfig, ExpertLabels, StepCandidates, StudentState, build_expert
 
 
 class ExpertUnavailable(EndpointError):
@@ -44,6 +44,9 @@ class ExpertActor:
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
         return self.expert.label(states)
 
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
+        return self.expert.candidates(states, k)
+
     def stats(self) -> dict[str, float]:
         return self.expert.stats()
 
@@ -62,16 +65,26 @@ class ExpertPool:
         return self.cfg.timeout_s * (self.cfg.retries + 1) + 30.0
 
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        """Token level: top-k + tail at every completion position of every state."""
+        return self._ask("label", states)
+
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
+        """Step level: K candidate next steps with log-probs per state."""
+        return self._ask("candidates", states, k)
+
+    def _ask(self, method: str, states: Sequence[StudentState], *args) -> list:
+        """Each state goes to the actor its hash picks (so its cache answers repeats), all actors
+        at once; their answers come back in the order of `states`."""
         owner = [zlib.crc32(state.key(self.expert_id, self.cfg.top_k).encode()) % len(self.actors) for state in states]
-        refs = {index: self.actors[index].label.remote([s for s, o in zip(states, owner) if o == index])
+        refs = {index: getattr(self.actors[index], method).remote([s for s, o in zip(states, owner) if o == index], *args)
                 for index in sorted(set(owner))}
         try:
             answers = dict(zip(refs, ray.get(list(refs.values()), timeout=self.deadline_s)))
         except ray.exceptions.GetTimeoutError:
-            raise ExpertUnavailable(f"expert {self.expert_id}: no labels within {self.deadline_s:.0f} s") from None
+            raise ExpertUnavailable(f"expert {self.expert_id}: no answer within {self.deadline_s:.0f} s") from None
         except EndpointError as exc:  # Ray re-raises the actor's error as its own class; `cause` is the original
             raise ExpertUnavailable(str(getattr(exc, "cause", exc))) from None
-        iterators = {index: iter(labels) for index, labels in answers.items()}
+        iterators = {index: iter(batch) for index, batch in answers.items()}
         return [next(iterators[o]) for o in owner]
 
     def stats(self) -> dict[str, float]:

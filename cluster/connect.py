@@ -18,6 +18,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 5.0
@@ -88,24 +89,27 @@ def auth_token_hint() -> str:
     )
 
 
-def point_current_cluster_file(gcs_address: str) -> None:
-    """Write this cluster's address where Ray looks for "the current cluster", and put back what
-    was there at exit: a later plain `ray.init()` must not find a dead address (or lose the
-    address of a `ray start` cluster running on this machine)."""
-    from ray._private.utils import get_ray_address_file, read_ray_address, write_ray_address
+def own_current_cluster_file() -> tuple[dict[str, str], Callable[[str], None]]:
+    """A current-cluster file of this run's own, for its workers.
 
-    previous = read_ray_address()
-    write_ray_address(gcs_address)
+    Ray's state API (which Ray Train's placement-group cleaner polls) finds the cluster through
+    `$RAY_TMPDIR/ray/ray_current_cluster`. Left to the machine-wide /tmp/ray file it finds a
+    stale address (every training run then waits out a 12 s shutdown timeout) or, worse, the
+    address of another run on this machine (its cleaner then sees no controller and removes a
+    live placement group). So the workers get RAY_TMPDIR pointing at a directory of this run,
+    whose file names this cluster, and the machine-wide file is never touched.
+    Returns (env vars for the workers, a function that writes the file given the GCS address)."""
+    import shutil
+    import tempfile
 
-    def restore() -> None:
-        if read_ray_address() != gcs_address:
-            return  # someone else's cluster took the file over since
-        if previous:
-            write_ray_address(previous)
-        else:
-            Path(get_ray_address_file(None)).unlink(missing_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="rayworks-cluster-"))
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
 
-    atexit.register(restore)
+    def write(gcs_address: str) -> None:
+        (run_dir / "ray").mkdir(exist_ok=True)
+        (run_dir / "ray" / "ray_current_cluster").write_text(gcs_address)
+
+    return {"RAY_TMPDIR": str(run_dir)}, write
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True):
@@ -117,6 +121,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
     target = resolve_address(address)
     runtime_env = {"env_vars": dict(SINGLE_THREAD_ENV)}
     if target is None:
+        own_file_env, write_own_file = own_current_cluster_file()
+        runtime_env["env_vars"].update(own_file_env)
         ray.init(
             address="local",  # never attach to some other Ray that happens to run here
             num_cpus=num_cpus or DEFAULT_LOCAL_CPUS,
@@ -125,10 +131,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
             configure_logging=True,
             logging_level="WARNING",
         )
-        # Point Ray's "current cluster" file at this cluster, as `ray start` does: the state API
-        # (which Ray Train's placement-group cleaner polls) otherwise finds a stale address there
-        # and every training run waits out its 12 s shutdown timeout.
-        point_current_cluster_file(ray.get_runtime_context().gcs_address)
+        write_own_file(ray.get_runtime_context().gcs_address)
         return None
     if target.startswith(("http://", "https://")):
         raise RayUnreachable(

@@ -12,7 +12,9 @@ Recipe:
    top-k + tail (seeing the reference solution when `expert.privileged`) -> the student takes
    `updates_per_iteration` steps on `objective` (distil = forward CE, reverse_kl, jsd) or, for
    `rlvr`, GRPO steps with the 0/1 answer check as reward -> Pass@1 / Pass@N on held-out
-   problems every `eval_every` iterations.
+   problems every `eval_every` iterations. `level=step` labels every line start of the
+   student's completions with K candidate next lines and their expert log-probs instead, and
+   trains forward CE over those candidates.
 4. MLflow: per-iteration metrics, Pass@1 and Pass@N against student samples (plot), student
    outputs with the expert's annotations, the config, the final student.
 
@@ -49,7 +51,7 @@ from pipelines.launch import (
 from workloads import tracking
 from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import ConfigError, from_dict, require, to_dict
-from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts
+from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.distill import OBJECTIVES
 from workloads.experts import ExpertConfig
 from workloads.grpo import GRPOConfig, grpo_step, sample_groups
@@ -67,6 +69,9 @@ ALL_OBJECTIVES = (*OBJECTIVES, "rlvr")
 @dataclasses.dataclass
 class Config(RunFields):
     objective: Literal["distil", "reverse_kl", "jsd", "rlvr"] = "distil"
+    # token: the expert's top-k + tail at every position; step: K = expert.top_k candidate next
+    # lines with the expert's log-probs at every line start, forward CE over them
+    level: Literal["token", "step"] = "token"
     jsd_beta: float = 0.5
     average: Literal["token", "sequence"] = "token"
     student_init: str = ""  # a model directory or hub id; empty: the tiny student, SFT-ed briefly
@@ -94,6 +99,11 @@ class Config(RunFields):
 
     def validate(self) -> None:
         require(self.objective in ALL_OBJECTIVES, "objective", f"expected one of {list(ALL_OBJECTIVES)}")
+        require(self.level in ("token", "step"), "level", "expected token or step")
+        require(self.level == "token" or self.objective == "distil", "level",
+                f"level=step trains forward CE over candidates (objective=distil), not {self.objective}")
+        require(self.level == "token" or (self.expert.kind in ("oracle", "hf") and self.expert.alignment == "tokens"),
+                "level", "level=step needs expert.kind=oracle or hf with expert.alignment=tokens")
         require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1)")
         require(self.average in ("token", "sequence"), "average", "expected token or sequence")
         require(bool(self.student_init) or self.student_sft_steps >= 1, "student_sft_steps", "the tiny student needs SFT steps (or set student_init)")
@@ -229,7 +239,11 @@ def train_loop_per_worker(payload: dict) -> None:
             privileged = [p.solution if config.expert.privileged else "" for p in problems]
             states = states_from_rollouts(rollouts, privileged)
             try:
-                labels = experts.label(states)
+                if config.level == "step":
+                    states = step_states(states, tokenizer)
+                    labels = experts.candidates(states, config.expert.top_k)
+                else:
+                    labels = experts.label(states)
                 failures_in_a_row = 0
             except (ExpertUnavailable, ConfigError) as exc:
                 failures_in_a_row += 1
@@ -241,8 +255,11 @@ def train_loop_per_worker(payload: dict) -> None:
             if labels is not None:
                 train_model.train()
                 for _ in range(config.updates_per_iteration):
-                    loss, labelled = distillation_loss(train_model, rollouts, labels, config.objective,
-                                                       config.jsd_beta, config.average)
+                    if config.level == "step":
+                        loss, labelled = step_candidate_loss(train_model, states, labels, tokenizer.pad_token_id)
+                    else:
+                        loss, labelled = distillation_loss(train_model, rollouts, labels, config.objective,
+                                                           config.jsd_beta, config.average)
                     if labelled == 0:  # empty rollouts or an expert that abstained everywhere
                         break
                     optimizer.zero_grad(set_to_none=True)
@@ -251,7 +268,7 @@ def train_loop_per_worker(payload: dict) -> None:
                     optimizer.step()
                     scheduler.step()
                 metrics.update({"loss": float(loss.detach()), "labelled_states": labelled})
-                if rank == 0 and done == config.iterations:
+                if rank == 0 and done == config.iterations and config.level == "token":
                     samples = annotated_samples(tokenizer, states, labels, problems, rollouts.texts, config.num_samples_logged)
                     run.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples_annotated.jsonl")
         if rank == 0:

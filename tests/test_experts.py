@@ -9,9 +9,11 @@ import torch
 from workloads.arithmetic import ArithmeticConfig, generate_splits
 from workloads.completions import completion_response, encode_prompts
 from workloads.config import ConfigError
-from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts
+from workloads.completions import continuation_logprobs
+from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.experts import (
-    CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, StudentState, TokenizerMismatch,
+    CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, StepCandidates, StudentState,
+    TokenizerMismatch,
     parse_prompt_logprobs,
 )
 from workloads.grpo import Rollouts
@@ -177,3 +179,61 @@ def test_endpoint_expert_refuses_a_dead_endpoint_quickly(student):
     expert = EndpointExpert("http://127.0.0.1:9", "m", tokenizer, top_k=2, timeout_s=1.0, retries=1)
     with pytest.raises(EndpointError, match="unreachable after 2 attempts"):
         expert.label([StudentState((1, 5), (6,), "")])
+
+
+def test_step_level_states_oracle_candidates_and_the_candidate_loss(student):
+    """Every line start of a completion is a state; the oracle's one candidate there is the
+    correct next line until the student's lines stop being the solution's; the loss is
+    -sum_i p_E(c_i) log pi(c_i | s) with p_E renormalised over the candidates."""
+    tokenizer, _ = student
+    model, _ = tiny_lm(TinyLMConfig(), seed=0)
+    problem = PROBLEMS[0]
+    wrong = problem.solution.replace("Answer: ", "Answer: 1")
+    rollouts = rollouts_of(tokenizer, [problem.prompt] * 2, [problem.solution, wrong])
+    states = step_states(states_from_rollouts(rollouts, [problem.solution] * 2), tokenizer)
+    lines = problem.solution.splitlines(keepends=True)
+    prefixes = ["".join(lines[:i]) for i in range(len(lines) + 1)]
+    assert [tokenizer.decode(list(s.completion_ids)) for s in states] == prefixes + prefixes[:-1] + [wrong]
+    answers = OracleExpert(tokenizer, top_k=4).candidates(states, 4)
+    expected_steps = lines + [tokenizer.eos_token]
+    for answer, step in zip(answers[:-1], expected_steps + expected_steps[:2], strict=True):
+        assert [tokenizer.decode(list(c)) for c in answer.token_ids] == [step] and answer.logprobs.tolist() == [0.0]
+    assert answers[-1].token_ids == []  # after the wrong answer line: abstain
+
+    # the loss against an independent computation, with two weighted candidates on one state
+    state = states[1]
+    steps = [tuple(tokenizer.encode(t, add_special_tokens=False)) for t in ("Answer: 9\n", "Answer: 7\n")]
+    two = StepCandidates(steps, np.log(np.array([0.75, 0.25], np.float32)))
+    loss, labelled = step_candidate_loss(model, [state, states[-1]], [two, StepCandidates.abstain()], tokenizer.pad_token_id)
+    expected = 0.0
+    for step, weight in zip(steps, (0.75, 0.25)):
+        sequence = list(state.prompt_ids + state.completion_ids + step)
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([sequence])).logits[0].float(), dim=-1)
+        start = len(state.prompt_ids) + len(state.completion_ids)
+        expected -= weight * sum(logprobs[start + j - 1, token] for j, token in enumerate(step))
+    assert labelled == 1 and loss.item() == pytest.approx(float(expected), rel=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    nothing, count = step_candidate_loss(model, states[-1:], [StepCandidates.abstain()], tokenizer.pad_token_id)
+    assert count == 0 and nothing.item() == 0.0
+
+
+def test_hf_expert_step_candidates_are_its_own_distinct_samples_scored_by_it(student):
+    tokenizer, directory = student
+    expert = HFExpert(str(directory), tokenizer, top_k=4)
+    problem = PROBLEMS[0]
+    states = [StudentState((tokenizer.bos_token_id, *tokenizer.encode(problem.prompt, add_special_tokens=False)), ()),
+              StudentState((tokenizer.bos_token_id, *tokenizer.encode(PROBLEMS[1].prompt, add_special_tokens=False)), ())]
+    torch.manual_seed(0)
+    answers = CachedExpert(expert).candidates(states, 6)
+    assert any(answer.token_ids for answer in answers)
+    for state, answer in zip(states, answers):
+        assert len(answer.token_ids) == len(set(answer.token_ids)) <= 6 and len(answer.logprobs) == len(answer.token_ids)
+        for step in answer.token_ids:  # each ends exactly at its first line break or eos
+            ends = [j for j, t in enumerate(step) if t == tokenizer.eos_token_id or "\n" in tokenizer.decode([t])]
+            assert ends == [len(step) - 1]
+        if answer.token_ids:
+            with torch.no_grad():
+                scores = continuation_logprobs(expert.model, [state.prompt_ids] * len(answer.token_ids), answer.token_ids,
+                                               tokenizer.pad_token_id)
+            assert np.allclose(answer.logprobs, scores.numpy(), atol=1e-4) and (answer.logprobs <= 0).all()

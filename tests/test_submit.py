@@ -95,26 +95,33 @@ def test_submit_to_a_dead_address_fails_fast(workdir: Path):
     assert time.monotonic() - started < 30
 
 
-def test_a_local_run_puts_back_the_current_cluster_file(workdir: Path):
-    """While a local run is up, Ray's current-cluster file names it; after it exits the file holds
-    what it held before, so a later plain `ray.init()` neither finds a dead address nor loses a
-    `ray start` cluster of this machine."""
-    from ray._private.utils import get_ray_address_file, read_ray_address
+def test_a_local_run_points_its_own_workers_at_itself_and_leaves_the_machine_file_alone(workdir: Path):
+    """Ray's state API (Ray Train's placement-group cleaner) finds "the current cluster" through
+    a file: a local run's workers must resolve their own cluster there, whatever the
+    machine-wide /tmp/ray file says (a dead cluster, another run), and the run leaves it as it was."""
+    from ray._private.utils import get_ray_address_file
 
     address_file = Path(get_ray_address_file(None))
     before = address_file.read_text() if address_file.exists() else None
     address_file.parent.mkdir(parents=True, exist_ok=True)
-    address_file.write_text("10.255.0.1:6379")  # a stand-in for a cluster started with `ray start`
+    address_file.write_text("10.255.0.1:6379")  # some other cluster's address
+    script = (
+        "import ray\n"
+        "from cluster.connect import connect\n"
+        "connect(None, log_to_driver=False)\n"
+        "@ray.remote\n"
+        "def seen():\n"
+        "    from ray._private.services import canonicalize_bootstrap_address\n"
+        "    return canonicalize_bootstrap_address(None)\n"
+        "print(ray.get_runtime_context().gcs_address, ray.get(seen.remote()))\n"
+    )
     try:
-        proc = subprocess.run(
-            ["python", "-c", "from cluster.connect import connect; connect(None, log_to_driver=False); "
-                             "from ray._private.utils import read_ray_address; print(read_ray_address())"],
-            env=scratch_env(workdir), capture_output=True, text=True, timeout=120,
-        )
+        proc = subprocess.run(["python", "-c", script], env=scratch_env(workdir), capture_output=True, text=True,
+                              timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        during = proc.stdout.strip().splitlines()[-1]
-        assert during != "10.255.0.1:6379" and ":" in during
-        assert read_ray_address() == "10.255.0.1:6379"
+        own, seen_by_worker = proc.stdout.strip().splitlines()[-1].split()
+        assert seen_by_worker == own != "10.255.0.1:6379"
+        assert address_file.read_text() == "10.255.0.1:6379"
     finally:
         if before is None:
             address_file.unlink(missing_ok=True)

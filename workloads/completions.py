@@ -118,3 +118,23 @@ def completion_response(model, tokenizer, model_name: str, sequences: list[list[
             "model": model_name, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def continuation_logprobs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                          pad: int, temperature: float = 1.0) -> torch.Tensor:
+    """[M]: sum of log p(continuation | context) per pair, in one right-padded forward pass.
+    Differentiable (the student's step-level loss); wrap in `torch.no_grad()` to score."""
+    sequences = [list(c) + list(x) for c, x in zip(contexts, continuations)]
+    ids, mask = right_padded(sequences, pad)
+    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float() / temperature, dim=-1)
+    rows, columns, targets, owner = [], [], [], []
+    for index, (context, continuation) in enumerate(zip(contexts, continuations)):
+        for offset, token in enumerate(continuation):
+            rows.append(index)
+            columns.append(len(context) + offset - 1)  # the position that predicts this token
+            targets.append(token)
+    if not rows:
+        return logprobs.sum() * 0.0 + torch.zeros(len(sequences))
+    picked = logprobs[torch.tensor(rows), torch.tensor(columns), torch.tensor(targets)]
+    return torch.zeros(len(sequences)).index_add(0, torch.tensor(rows), picked)
+

@@ -16,8 +16,9 @@ from typing import Literal, Sequence
 
 import torch
 
-from workloads.distill import TopKDistribution, per_state_objective
-from workloads.experts import ExpertLabels, StudentState
+from workloads.completions import continuation_logprobs
+from workloads.distill import CandidateSet, TopKDistribution, candidate_cross_entropy, per_state_objective
+from workloads.experts import ExpertLabels, StepCandidates, StudentState, ends_step
 from workloads.grpo import Rollouts
 
 
@@ -30,6 +31,38 @@ def states_from_rollouts(rollouts: Rollouts, privileged: Sequence[str]) -> list[
         completion = rollouts.input_ids[row, start:][rollouts.completion_mask[row].bool()]
         states.append(StudentState(tuple(prompt.tolist()), tuple(completion.tolist()), privileged[row]))
     return states
+
+
+def step_states(states: Sequence[StudentState], tokenizer) -> list[StudentState]:
+    """Step level: every state where a student step begins, i.e. the completion cut after each
+    step end (a line break or eos) it contains, starting with the empty completion."""
+    out = []
+    for state in states:
+        cuts = [0] + [j + 1 for j, token in enumerate(state.completion_ids[:-1]) if ends_step(token, tokenizer)]
+        out.extend(StudentState(state.prompt_ids, state.completion_ids[:cut], state.privileged) for cut in cuts)
+    return out
+
+
+def step_candidate_loss(model, states: Sequence[StudentState], candidates: Sequence[StepCandidates],
+                        pad: int) -> tuple[torch.Tensor, int]:
+    """(loss, labelled states): forward CE over each state's K candidates, -sum_i p_E(c_i) log pi(c_i | s),
+    p_E renormalised over the candidates (`workloads.distill.candidate_cross_entropy`)."""
+    kept = [(state, answer) for state, answer in zip(states, candidates) if answer.token_ids]
+    if not kept:
+        return next(model.parameters()).sum() * 0.0, 0
+    contexts = [state.prompt_ids + state.completion_ids for state, answer in kept for _ in answer.token_ids]
+    steps = [step for _, answer in kept for step in answer.token_ids]
+    flat = continuation_logprobs(model, contexts, steps, pad)
+    width = max(len(answer.token_ids) for _, answer in kept)
+    student = torch.zeros(len(kept), width)
+    expert = torch.full((len(kept), width), -math.inf)
+    offset = 0
+    for row, (_, answer) in enumerate(kept):
+        count = len(answer.token_ids)
+        student = student.index_put((torch.full((count,), row), torch.arange(count)), flat[offset : offset + count])
+        expert[row, :count] = torch.from_numpy(answer.logprobs)
+        offset += count
+    return candidate_cross_entropy(student, CandidateSet(expert)), len(kept)
 
 
 def rollout_logits(model, rollouts: Rollouts) -> torch.Tensor:

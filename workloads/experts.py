@@ -70,11 +70,39 @@ class ExpertLabels:
         return cls(np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), np.zeros(0, bool))
 
 
+@dataclasses.dataclass
+class StepCandidates:
+    """Step level: K candidate next steps (student token ids, each ending at a line end or eos)
+    with the expert's sequence log-probs [K]. No candidates: the expert abstains at this state."""
+
+    token_ids: list[tuple[int, ...]]
+    logprobs: np.ndarray
+
+    @classmethod
+    def abstain(cls) -> "StepCandidates":
+        return cls([], np.zeros(0, np.float32))
+
+
 class Expert(Protocol):
     expert_id: str
     top_k: int
 
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]: ...
+
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]: ...
+
+
+def ends_step(token_id: int, tokenizer) -> bool:
+    """A step (one solution line) ends with a token that holds a line break, or with eos."""
+    return token_id == tokenizer.eos_token_id or "\n" in tokenizer.decode([token_id])
+
+
+def first_step(token_ids: Sequence[int], tokenizer) -> tuple[int, ...] | None:
+    """`token_ids` up to and including the first step end; None when no step ends in them."""
+    for index, token in enumerate(token_ids):
+        if ends_step(token, tokenizer):
+            return tuple(token_ids[: index + 1])
+    return None
 
 
 @dataclasses.dataclass
@@ -150,6 +178,21 @@ class OracleExpert:
             labels.append(ExpertLabels(ids, logprobs, valid))
         return labels
 
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
+        """The one correct next step with log-prob 0 while the student's steps so far are the
+        solution's; abstains once they are not."""
+        out = []
+        for state in states:
+            if not state.privileged:
+                raise ConfigError("expert.kind=oracle: needs the reference solution (set expert.privileged=true)")
+            correct = self.tokenizer.encode(state.privileged, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+            done = len(state.completion_ids)
+            if tuple(correct[:done]) != state.completion_ids or done >= len(correct):
+                out.append(StepCandidates.abstain())
+                continue
+            out.append(StepCandidates([first_step(correct[done:], self.tokenizer)], np.zeros(1, np.float32)))
+        return out
+
 
 # ---------------------------------------------------------------- local HF model
 def privileged_prefix(privileged: str) -> str:
@@ -212,6 +255,40 @@ class HFExpert:
             ids, values = _top_k_rows(logprobs[row, start - 1 : start - 1 + steps], self.top_k)
             labels.append(ExpertLabels(ids, values, np.ones(steps, bool)))
         return labels
+
+    def candidates(self, states: Sequence[StudentState], k: int, max_step_tokens: int = 32) -> list[StepCandidates]:
+        """Sample k next steps per state from the expert (privileged prefix included), cut each at
+        its first step end, keep the distinct ones and score them with one forward pass:
+        log p_E(step | state) at the expert's temperature. Steps that do not end within
+        `max_step_tokens` are dropped."""
+        import torch
+
+        from workloads.completions import continuation_logprobs
+
+        if self.alignment == "text":
+            raise ConfigError("expert.alignment=text: step candidates are student token ids; use alignment=tokens")
+        if not states:
+            return []
+        sequences, _ = expert_sequences(states, self.tokenizer)
+        width = max(map(len, sequences))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences])  # left padding for generate
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+        with torch.no_grad():
+            generated = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
+                num_return_sequences=k, max_new_tokens=max_step_tokens, pad_token_id=pad,
+                eos_token_id=self.tokenizer.eos_token_id)[:, width:].tolist()
+        out = []
+        for row, sequence in enumerate(sequences):
+            steps = list(dict.fromkeys(filter(None, (first_step(g, self.tokenizer) for g in generated[row * k : (row + 1) * k]))))
+            if not steps:
+                out.append(StepCandidates.abstain())
+                continue
+            with torch.no_grad():
+                scores = continuation_logprobs(self.model, [sequence] * len(steps), steps, pad, self.temperature)
+            out.append(StepCandidates(steps, scores.numpy().astype(np.float32)))
+        return out
 
     def _label_text(self, state: StudentState) -> ExpertLabels:
         """Text alignment: the expert reads the decoded text with its own tokenizer. At a student
@@ -318,6 +395,11 @@ class EndpointExpert:
                 for i, (choice, sequence, start) in enumerate(zip(ordered, sequences, starts))]
 
 
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
+        raise ConfigError("level=step: step candidates come from expert.kind=oracle or hf; "
+                          "the openai backend labels tokens (level=token)")
+
+
 # ---------------------------------------------------------------- cache
 class CachedExpert:
     """Answer repeated states from memory (LRU by state hash); send misses in batches."""
@@ -352,6 +434,25 @@ class CachedExpert:
         while len(self.cache) > self.capacity:
             self.cache.popitem(last=False)
         return [found[key] for key in keys]
+
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
+        """Step candidates, cached like labels (under their own keys)."""
+        keys = ["step:" + state.key(self.expert.expert_id, k) for state in states]
+        missing = {key: state for key, state in zip(keys, states) if key not in self.cache}
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        pending = list(missing.items())
+        found = {}
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for (key, _), answer in zip(chunk, self.expert.candidates([state for _, state in chunk], k)):
+                found[key] = answer
+                if self.capacity:
+                    self.cache[key] = answer
+        answers = [found[key] if key in found else self.cache[key] for key in keys]
+        while len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return answers
 
     def stats(self) -> dict[str, float]:
         return {"expert_cache_hits": self.hits, "expert_cache_misses": self.misses, "expert_positions": self.positions}
