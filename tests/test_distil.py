@@ -36,6 +36,18 @@ def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
     assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()
 
 
+def test_step_level_trains_on_the_experts_candidate_lines(workdir: Path):
+    proc = rayworks(workdir, "run", "distil", "--set", *TINY, "level=step", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (result,) = result_lines(proc.stdout)
+    client = mlflow_client(workdir)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["level"] == "step"
+    labelled = [m.value for m in client.get_metric_history(result["run_id"], "labelled_states")]
+    losses = [m.value for m in client.get_metric_history(result["run_id"], "loss")]
+    assert len(labelled) == 2 and min(labelled) > 0 and all(np.isfinite(losses))
+
+
 def test_tune_distil_over_learning_rate_top_k_and_temperature(workdir: Path):
     space = workdir / "space.yaml"
     space.write_text(yaml.safe_dump({"metric": "pass_at_1", "space": {
@@ -96,6 +108,7 @@ def test_an_expert_that_is_down_stops_the_run_with_a_clear_error_and_keeps_its_c
 
 def test_bad_distil_config_names_the_field(workdir: Path):
     for override, field in [("objective=kl", "objective"), ("expert.kind=openai", "expert.endpoint"),
-                            ("jsd_beta=1.5", "jsd_beta"), ("expert.alignment=text", "expert.alignment")]:
-        proc = rayworks(workdir, "run", "distil", "--set", override, timeout=120)
+                            ("jsd_beta=1.5", "jsd_beta"), ("expert.alignment=text", "expert.alignment"),
+                            ("level=step objective=jsd", "level")]:
+        proc = rayworks(workdir, "run", "distil", "--set", *override.split(), timeout=120)
         assert proc.returncode == 2 and field in proc.stderr, (override, proc.stderr[-1000:])
