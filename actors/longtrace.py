@@ -3,7 +3,9 @@
 `ContextBuilder` is a callable class for `Dataset.map_batches(..., concurrency=N)`: each actor
 holds the shared BM25 index (built once by the driver, fetched from the object store), runs
 the heuristic agent on each question and builds its tiered and random-distractor contexts.
-Rows leave as JSON with a skip reason, so one bad question never breaks a batch.
+Built rows leave as typed Arrow, ready for a Parquet write partitioned by context mode; a
+skipped question goes to the `BuildReport` actor with its reason, so one bad question never
+breaks a batch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow as pa
 import ray
 
 from workloads.config import from_dict
-from workloads.longtrace.kg import Question
+from workloads.longtrace.kg import Question, Skips
 from workloads.endpoints import EndpointError
 from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, make_agent
 
@@ -63,15 +65,38 @@ ROW_SCHEMA = pa.schema([
         ("context_tokens", pa.int64()),
     ])),
 ])
-# Built rows also say which context they are, why they were skipped ("" when built; the row
-# fields are then null) and the agent's trajectory (JSON), for the counts and samples.
-BUILT_SCHEMA = pa.schema([*ROW_SCHEMA, ("mode", pa.string()), ("skip_reason", pa.string()), ("trajectory", pa.string())])
+# Built rows carry their context mode, the column the output is partitioned by.
+BUILT_SCHEMA = pa.schema([*ROW_SCHEMA, ("mode", pa.string())])
+
+
+def contexts_dir(output: str | Path, mode: str) -> Path:
+    """Where the rows of one context mode live: Hive-partitioned by `mode` under the output."""
+    return Path(output) / f"mode={mode}"
+
+
+@ray.remote(num_cpus=0)
+class BuildReport:
+    """What the context builders skipped, by reason (with question ids as examples), and the
+    first few built rows with the agent trajectories behind them: the pipeline's MLflow report,
+    kept out of the Parquet rows."""
+
+    def __init__(self, keep_samples: int = 6):
+        self.skips, self.samples, self.keep_samples = Skips(), [], keep_samples
+
+    def add(self, skipped: list[tuple[str, str]], samples: list[dict]) -> None:
+        for reason, question_id in skipped:
+            self.skips.add(reason, question_id)
+        self.samples.extend(samples[: self.keep_samples - len(self.samples)])
+
+    def result(self) -> tuple[dict, dict, list[dict]]:
+        return dict(self.skips), dict(self.skips.examples), self.samples
 
 
 class ContextBuilder:
-    def __init__(self, index_ref: list, agent: dict, context: dict, tokenizer: str, seed: int):
+    def __init__(self, index_ref: list, agent: dict, context: dict, tokenizer: str, seed: int, report=None):
         """`index_ref` is `[ObjectRef]`: wrapped in a list so Ray passes the reference instead
-        of resolving it, and every actor fetches the one shared copy from the object store."""
+        of resolving it, and every actor fetches the one shared copy from the object store.
+        `report`: a `BuildReport` actor told about every skip and the first samples."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         (index,) = ray.get(index_ref)
         self.agent = make_agent(index, from_dict(AgentConfig, agent))
@@ -79,30 +104,57 @@ class ContextBuilder:
         self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
         self.count_tokens = token_counter(tokenizer)
-        self.seed = seed
+        self.seed, self.report, self.samples_sent = seed, report, 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = []
+        """Questions in; the built rows of both modes out (the public columns plus `mode`)."""
+        rows, skipped, samples = [], [], []
         for raw in batch.column("question").to_pylist():
             question = Question(**json.loads(raw))
             try:
                 trajectory = self.agent.run(question)
             except EndpointError as exc:  # one unreachable question, not a lost batch
-                reason = f"search agent endpoint failed: {str(exc)[:120]}"
-                rows.extend({"mode": mode, "skip_reason": reason, "trajectory": "{}"} for mode in MODES)
+                skipped.extend((f"search agent endpoint failed: {str(exc)[:120]}", question.id) for _ in MODES)
                 continue
-            trajectory_json = json.dumps({"steps": [vars(s) for s in trajectory.steps], "answer": trajectory.answer,
-                                          "cited": trajectory.cited})
             for mode in MODES:
                 row = build_context(question, trajectory, self.documents, self.count_tokens, self.context, self.seed, mode,
                                     self.doc_ids)
-                reason = "" if row else "gold documents exceed the token budget"
-                rows.append({**(row or {}), "mode": mode, "skip_reason": reason, "trajectory": trajectory_json})
+                if row is None:
+                    skipped.append(("gold documents exceed the token budget", question.id))
+                    continue
+                rows.append({**row, "mode": mode})
+                if self.samples_sent + len(samples) < 6:
+                    samples.append({"row": row, "trajectory": {"steps": [vars(s) for s in trajectory.steps],
+                                                               "answer": trajectory.answer, "cited": trajectory.cited}})
+        if self.report is not None and (skipped or samples):
+            ray.get(self.report.add.remote(skipped, samples))  # before the batch counts as done
+            self.samples_sent += len(samples)
         return pa.Table.from_pylist(rows, schema=BUILT_SCHEMA)
 
 
-def built_rows(built, mode: str):
-    """The rows of one context mode that were built, as the public LongTraceRL columns."""
-    from ray.data.expressions import col
+def write_contexts(questions: list[Question], index_ref, output: Path, *, agent: dict, context: dict, tokenizer: str,
+                   seed: int, num_actors: int, batch_size: int, report=None) -> dict[str, int]:
+    """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
+    streaming pass (nothing is held in the object store beyond the blocks in flight).
+    Returns the rows written per mode."""
+    import dataclasses
+    import shutil
 
-    return built.filter(expr=(col("mode") == mode) & (col("skip_reason") == "")).select_columns(ROW_SCHEMA.names)
+    import pyarrow.dataset as pds
+
+    for mode in MODES:
+        shutil.rmtree(contexts_dir(output, mode), ignore_errors=True)  # no stale rows of an earlier build
+    dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
+    dataset.map_batches(
+        ContextBuilder,
+        fn_constructor_kwargs={"index_ref": [index_ref], "agent": agent, "context": context, "tokenizer": tokenizer,
+                               "seed": seed, "report": report},
+        concurrency=num_actors, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
+    ).write_parquet(
+        # Writing a block takes milliseconds next to building it: a few zero-CPU writers stream
+        # alongside the builders instead of queueing every write behind them until they finish.
+        str(output), partition_cols=["mode"], ray_remote_args={"num_cpus": 0}, concurrency=max(1, num_actors // 4),
+    )
+    return {mode: pds.dataset(contexts_dir(output, mode)).count_rows() if contexts_dir(output, mode).is_dir() else 0
+            for mode in MODES}
+

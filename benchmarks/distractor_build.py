@@ -4,7 +4,8 @@
 
 The same job, questions in and Parquet out, with the same agent and context builder (tiered
 and random contexts per question): (a) a plain single-process loop, (b) `Dataset.map_batches`
-over 1 and 2 `ContextBuilder` actors as `pipelines.longtrace_data` runs it; contexts/s of
+over 1 and 2 `ContextBuilder` actors streaming into partitioned Parquet, exactly as
+`pipelines.longtrace_data` runs it (`actors.longtrace.write_contexts`); contexts/s of
 each, actor start-up and Parquet writing included. Then BM25 query latency p50/p99 on a generated
 100k-document corpus. Target: >= 1.5x the plain loop with 2 actors on 2 cores.
 """
@@ -50,23 +51,18 @@ def plain_loop(questions, index: SearchIndex, count_tokens, output: Path) -> flo
 
 
 def ray_data(questions, index: SearchIndex, tokenizer: str, actors: int, output: Path) -> float:
-    """What `pipelines.longtrace_data` does: map over an actor pool, then Parquet out."""
+    """What `pipelines.longtrace_data` does: the actor pool streaming into partitioned Parquet."""
     import ray
 
-    from actors.longtrace import MODES, ContextBuilder, built_rows
+    from actors.longtrace import BuildReport, write_contexts
+    from pipelines.longtrace_data import Config
 
     index_ref = ray.put(index)
     started = time.perf_counter()
-    dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
-    built = dataset.map_batches(
-        ContextBuilder, fn_constructor_kwargs={"index_ref": [index_ref], "agent": to_dict(AgentConfig()),
-                                               "context": to_dict(ContextConfig()), "tokenizer": tokenizer, "seed": 0},
-        concurrency=actors, batch_size=32, batch_format="pyarrow", num_cpus=1,
-    ).materialize()
-    outcome = built.select_columns(["skip_reason"]).to_pandas()
-    for mode in MODES:
-        built_rows(built, mode).write_parquet(str(output / mode))
-    return int((outcome["skip_reason"] == "").sum()) / (time.perf_counter() - started)
+    counts = write_contexts(questions, index_ref, output, agent=to_dict(AgentConfig()), context=to_dict(ContextConfig()),
+                            tokenizer=tokenizer, seed=0, num_actors=actors, batch_size=Config.batch_size,
+                            report=BuildReport.remote())
+    return sum(counts.values()) / (time.perf_counter() - started)
 
 
 def bm25_latency(num_docs: int, queries: int = 300) -> tuple[float, float, float]:

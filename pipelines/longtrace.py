@@ -30,6 +30,7 @@ from typing import ClassVar, Literal
 
 import torch
 
+from actors.longtrace import contexts_dir
 from pipelines import longtrace_data
 from pipelines.launch import (
     RunFields,
@@ -149,8 +150,8 @@ def ensure_data(config: Config, parent_run_id: str | None) -> Path:
     """`data_dir`, or the `data` section built once into a directory named by its hash."""
     if config.data_dir:
         directory = Path(config.data_dir).expanduser().resolve()
-        if not (directory / "tiered").is_dir():
-            raise ConfigError(f"data_dir: {directory} has no tiered/ rows; build them with "
+        if not contexts_dir(directory, "tiered").is_dir():
+            raise ConfigError(f"data_dir: {directory} has no mode=tiered/ rows; build them with "
                               f"`rayworks run longtrace_data --set output_dir={directory}`")
         return directory
     directory = Path(storage_path(config.storage_path)) / "longtrace-data" / config_hash(to_dict(config.data))
@@ -174,8 +175,9 @@ class Splits:
 
 
 def split_examples(config: Config, data_dir: Path, tokenizer) -> Splits:
-    tiered = load_examples(data_dir / "tiered", tokenizer)
-    random_rows = load_examples(data_dir / "random", tokenizer) if (data_dir / "random").is_dir() else []
+    tiered = load_examples(contexts_dir(data_dir, "tiered"), tokenizer)
+    random_dir = contexts_dir(data_dir, "random")
+    random_rows = load_examples(random_dir, tokenizer) if random_dir.is_dir() else []
     held = lambda e: is_held_out(e.question_id, config.eval_fraction)  # noqa: E731
     grpo = [e for e in tiered if not held(e)]
     grpo = grpo[: config.grpo_prompts] if config.grpo_prompts else grpo

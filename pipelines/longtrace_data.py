@@ -5,9 +5,10 @@
 Recipe: load or generate the knowledge graph, build the corpus and the multi-hop questions
 (driver), index the corpus with BM25 once and share it through the object store, then Ray
 Data maps the questions over a pool of `ContextBuilder` actors (agent + distractor builder)
-and writes `DIR/tiered/*.parquet` (gold + tier 1 + tier 2 + filler) and `DIR/random/`
-(gold + random documents to the same budget, for the difficulty comparison). Everything
-skipped is counted by reason in MLflow. Training reads DIR; data is built once.
+and writes, in one streaming pass, `DIR/mode=tiered/*.parquet` (gold + tier 1 + tier 2 +
+filler) and `DIR/mode=random/` (gold + random documents to the same budget, for the difficulty
+comparison). Everything skipped is counted by reason in MLflow (a `BuildReport` actor hears
+from every builder). Training reads DIR; data is built once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -49,7 +49,7 @@ class Config(RunFields):
     tokenizer: str = ""
     tokenizer_merges: int = 500
     num_actors: int = 2
-    batch_size: int = 16
+    batch_size: int = 64  # questions per actor call (and per Parquet file of each mode)
     kg: KGConfig = dataclasses.field(default_factory=KGConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     context: ContextConfig = dataclasses.field(default_factory=ContextConfig)
@@ -64,9 +64,8 @@ class Config(RunFields):
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
     import ray
-    from ray.data import SaveMode
 
-    from actors.longtrace import MODES, ContextBuilder, built_rows
+    from actors.longtrace import BuildReport, write_contexts
 
     skips = Skips()
     try:
@@ -83,24 +82,15 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         output = Path(config.output_dir).resolve()
         tokenizer = config.tokenizer or save_corpus_tokenizer(documents, questions, config.tokenizer_merges, output / "tokenizer")
         index_ref = ray.put(SearchIndex(documents))  # indexed once, shared by every actor
-        dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
-        built = dataset.map_batches(
-            ContextBuilder,
-            fn_constructor_kwargs={"index_ref": [index_ref], "agent": to_dict(config.agent),
-                                   "context": to_dict(config.context), "tokenizer": tokenizer, "seed": config.seed},
-            concurrency=config.num_actors, batch_size=config.batch_size, batch_format="pyarrow", num_cpus=1,
-        ).materialize()
-        outcome = built.select_columns(["mode", "skip_reason"]).to_pandas()
-        for reason in outcome["skip_reason"]:
-            if reason:
-                skips.add(reason)
-        counts = {mode: int(((outcome["mode"] == mode) & (outcome["skip_reason"] == "")).sum()) for mode in MODES}
-        for mode in MODES:
-            if not counts[mode]:
-                shutil.rmtree(output / mode, ignore_errors=True)  # no stale rows from an earlier build
-            else:
-                built_rows(built, mode).write_parquet(str(output / mode), mode=SaveMode.OVERWRITE)
-        log_outcome(run_record, config, built, counts, skips, len(questions), len(documents))
+        report = BuildReport.remote()
+        counts = write_contexts(questions, index_ref, output, agent=to_dict(config.agent), context=to_dict(config.context),
+                                tokenizer=tokenizer, seed=config.seed, num_actors=config.num_actors,
+                                batch_size=config.batch_size, report=report)
+        skipped, examples, samples = ray.get(report.result.remote())
+        for reason, count in skipped.items():
+            skips[reason] += count
+            skips.examples[reason].extend(examples.get(reason, [])[:5])
+        log_outcome(run_record, output, counts, skips, samples, len(questions), len(documents))
     return RunSummary(PIPELINE, KEY_METRIC, float(counts["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
 
@@ -115,24 +105,22 @@ def save_corpus_tokenizer(documents, questions, merges: int, directory: Path) ->
     return str(directory)
 
 
-def log_outcome(run_record, config: Config, built, counts: dict, skips: Skips, num_questions: int, num_documents: int) -> None:
-    from ray.data.expressions import col
+def log_outcome(run_record, output: Path, counts: dict, skips: Skips, samples: list[dict], num_questions: int,
+                num_documents: int) -> None:
+    import pyarrow.dataset as pds
 
-    from actors.longtrace import ROW_SCHEMA
+    from actors.longtrace import contexts_dir
 
     metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()}}
     metrics.update({"skipped/" + re.sub(r"[^A-Za-z0-9_ -]+", " ", reason)[:200].strip(): n for reason, n in skips.items()})
     run_record.log_metrics(metrics, step=0)
     run_record.log_yaml({"skipped": dict(skips), "examples": dict(skips.examples)}, "skipped.yaml")
-    kept = built.filter(expr=col("skip_reason") == "")
-    sample = kept.take(6)
-    run_record.log_text("\n".join(json.dumps({"row": {k: r[k] for k in ROW_SCHEMA.names}, "trajectory": json.loads(r["trajectory"])})
-                                  for r in sample) + "\n", "samples.jsonl")
+    run_record.log_text("".join(json.dumps(sample) + "\n" for sample in samples), "samples.jsonl")
     tier_tokens: dict[str, Counter] = {}
-    for record in kept.select_columns(["mode", "metadata"]).take(200):
-        per_tier = tier_tokens.setdefault(record["mode"], Counter())
-        for tier in record["metadata"]["doc_tiers"]:
-            per_tier[tier] += 1
+    for mode, count in counts.items():
+        if count:  # the first rows written of each mode
+            for metadata in pds.dataset(contexts_dir(output, mode)).head(200, columns=["metadata"]).column("metadata").to_pylist():
+                tier_tokens.setdefault(mode, Counter()).update(metadata["doc_tiers"])
     order = ["gold", "tier1", "tier2", "filler"]
     if not tier_tokens:
         return  # nothing was built: the skip counts above say why

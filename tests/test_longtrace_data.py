@@ -3,6 +3,7 @@ the Ray Data pipeline's Parquet output, including bad input."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -135,8 +136,8 @@ def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
                     "context.budget_tokens=700", f"output_dir={workdir / 'data'}", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = result_lines(proc.stdout)
-    tiered = pq.read_table(workdir / "data" / "tiered").to_pylist()
-    random_rows = pq.read_table(workdir / "data" / "random").to_pylist()
+    tiered = pq.read_table(workdir / "data" / "mode=tiered").to_pylist()
+    random_rows = pq.read_table(workdir / "data" / "mode=random").to_pylist()
     assert len(tiered) == len(random_rows) == summary["value"] == 30
     row = tiered[0]
     assert set(row) == {"source", "input_messages", "label", "metadata"}
@@ -151,6 +152,17 @@ def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
     assert run.data.metrics["rows_tiered"] == 30
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "samples.jsonl", "skipped.yaml", "tier_composition.png"} <= artifacts
+    samples = Path(client.download_artifacts(run.info.run_id, "samples.jsonl", str(workdir))).read_text().splitlines()
+    assert len(samples) == 6 and all(json.loads(line)["trajectory"]["steps"] for line in samples)
+
+    # A budget no gold chain fits: every context skipped and counted by reason; the rows of the
+    # earlier build in the same directory are gone, the tokenizer stays.
+    proc = rayworks(workdir, "run", "longtrace_data", "--set", "kg.num_questions=30", "num_actors=2",
+                    "context.budget_tokens=20", f"output_dir={workdir / 'data'}", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = result_lines(proc.stdout)
+    assert summary["value"] == 0 and summary["extra"]["skipped"]["gold documents exceed the token budget"] == 60
+    assert not (workdir / "data" / "mode=tiered").exists() and (workdir / "data" / "tokenizer").is_dir()
 
 
 def test_pipeline_names_a_missing_kg_file(workdir: Path):

@@ -135,7 +135,7 @@ def test_data_pipeline_with_the_endpoint_agent_and_with_it_down(completions_serv
     assert summary["value"] == 12
     import pyarrow.dataset as ds
 
-    rows = ds.dataset(str(workdir / "built" / "tiered"), format="parquet").to_table().to_pylist()
+    rows = ds.dataset(str(workdir / "built" / "mode=tiered"), format="parquet").to_table().to_pylist()
     tiers = {tier for row in rows for tier in row["metadata"]["doc_tiers"]}
     assert {"gold", "tier2"} <= tiers  # the agent's shown-but-unopened results became distractors
 

@@ -61,7 +61,7 @@ def check_longtrace(workdir: Path, summary: dict) -> None:
     assert {"model", "learning_curve.png", "samples.jsonl", "config.yaml"} <= artifacts
     # the data set was built once, by a child run of the data pipeline, into the cache
     data_dir = Path(summary["extra"]["data_dir"])
-    assert (data_dir / "BUILT").is_file() and (data_dir / "tiered").is_dir() and (data_dir / "random").is_dir()
+    assert (data_dir / "BUILT").is_file() and (data_dir / "mode=tiered").is_dir() and (data_dir / "mode=random").is_dir()
     data_runs = client.search_runs([client.get_experiment_by_name("rayworks-longtrace_data").experiment_id],
                                    filter_string=f"tags.`mlflow.parentRunId` = '{summary['run_id']}'")
     assert len(data_runs) == 1 and data_runs[0].info.status == "FINISHED"

@@ -40,7 +40,7 @@ def reader_prompt(tokenizer, messages: Sequence[dict]) -> str:
 
 
 def load_examples(directory: str | Path, tokenizer) -> list[ReaderExample]:
-    """Rows of one mode directory (`DIR/tiered` or `DIR/random`), in question order."""
+    """Rows of one mode directory (`DIR/mode=tiered` or `DIR/mode=random`), in question order."""
     import pyarrow.dataset as ds
 
     path = str(directory)
