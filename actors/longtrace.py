@@ -24,6 +24,7 @@ from workloads.endpoints import EndpointError
 from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, make_agent
 
 MODES = ("tiered", "random")
+SAMPLES_LOGGED = 6  # built rows, with their trajectories, logged to MLflow
 
 
 def token_counter(tokenizer_path: str):
@@ -80,20 +81,20 @@ class BuildReport:
     first few built rows with the agent trajectories behind them: the pipeline's MLflow report,
     kept out of the Parquet rows."""
 
-    def __init__(self, keep_samples: int = 6):
-        self.skips, self.samples, self.keep_samples = Skips(), [], keep_samples
+    def __init__(self):
+        self.skips, self.samples = Skips(), []
 
     def add(self, skipped: list[tuple[str, str]], samples: list[dict]) -> None:
         for reason, question_id in skipped:
             self.skips.add(reason, question_id)
-        self.samples.extend(samples[: self.keep_samples - len(self.samples)])
+        self.samples.extend(samples[: SAMPLES_LOGGED - len(self.samples)])
 
     def result(self) -> tuple[dict, dict, list[dict]]:
         return dict(self.skips), dict(self.skips.examples), self.samples
 
 
 class ContextBuilder:
-    def __init__(self, index_ref: list, agent: dict, context: dict, tokenizer: str, seed: int, report=None):
+    def __init__(self, index_ref: list, agent: dict, context: dict, tokenizer: str, seed: int, report):
         """`index_ref` is `[ObjectRef]`: wrapped in a list so Ray passes the reference instead
         of resolving it, and every actor fetches the one shared copy from the object store.
         `report`: a `BuildReport` actor told about every skip and the first samples."""
@@ -123,19 +124,20 @@ class ContextBuilder:
                     skipped.append(("gold documents exceed the token budget", question.id))
                     continue
                 rows.append({**row, "mode": mode})
-                if self.samples_sent + len(samples) < 6:
+                if self.samples_sent + len(samples) < SAMPLES_LOGGED:
                     samples.append({"row": row, "trajectory": {"steps": [vars(s) for s in trajectory.steps],
                                                                "answer": trajectory.answer, "cited": trajectory.cited}})
-        if self.report is not None and (skipped or samples):
+        if skipped or samples:
             ray.get(self.report.add.remote(skipped, samples))  # before the batch counts as done
             self.samples_sent += len(samples)
         return pa.Table.from_pylist(rows, schema=BUILT_SCHEMA)
 
 
 def write_contexts(questions: list[Question], index_ref, output: Path, *, agent: dict, context: dict, tokenizer: str,
-                   seed: int, num_actors: int, batch_size: int, report=None) -> dict[str, int]:
+                   seed: int, num_actors: int, batch_size: int, report) -> dict[str, int]:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass (nothing is held in the object store beyond the blocks in flight).
+    `report` is the `BuildReport` actor the builders tell about skips and samples.
     Returns the rows written per mode."""
     import dataclasses
     import shutil
@@ -155,6 +157,5 @@ def write_contexts(questions: list[Question], index_ref, output: Path, *, agent:
         # alongside the builders instead of queueing every write behind them until they finish.
         str(output), partition_cols=["mode"], ray_remote_args={"num_cpus": 0}, concurrency=max(1, num_actors // 4),
     )
-    return {mode: pds.dataset(contexts_dir(output, mode)).count_rows() if contexts_dir(output, mode).is_dir() else 0
-            for mode in MODES}
-
+    written = {mode: contexts_dir(output, mode) for mode in MODES}
+    return {mode: pds.dataset(path).count_rows() if path.is_dir() else 0 for mode, path in written.items()}

@@ -237,3 +237,33 @@ def test_hf_expert_step_candidates_are_its_own_distinct_samples_scored_by_it(stu
                 scores = continuation_logprobs(expert.model, [state.prompt_ids] * len(answer.token_ids), answer.token_ids,
                                                tokenizer.pad_token_id)
             assert np.allclose(answer.logprobs, scores.numpy(), atol=1e-4) and (answer.logprobs <= 0).all()
+
+
+def test_a_few_step_level_updates_raise_the_students_probability_of_the_experts_lines(student):
+    """Fixed seed, 30 AdamW steps on the oracle's candidates at every line start of 8 problems:
+    the student's log-probability of the correct lines (held-out problems too) rises clearly."""
+    tokenizer, _ = student
+    model, _ = tiny_lm(TinyLMConfig(), seed=0)
+    train, held_out = PROBLEMS[:8], PROBLEMS[8:12]
+
+    def states_and_lines(problems):
+        rollouts = rollouts_of(tokenizer, [p.prompt for p in problems], [p.solution for p in problems])
+        states = step_states(states_from_rollouts(rollouts, [p.solution for p in problems]), tokenizer)
+        return states, OracleExpert(tokenizer, top_k=4).candidates(states, 4)
+
+    def mean_logprob(states, answers) -> float:
+        with torch.no_grad():
+            return -step_candidate_loss(model, states, answers, tokenizer.pad_token_id)[0].item()
+
+    train_states, train_answers = states_and_lines(train)
+    held_states, held_answers = states_and_lines(held_out)
+    before_train, before_held = mean_logprob(train_states, train_answers), mean_logprob(held_states, held_answers)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(30):
+        loss, _ = step_candidate_loss(model, train_states, train_answers, tokenizer.pad_token_id)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after_train, after_held = mean_logprob(train_states, train_answers), mean_logprob(held_states, held_answers)
+    assert after_train > before_train + 10.0 and after_held > before_held + 5.0, (before_train, after_train, before_held, after_held)

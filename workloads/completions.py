@@ -127,7 +127,7 @@ def continuation_logprobs(model, contexts: Sequence[Sequence[int]], continuation
     sequences = [list(c) + list(x) for c, x in zip(contexts, continuations)]
     ids, mask = right_padded(sequences, pad)
     logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float() / temperature, dim=-1)
-    rows, columns, targets, owner = [], [], [], []
+    rows, columns, targets = [], [], []
     for index, (context, continuation) in enumerate(zip(contexts, continuations)):
         for offset, token in enumerate(continuation):
             rows.append(index)
@@ -137,4 +137,3 @@ def continuation_logprobs(model, contexts: Sequence[Sequence[int]], continuation
         return logprobs.sum() * 0.0 + torch.zeros(len(sequences))
     picked = logprobs[torch.tensor(rows), torch.tensor(columns), torch.tensor(targets)]
     return torch.zeros(len(sequences)).index_add(0, torch.tensor(rows), picked)
-

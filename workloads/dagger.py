@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Sequence
 
+import numpy as np
 import torch
 
 from workloads.completions import continuation_logprobs
@@ -53,15 +54,12 @@ def step_candidate_loss(model, states: Sequence[StudentState], candidates: Seque
     contexts = [state.prompt_ids + state.completion_ids for state, answer in kept for _ in answer.token_ids]
     steps = [step for _, answer in kept for step in answer.token_ids]
     flat = continuation_logprobs(model, contexts, steps, pad)
-    width = max(len(answer.token_ids) for _, answer in kept)
-    student = torch.zeros(len(kept), width)
-    expert = torch.full((len(kept), width), -math.inf)
-    offset = 0
-    for row, (_, answer) in enumerate(kept):
-        count = len(answer.token_ids)
-        student = student.index_put((torch.full((count,), row), torch.arange(count)), flat[offset : offset + count])
-        expert[row, :count] = torch.from_numpy(answer.logprobs)
-        offset += count
+    counts = [len(answer.token_ids) for _, answer in kept]
+    rows = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(counts))
+    columns = torch.cat([torch.arange(count) for count in counts])
+    student = torch.zeros(len(kept), max(counts)).index_put((rows, columns), flat)  # [N, K], 0 where no candidate
+    expert = torch.full((len(kept), max(counts)), -math.inf)  # probability 0 where no candidate
+    expert[rows, columns] = torch.from_numpy(np.concatenate([answer.logprobs for _, answer in kept]))
     return candidate_cross_entropy(student, CandidateSet(expert)), len(kept)
 
 

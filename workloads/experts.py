@@ -160,12 +160,16 @@ class OracleExpert:
         # k - 1 distinct filler ids with probability 0, so every label has exactly k entries
         self.fillers = list(range(top_k + 1))
 
+    def correct_ids(self, state: StudentState) -> list[int]:
+        """The only correct completion: the reference solution (privileged), then eos."""
+        if not state.privileged:
+            raise ConfigError("expert.kind=oracle: needs the reference solution (set expert.privileged=true)")
+        return self.tokenizer.encode(state.privileged, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
         labels = []
         for state in states:
-            if not state.privileged:
-                raise ConfigError("expert.kind=oracle: needs the reference solution (set expert.privileged=true)")
-            correct = self.tokenizer.encode(state.privileged, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+            correct = self.correct_ids(state)
             steps = len(state.completion_ids)
             ids = np.zeros((steps, self.top_k), np.int64)
             logprobs = np.full((steps, self.top_k), -math.inf, np.float32)
@@ -183,9 +187,7 @@ class OracleExpert:
         solution's; abstains once they are not."""
         out = []
         for state in states:
-            if not state.privileged:
-                raise ConfigError("expert.kind=oracle: needs the reference solution (set expert.privileged=true)")
-            correct = self.tokenizer.encode(state.privileged, add_special_tokens=False) + [self.tokenizer.eos_token_id]
+            correct = self.correct_ids(state)
             done = len(state.completion_ids)
             if tuple(correct[:done]) != state.completion_ids or done >= len(correct):
                 out.append(StepCandidates.abstain())
@@ -279,15 +281,18 @@ class HFExpert:
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
                 num_return_sequences=k, max_new_tokens=max_step_tokens, pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id)[:, width:].tolist()
-        out = []
-        for row, sequence in enumerate(sequences):
-            steps = list(dict.fromkeys(filter(None, (first_step(g, self.tokenizer) for g in generated[row * k : (row + 1) * k]))))
-            if not steps:
-                out.append(StepCandidates.abstain())
-                continue
+        per_state = [list(dict.fromkeys(filter(None, (first_step(g, self.tokenizer) for g in generated[row * k : (row + 1) * k]))))
+                     for row in range(len(sequences))]
+        pairs = [(sequence, step) for sequence, steps in zip(sequences, per_state) for step in steps]
+        scores = np.zeros(0, np.float32)
+        if pairs:  # every candidate of every state in one forward pass
             with torch.no_grad():
-                scores = continuation_logprobs(self.model, [sequence] * len(steps), steps, pad, self.temperature)
-            out.append(StepCandidates(steps, scores.numpy().astype(np.float32)))
+                scores = continuation_logprobs(self.model, [c for c, _ in pairs], [x for _, x in pairs], pad,
+                                               self.temperature).numpy().astype(np.float32)
+        out, offset = [], 0
+        for steps in per_state:
+            out.append(StepCandidates(steps, scores[offset : offset + len(steps)]) if steps else StepCandidates.abstain())
+            offset += len(steps)
         return out
 
     def _label_text(self, state: StudentState) -> ExpertLabels:
@@ -394,7 +399,6 @@ class EndpointExpert:
         return [parse_prompt_logprobs(choice, i, sequence, start, self.top_k, self.student)
                 for i, (choice, sequence, start) in enumerate(zip(ordered, sequences, starts))]
 
-
     def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
         raise ConfigError("level=step: step candidates come from expert.kind=oracle or hf; "
                           "the openai backend labels tokens (level=token)")
@@ -406,13 +410,27 @@ class CachedExpert:
 
     def __init__(self, expert: Expert, batch_size: int = 32, capacity: int = 20000):
         self.expert, self.batch_size, self.capacity = expert, batch_size, capacity
-        self.cache: OrderedDict[str, ExpertLabels] = OrderedDict()
+        self.cache: OrderedDict[str, ExpertLabels | StepCandidates] = OrderedDict()
         self.hits = self.misses = self.positions = 0
 
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
         keys = [state.key(self.expert.expert_id, self.expert.top_k) for state in states]
+        return self._answer(keys, states, self._label_misses)
+
+    def _label_misses(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
+        labels = self.expert.label(states)
+        self.positions += sum(len(label.valid) for label in labels)
+        return labels
+
+    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
+        """Step candidates, cached like labels (under keys of their own)."""
+        keys = ["step:" + state.key(self.expert.expert_id, k) for state in states]
+        return self._answer(keys, states, lambda chunk: self.expert.candidates(chunk, k))
+
+    def _answer(self, keys: list[str], states: Sequence[StudentState], ask) -> list:
+        """Hits from the cache (and repeats within the call), misses asked in batches of `batch_size`."""
         missing: dict[str, StudentState] = {}
-        found: dict[str, ExpertLabels] = {}
+        found: dict[str, object] = {}
         for key, state in zip(keys, states):
             if key in self.cache:
                 self.cache.move_to_end(key)
@@ -426,33 +444,13 @@ class CachedExpert:
         pending = list(missing.items())
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
-            for (key, _), labels in zip(chunk, self.expert.label([state for _, state in chunk])):
-                found[key] = labels
-                self.positions += len(labels.valid)
-                if self.capacity:
-                    self.cache[key] = labels
-        while len(self.cache) > self.capacity:
-            self.cache.popitem(last=False)
-        return [found[key] for key in keys]
-
-    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
-        """Step candidates, cached like labels (under their own keys)."""
-        keys = ["step:" + state.key(self.expert.expert_id, k) for state in states]
-        missing = {key: state for key, state in zip(keys, states) if key not in self.cache}
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        pending = list(missing.items())
-        found = {}
-        for start in range(0, len(pending), self.batch_size):
-            chunk = pending[start : start + self.batch_size]
-            for (key, _), answer in zip(chunk, self.expert.candidates([state for _, state in chunk], k)):
+            for (key, _), answer in zip(chunk, ask([state for _, state in chunk])):
                 found[key] = answer
                 if self.capacity:
                     self.cache[key] = answer
-        answers = [found[key] if key in found else self.cache[key] for key in keys]
         while len(self.cache) > self.capacity:
             self.cache.popitem(last=False)
-        return answers
+        return [found[key] for key in keys]
 
     def stats(self) -> dict[str, float]:
         return {"expert_cache_hits": self.hits, "expert_cache_misses": self.misses, "expert_positions": self.positions}
