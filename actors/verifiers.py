@@ -16,6 +16,8 @@ import os
 
 import ray
 
+from workloads.config import ConfigError
+from workloads.tasks import TaskConfig, task_for
 from workloads.verifiers.lean import LeanConfig, LeanReplPool
 from workloads.verifiers.python_sandbox import Limits, PythonJob, PythonSandboxPool
 
@@ -73,3 +75,34 @@ class LeanVerifier:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+class TaskChecker:
+    """Checks student completions of a task: in process when the task checks itself (arithmetic),
+    through a PythonVerifier actor when its answers are programs (python). Picklable, so Ray
+    Train workers check with it directly.
+
+    The verifier actor reserves no CPU: it works only while its caller waits for the verdicts."""
+
+    def __init__(self, cfg: TaskConfig, verifier_workers: int = 2):
+        self.cfg = cfg
+        self.verifier = None
+        if task_for(cfg).needs_verifier:
+            self.verifier = PythonVerifier.options(num_cpus=0).remote(num_workers=verifier_workers)
+            try:
+                ray.get(self.verifier.stats.remote())
+            except ray.exceptions.RayActorError as exc:  # bubblewrap missing or blocked: say so before training
+                raise ConfigError(f"task.kind={cfg.kind}: the Python verifier cannot start: {exc}") from None
+
+    def __call__(self, problems: list, completions: list[str]) -> list[bool]:
+        task = task_for(self.cfg)
+        if self.verifier is None:
+            return [task.check(p, c) for p, c in zip(problems, completions)]
+        jobs = [task.verify_job(p, c) for p, c in zip(problems, completions)]
+        return [v["status"] == "passed" for v in ray.get(self.verifier.verify_batch.remote(jobs))]
+
+    def stats(self) -> dict[str, float]:
+        """The verifier's counters (`verifier_checks`, `verifier_cache_hits`, ...); empty without one."""
+        if self.verifier is None:
+            return {}
+        return {f"verifier_{k}": v for k, v in ray.get(self.verifier.stats.remote()).items()}

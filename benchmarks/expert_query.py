@@ -24,13 +24,14 @@ import ray
 
 from actors.experts import ExpertPool
 from cluster.connect import connect
-from workloads.arithmetic import ArithmeticConfig, generate_splits
+from workloads.arithmetic import generate_splits
 from workloads.experts import ExpertConfig, StudentState
+from workloads.tasks import TaskConfig
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_tokenizer
 
 
 def make_states(tokenizer, count: int, seed: int) -> list[StudentState]:
-    problems, _ = generate_splits(ArithmeticConfig(num_train=max(count, 50), num_eval=10), seed)
+    problems, _ = generate_splits(TaskConfig(num_train=max(count, 50), num_eval=10), seed)
     rng = random.Random(seed)
     states = []
     for problem in problems[:count]:

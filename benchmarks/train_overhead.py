@@ -18,8 +18,9 @@ import time
 
 import torch
 
-from workloads.arithmetic import ArithmeticConfig, generate_splits
+from workloads.arithmetic import generate_splits
 from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
+from workloads.tasks import TaskConfig
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_lm
 
 REPORT_EVERY = 100  # the sft pipeline reports to Ray Train at eval/checkpoint steps (default 100)
@@ -36,7 +37,7 @@ def timed_steps(num_steps: int, report=None) -> float:
         import ray.train.torch
 
         model = ray.train.torch.prepare_model(model)
-    train, _ = generate_splits(ArithmeticConfig(), seed=0)
+    train, _ = generate_splits(TaskConfig(), seed=0)
     data = tokenize_examples(tokenizer, [p.prompt for p in train], [p.solution for p in train], 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(30, num_steps))

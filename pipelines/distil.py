@@ -8,7 +8,9 @@ Recipe:
 2. Expert-query actors (`actors.experts`): the oracle (default), a local HF model, or an
    OpenAI-compatible endpoint with `prompt_logprobs`; each caches its labels.
 3. On Ray Train, per iteration: the student samples `samples_per_prompt` completions for
-   `prompts_per_iteration` training problems -> the experts label every visited state with
+   `prompts_per_iteration` training problems of the task (`workloads.tasks`: arithmetic, or
+   `task.kind=python`, programs that the sandboxed verifier actor runs against the problem's
+   tests to decide Pass@k and the rlvr reward) -> the experts label every visited state with
    top-k + tail (seeing the reference solution when `expert.privileged`) -> the student takes
    `updates_per_iteration` steps on `objective` (distil = forward CE, reverse_kl, jsd) or, for
    `rlvr`, GRPO steps with the 0/1 answer check as reward -> Pass@1 / Pass@N on held-out
@@ -49,7 +51,6 @@ from pipelines.launch import (
     train_worker_context,
 )
 from workloads import tracking
-from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.distill import OBJECTIVES
@@ -57,6 +58,7 @@ from workloads.experts import ExpertConfig
 from workloads.grpo import GRPOConfig, grpo_step, sample_groups
 from workloads.plots import plot_curves
 from workloads.sft import batch_indices, greedy_complete
+from workloads.tasks import TaskConfig, completion_budget, task_for
 from workloads.tiny_lm import TinyLMConfig, load_lm
 
 PIPELINE = "distil"
@@ -83,7 +85,7 @@ class Config(RunFields):
     lr: float = 2e-4  # a fresh Adam on an SFT-ed student: larger steps (1e-3) undo the SFT
     warmup_iterations: int = 3
     temperature: float = 1.0  # the student's sampling temperature (rollouts and Pass@k)
-    max_new_tokens: int = 24
+    max_new_tokens: int = 0  # 0: the task's longest reference solution, its eos and some slack
     eval_problems: int = 100
     eval_samples: int = 8  # N of Pass@N
     eval_every: int = 10
@@ -92,7 +94,7 @@ class Config(RunFields):
     register_model: bool = True
     num_samples_logged: int = 8
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
-    task: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     expert: ExpertConfig = dataclasses.field(default_factory=ExpertConfig)
 
     section: ClassVar[str] = "distil"
@@ -102,8 +104,8 @@ class Config(RunFields):
         require(self.level in ("token", "step"), "level", "expected token or step")
         require(self.level == "token" or self.objective == "distil", "level",
                 f"level=step trains forward CE over candidates (objective=distil), not {self.objective}")
-        require(self.level == "token" or (self.expert.kind in ("oracle", "hf") and self.expert.alignment == "tokens"),
-                "level", "level=step needs expert.kind=oracle or hf with expert.alignment=tokens")
+        require(self.level == "token" or self.expert.alignment == "tokens", "level",
+                "level=step needs expert.alignment=tokens (candidates are student token ids)")
         require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1)")
         require(self.average in ("token", "sequence"), "average", "expected token or sequence")
         require(bool(self.student_init) or self.student_sft_steps >= 1, "student_sft_steps", "the tiny student needs SFT steps (or set student_init)")
@@ -114,6 +116,7 @@ class Config(RunFields):
                 "samples_per_prompt and updates_per_iteration must be >= 1")
         require(self.lr > 0 and self.warmup_iterations >= 0, "lr", "need lr > 0 and warmup_iterations >= 0")
         require(self.temperature > 0, "temperature", "must be > 0")
+        require(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0 (0: fit the task)")
         require(self.eval_problems >= 1 and self.eval_samples >= 1, "eval_samples", "eval_problems and eval_samples must be >= 1")
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
         require(self.max_expert_failures >= 1, "max_expert_failures", "must be >= 1")
@@ -158,28 +161,29 @@ def ensure_student(config: Config, parent_run_id: str) -> str:
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(config: Config, model, tokenizer, problems, seed: int) -> dict[str, float]:
+def evaluate(config: Config, model, tokenizer, problems, seed: int, checker, max_new_tokens: int) -> dict[str, float]:
     """Pass@1 and Pass@N (N = eval_samples, unbiased estimators) and greedy accuracy."""
     n = config.eval_samples
-    rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems], n, config.max_new_tokens,
+    rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems], n, max_new_tokens,
                              config.temperature, generator_seed=seed)
-    correct = [sum(check_answer(p, rollouts.texts[i * n + j]) for j in range(n)) for i, p in enumerate(problems)]
-    greedy = greedy_complete(model, tokenizer, [p.prompt for p in problems], config.max_new_tokens)
+    verdicts = checker([p for p in problems for _ in range(n)], rollouts.texts)
+    correct = [sum(verdicts[i * n : (i + 1) * n]) for i in range(len(problems))]
+    greedy = greedy_complete(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
     return {"pass_at_1": sum(pass_at_k(n, c, 1) for c in correct) / len(problems),
             "pass_at_n": sum(pass_at_k(n, c, n) for c in correct) / len(problems),
-            "greedy_accuracy": sum(check_answer(p, g) for p, g in zip(problems, greedy)) / len(problems)}
+            "greedy_accuracy": sum(checker(problems, greedy)) / len(problems)}
 
 
-def annotated_samples(tokenizer, states, labels, problems, texts, limit: int) -> list[dict]:
+def annotated_samples(tokenizer, states, labels, problems, texts, correct, limit: int) -> list[dict]:
     """Student outputs with the expert's view of each position (its top 3 and the student's token)."""
     samples = []
-    for state, label, problem, text in list(zip(states, labels, problems, texts))[:limit]:
+    for state, label, problem, text, ok in list(zip(states, labels, problems, texts, correct))[:limit]:
         positions = []
         for j, token in enumerate(state.completion_ids):
             top = [(tokenizer.decode([int(t)]), round(math.exp(float(v)), 3))
                    for t, v in zip(label.token_ids[j][:3], label.logprobs[j][:3])] if label.valid[j] else None
             positions.append({"student": tokenizer.decode([token]), "expert_top3": top})
-        samples.append({"prompt": problem.prompt, "completion": text, "correct": check_answer(problem, text),
+        samples.append({"prompt": problem.prompt, "completion": text, "correct": bool(ok),
                         "positions": positions})
     return samples
 
@@ -192,18 +196,19 @@ def train_loop_per_worker(payload: dict) -> None:
     from actors.experts import ExpertUnavailable
 
     config: Config = from_dict(Config, payload["config"])
-    experts = payload["experts"]
+    experts, checker = payload["experts"], payload["checker"]
     rank, world_size, run = train_worker_context(payload)
     torch.manual_seed(config.seed)
 
     model, tokenizer = load_lm(payload["student"])
-    train_problems, eval_problems = generate_splits(config.task, config.seed)
+    train_problems, eval_problems = task_for(config.task).splits(config.seed)
+    max_new_tokens = config.max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
     eval_problems = eval_problems[: config.eval_problems]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     warmup = max(1, config.warmup_iterations * config.updates_per_iteration)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     grpo = GRPOConfig(group_size=config.samples_per_prompt, lr=config.lr, updates_per_batch=config.updates_per_iteration,
-                      temperature=config.temperature, max_new_tokens=config.max_new_tokens)
+                      temperature=config.temperature, max_new_tokens=max_new_tokens)
     start, failures_in_a_row, stopped = 0, 0, ""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -218,7 +223,7 @@ def train_loop_per_worker(payload: dict) -> None:
     eval_seed = config.seed * 7919 + 1  # the same Pass@k draws at every evaluation
 
     if rank == 0:
-        before = evaluate(config, model, tokenizer, eval_problems, eval_seed)
+        before = evaluate(config, model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
         run.log_metrics({**before, "student_samples": start * per_iteration}, step=start)
         print(f"[distil] {config.objective}: pass@1 {before['pass_at_1']:.3f} pass@{config.eval_samples} "
               f"{before['pass_at_n']:.3f} before iteration {start + 1}", flush=True)
@@ -227,9 +232,9 @@ def train_loop_per_worker(payload: dict) -> None:
         indices = batch_indices(iteration, config.prompts_per_iteration, world_size, rank, len(train_problems), config.seed)
         problems = [train_problems[i] for i in indices.tolist() for _ in range(config.samples_per_prompt)]
         rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems[:: config.samples_per_prompt]],
-                                 config.samples_per_prompt, config.max_new_tokens, config.temperature,
+                                 config.samples_per_prompt, max_new_tokens, config.temperature,
                                  generator_seed=(config.seed * 100_003 + iteration) * world_size + rank)
-        rewards = torch.tensor([float(check_answer(p, t)) for p, t in zip(problems, rollouts.texts)])
+        rewards = torch.tensor(checker(problems, rollouts.texts), dtype=torch.float32)
         done = iteration + 1
         metrics = {"iteration": done, "student_samples": done * per_iteration, "rollout_accuracy": float(rewards.mean())}
         if config.objective == "rlvr":
@@ -269,13 +274,14 @@ def train_loop_per_worker(payload: dict) -> None:
                     scheduler.step()
                 metrics.update({"loss": float(loss.detach()), "labelled_states": labelled})
                 if rank == 0 and done == config.iterations and config.level == "token":
-                    samples = annotated_samples(tokenizer, states, labels, problems, rollouts.texts, config.num_samples_logged)
+                    samples = annotated_samples(tokenizer, states, labels, problems, rollouts.texts, rewards.tolist(),
+                                                config.num_samples_logged)
                     run.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples_annotated.jsonl")
         if rank == 0:
             run.log_metrics(metrics, step=done)
         if stopped or done % config.eval_every == 0 or done == config.iterations:
             if rank == 0:
-                evaluation = evaluate(config, model, tokenizer, eval_problems, eval_seed)
+                evaluation = evaluate(config, model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
                 print(f"[distil] iteration {done}/{config.iterations}  pass@1 {evaluation['pass_at_1']:.3f}  "
@@ -296,24 +302,27 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     from ray.train.torch import TorchTrainer
 
     from actors.experts import ExpertPool
+    from actors.verifiers import TaskChecker
 
-    train_problems, _ = generate_splits(config.task, config.seed)  # a bad task config fails before any run opens
+    train_problems, _ = task_for(config.task).splits(config.seed)  # a bad task config fails before any run opens
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
-                                    data_hash=tracking.data_hash(p.expression for p in train_problems))
+                                    data_hash=tracking.data_hash(p.key for p in train_problems))
     with ending_run(run_record):
         student = ensure_student(config, run_record.run_id)
         run_record.set_tags({"student": student})
         experts = ExpertPool(config.expert, student) if config.objective != "rlvr" else None
+        checker = TaskChecker(config.task)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": to_dict(config), "student": student, "experts": experts,
+            train_loop_config={"config": to_dict(config), "student": student, "experts": experts, "checker": checker,
                                "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
             scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
             run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()
-        if experts is not None:
-            run_record.log_metrics({f"total_{k}": v for k, v in experts.stats().items()}, step=config.iterations)
+        totals = {**(experts.stats() if experts is not None else {}), **checker.stats()}
+        if totals:
+            run_record.log_metrics({f"total_{k}": v for k, v in totals.items()}, step=config.iterations)
         if result.metrics and result.metrics.get("stopped"):
             raise ConfigError(f"{result.metrics['stopped']} (stopped after iteration {result.metrics['iteration']}; "
                               "its checkpoint is kept: fix the expert and pass --resume)")
@@ -326,7 +335,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, student: s
         run_record.log_artifact(Path(directory) / "model", "model")
         history = {key: run_record.metric_history(key) for key in ("pass_at_1", "pass_at_n", "student_samples", "loss")}
         samples_at = dict(history["student_samples"])
-        against_samples = lambda key: [(samples_at.get(step, step), value) for step, value in history[key]]  # noqa: E731
+        against_samples = lambda key: [(samples_at.get(step, step), value) for step, value in history[key]]
         plot = plot_curves({f"Pass@1 / Pass@{config.eval_samples} vs student samples":
                             {"Pass@1": against_samples("pass_at_1"), f"Pass@{config.eval_samples}": against_samples("pass_at_n")},
                             f"{config.objective} loss": {"loss": history["loss"]}},

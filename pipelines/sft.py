@@ -1,10 +1,12 @@
-"""SFT: supervised fine-tuning of a causal LM on multi-step arithmetic, on Ray Train.
+"""SFT: supervised fine-tuning of a causal LM on a verifiable task, on Ray Train.
 
     python -m pipelines.sft [--config FILE] [--set key=value ...] [--resume]
 
 Recipe: config -> MLflow run -> TorchTrainer (one process per worker, DDP over gloo on CPU,
 NCCL on GPU) -> evaluation and checkpoints through `ray.train.report` -> final model logged,
-plotted and registered in MLflow.
+plotted and registered in MLflow. The task (`workloads.tasks`) is multi-step arithmetic by
+default; `task.kind=python` trains on Python programs, and the held-out evaluation runs the
+student's programs in the sandboxed verifier actor (`actors.verifiers.TaskChecker`).
 
 Why a plain torch loop instead of TRL's SFTTrainer: the HF Trainer owns checkpointing,
 resumption and its own process group, which would compete with Ray Train's. A 30-line loop
@@ -35,17 +37,10 @@ from pipelines.launch import (
     train_worker_context,
 )
 from workloads import tracking
-from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
 from workloads.config import from_dict, require, to_dict
 from workloads.plots import plot_curves
-from workloads.sft import (
-    batch_at,
-    batch_indices,
-    greedy_complete,
-    tokenize_examples,
-    train_step,
-    warmup_cosine,
-)
+from workloads.sft import batch_at, batch_indices, greedy_complete, tokenize_examples, train_step, warmup_cosine
+from workloads.tasks import TaskConfig, completion_budget, task_for
 from workloads.tiny_lm import TinyLMConfig, load_lm, tiny_lm
 
 PIPELINE = "sft"
@@ -65,11 +60,11 @@ class TrainConfig:
     warmup_steps: int = 30
     max_steps: int = 500
     max_grad_norm: float = 1.0
-    max_length: int = 64
+    max_length: int = 0  # tokens per example; 0: the longest example
     log_every: int = 10
     eval_every: int = 100
     checkpoint_every: int = 100
-    eval_max_new_tokens: int = 24
+    eval_max_new_tokens: int = 0  # 0: the task's longest reference solution, its eos and some slack
 
     section: ClassVar[str] = "train"
 
@@ -78,6 +73,8 @@ class TrainConfig:
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.lr > 0, "lr", "must be > 0")
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
+        require(self.max_length >= 0 and self.eval_max_new_tokens >= 0, "max_length",
+                "max_length and eval_max_new_tokens must be >= 0 (0: fit the task)")
         for name in ("log_every", "eval_every", "checkpoint_every"):
             require(getattr(self, name) >= 1, name, "must be >= 1")
 
@@ -89,7 +86,7 @@ class Config(RunFields):
     register_model: bool = True
     num_samples_logged: int = 20
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
-    task: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     section: ClassVar[str] = "sft"
@@ -105,10 +102,11 @@ def initial_model(config: Config):
     return tiny_lm(config.model, seed=config.seed)
 
 
-def evaluate(model, tokenizer, problems, max_new_tokens: int) -> tuple[float, list[str]]:
+def evaluate(model, tokenizer, problems, max_new_tokens: int, checker) -> tuple[float, list[str], list[bool]]:
+    """Greedy accuracy on `problems`, with the completions and their verdicts."""
     completions = greedy_complete(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
-    accuracy = sum(check_answer(p, c) for p, c in zip(problems, completions)) / len(problems)
-    return accuracy, completions
+    correct = checker(problems, completions)
+    return sum(correct) / len(problems), completions, correct
 
 
 def train_loop_per_worker(payload: dict) -> None:
@@ -121,10 +119,12 @@ def train_loop_per_worker(payload: dict) -> None:
     torch.manual_seed(config.seed)
 
     model, tokenizer = initial_model(config)
-    train_problems, eval_problems = generate_splits(config.task, config.seed)
+    train_problems, eval_problems = task_for(config.task).splits(config.seed)
     data = tokenize_examples(
         tokenizer, [p.prompt for p in train_problems], [p.solution for p in train_problems], config.train.max_length
     )
+    checker = payload["checker"]
+    eval_tokens = config.train.eval_max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps, config.train.max_steps))
 
@@ -145,7 +145,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     eval_accuracy = float("nan")
     if rank == 0:
-        eval_accuracy, _ = evaluate(bare_model, tokenizer, eval_problems, config.train.eval_max_new_tokens)
+        eval_accuracy = evaluate(bare_model, tokenizer, eval_problems, eval_tokens, checker)[0]
         run.log_metrics({"eval_accuracy": eval_accuracy, "resumed_from_step": start_step}, step=start_step)
 
     train = config.train
@@ -159,7 +159,7 @@ def train_loop_per_worker(payload: dict) -> None:
                    "samples_seen": global_step * train.batch_size * world_size, "eval_accuracy": eval_accuracy}
         evaluating = global_step % train.eval_every == 0 or last
         if rank == 0 and evaluating:
-            eval_accuracy = metrics["eval_accuracy"] = evaluate(bare_model, tokenizer, eval_problems, train.eval_max_new_tokens)[0]
+            eval_accuracy = metrics["eval_accuracy"] = evaluate(bare_model, tokenizer, eval_problems, eval_tokens, checker)[0]
             print(f"[sft] step {global_step}/{train.max_steps}  loss {loss:.4f}  eval_accuracy {eval_accuracy:.3f}", flush=True)
         if rank == 0 and (global_step % train.log_every == 0 or evaluating):
             run.log_metrics(metrics, step=global_step)  # per-step curves go straight to MLflow
@@ -176,14 +176,18 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    train_problems, _ = generate_splits(config.task, config.seed)
-    data_hash = tracking.data_hash(p.expression for p in train_problems)
+    from actors.verifiers import TaskChecker
+
+    train_problems, _ = task_for(config.task).splits(config.seed)
+    data_hash = tracking.data_hash(p.key for p in train_problems)
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
     with ending_run(run_record):
+        checker = TaskChecker(config.task)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "config": to_dict(config),
+                "checker": checker,
                 "mlflow_run_id": run_record.run_id,
                 "mlflow_uri": run_record.uri,
             },
@@ -195,21 +199,22 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()
-        summary = log_outcome(config, run_record, result.checkpoint)
+        summary = log_outcome(config, run_record, result.checkpoint, checker)
     return summary
 
 
-def log_outcome(config: Config, run_record: tracking.Run, checkpoint) -> RunSummary:
+def log_outcome(config: Config, run_record: tracking.Run, checkpoint, checker) -> RunSummary:
     """Final model, learning-curve plot and sample outputs to MLflow; register the model."""
-    _, eval_problems = generate_splits(config.task, config.seed)
+    train_problems, eval_problems = task_for(config.task).splits(config.seed)
     with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as scratch:
         model_dir = Path(directory) / "model"
         run_record.log_artifact(model_dir, "model")
         model, tokenizer = load_lm(model_dir)
         shown = eval_problems[: config.num_samples_logged]
-        _, completions = evaluate(model, tokenizer, shown, config.train.eval_max_new_tokens)
-        samples = [{"prompt": p.prompt, "completion": c, "expected": p.answer, "correct": check_answer(p, c)}
-                   for p, c in zip(shown, completions)]
+        eval_tokens = config.train.eval_max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
+        _, completions, correct = evaluate(model, tokenizer, shown, eval_tokens, checker)
+        samples = [{"prompt": p.prompt, "completion": c, "reference": p.solution, "correct": ok}
+                   for p, c, ok in zip(shown, completions, correct)]
         run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")
         history = {key: run_record.metric_history(key) for key in ("train_loss", "eval_accuracy")}
         plot = plot_curves({"train loss": {"train": history["train_loss"]},

@@ -28,6 +28,7 @@ logger = logging.getLogger("ray.serve")
 
 MAX_PROMPT_CHARS = 4096
 MAX_NEW_TOKENS = 512
+MAX_CHOICES = 16  # n: samples per prompt
 REGISTERED_MODEL = "rayworks-sft"
 
 api = json_api("rayworks generate")
@@ -41,7 +42,7 @@ class GenerateRequest(BaseModel):
 
 
 class CompletionRequest(BaseModel):
-    """The subset of OpenAI's completions request this app implements (n=1, no streaming)."""
+    """The subset of OpenAI's completions request this app implements (no streaming, no echo)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,7 +54,7 @@ class CompletionRequest(BaseModel):
     seed: Optional[StrictInt] = None
     prompt_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
     logprobs: Optional[StrictInt] = None
-    n: Literal[1] = 1
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] = 1
     echo: Literal[False] = False
     stream: Literal[False] = False
     user: Optional[StrictStr] = None
@@ -113,7 +114,7 @@ class Generator:
             return JSONResponse(status_code=422, content={"error": str(exc)})
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         return completion_response(self.model, self.tokenizer, self.source, sequences, request.max_tokens,
-                                   float(request.temperature), stop, request.seed, request.prompt_logprobs)
+                                   float(request.temperature), stop, request.seed, request.prompt_logprobs, request.n)
 
 
 def build_app(args: dict | None = None):

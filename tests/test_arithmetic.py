@@ -1,8 +1,9 @@
-from workloads.arithmetic import ArithmeticConfig, Problem, check_answer, check_steps, extract_answer, generate_splits
+from workloads.arithmetic import Problem, check_answer, check_steps, extract_answer, generate_splits
+from workloads.tasks import TaskConfig
 
 
 def test_splits_are_seeded_disjoint_and_in_range():
-    cfg = ArithmeticConfig(num_train=500, num_eval=100)
+    cfg = TaskConfig(num_train=500, num_eval=100)
     train, held_out = generate_splits(cfg, seed=3)
     again, _ = generate_splits(cfg, seed=3)
     other, _ = generate_splits(cfg, seed=4)

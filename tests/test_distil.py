@@ -1,15 +1,19 @@
 """DistIL end to end: the four objectives through `rayworks compare`, an expert served over real
 HTTP by the project's Serve app, and the ways an expert can fail."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import requests
+import torch
 import yaml
 
 from tests.helpers import mlflow_client, rayworks, result_lines, start_app, stop_with_ctrl_c, wait_for
-from workloads.arithmetic import ArithmeticConfig, generate_splits
-from workloads.experts import EndpointExpert, HFExpert, StudentState
+from workloads.arithmetic import generate_splits
+from workloads.completions import continuation_logprobs
+from workloads.experts import EndpointExpert, HFExpert, StudentState, ends_step
+from workloads.tasks import TaskConfig
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_tokenizer
 
 TINY = ["student_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_iteration=4", "eval_problems=10",
@@ -36,16 +40,26 @@ def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
     assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()
 
 
-def test_step_level_trains_on_the_experts_candidate_lines(workdir: Path):
-    proc = rayworks(workdir, "run", "distil", "--set", *TINY, "level=step", timeout=600)
+def test_python_task_programs_are_judged_by_the_sandboxed_verifier(workdir: Path):
+    """task.kind=python: the student (SFT-ed on programs by the sft child run) writes functions,
+    and every correctness verdict, Pass@k and the logged samples, comes from running them."""
+    proc = rayworks(workdir, "run", "distil", "--set", *TINY, "task.kind=python", "task.num_eval=10", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (result,) = result_lines(proc.stdout)
     client = mlflow_client(workdir)
     run = client.get_run(result["run_id"])
-    assert run.data.params["level"] == "step"
-    labelled = [m.value for m in client.get_metric_history(result["run_id"], "labelled_states")]
-    losses = [m.value for m in client.get_metric_history(result["run_id"], "loss")]
-    assert len(labelled) == 2 and min(labelled) > 0 and all(np.isfinite(losses))
+    assert run.data.params["task.kind"] == "python"
+    # jobs sent: 2 evaluations x (10 problems x 2 samples + 10 greedy) + 2 iterations x 16 rollouts; the
+    # verifier checks the distinct ones (and counts repeats from earlier batches as cache hits)
+    checks, hits = run.data.metrics["total_verifier_checks"], run.data.metrics["total_verifier_cache_hits"]
+    assert 0 < checks and checks + hits <= 2 * (20 + 10) + 2 * 16
+    samples = client.download_artifacts(result["run_id"], "samples_annotated.jsonl", str(workdir))
+    first = json.loads(Path(samples).read_text().splitlines()[0])
+    assert first["prompt"].startswith("Q: f(x): ") and isinstance(first["correct"], bool)
+    (student_run,) = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert student_run.data.params["task.kind"] == "python"
+    references = client.download_artifacts(student_run.info.run_id, "samples.jsonl", str(workdir / "sft"))
+    assert json.loads(Path(references).read_text().splitlines()[0])["reference"].startswith("def f(x):\n")
 
 
 def test_tune_distil_over_learning_rate_top_k_and_temperature(workdir: Path):
@@ -66,7 +80,7 @@ def test_an_expert_served_by_the_generate_app_labels_like_the_local_model(workdi
     try:
         wait_for(lines, "is up at", timeout=180)
         url = f"http://127.0.0.1:{PORT}"
-        problem = generate_splits(ArithmeticConfig(num_train=4, num_eval=1), seed=0)[0][0]
+        problem = generate_splits(TaskConfig(num_train=4, num_eval=1), seed=0)[0][0]
         prompt = (tokenizer.bos_token_id, *tokenizer.encode(problem.prompt, add_special_tokens=False))
         states = [StudentState(prompt, tuple(tokenizer.encode(text, add_special_tokens=False)), "")
                   for text in (problem.solution, "1+1=2\n")]
@@ -76,19 +90,43 @@ def test_an_expert_served_by_the_generate_app_labels_like_the_local_model(workdi
             assert remote.token_ids.tolist() == here.token_ids.tolist()
             assert np.allclose(remote.logprobs, here.logprobs, atol=1e-4)
 
+        # step candidates over HTTP: sampled lines (n, stop), each scored by the served model
+        endpoint = EndpointExpert(url, "tiny", tokenizer, top_k=4, timeout_s=30)
+        contexts = [prompt + states[0].completion_ids[:cut] for cut in (0, 4, 7, 12)]  # line starts and mid-line
+        answers = endpoint.candidates([StudentState(c[:len(prompt)], c[len(prompt):]) for c in contexts], 8)
+        assert any(answer.token_ids for answer in answers)  # an untrained model ends a line within 32 tokens ~22% of the time
+        scorer = HFExpert(str(model_dir), tokenizer, top_k=4)
+        for state, answer in zip(contexts, answers):
+            assert len(answer.token_ids) == len(set(answer.token_ids)) <= 8
+            for step in answer.token_ids:  # each ends exactly at its first line break or eos
+                assert [j for j, t in enumerate(step) if ends_step(t, tokenizer)] == [len(step) - 1]
+            if answer.token_ids:
+                with torch.no_grad():
+                    local_scores = continuation_logprobs(scorer.model, [state] * len(answer.token_ids), answer.token_ids,
+                                                         tokenizer.pad_token_id)
+                assert np.allclose(answer.logprobs, local_scores.numpy(), atol=1e-4)
+
         # the completions route itself: text prompts, stop strings, and refusals that name the field
         text = requests.post(f"{url}/v1/completions", json={"prompt": problem.prompt, "max_tokens": 8, "temperature": 0,
                                                             "stop": ["\n"]}, timeout=30).json()
         assert "\n" not in text["choices"][0]["text"] and text["usage"]["prompt_tokens"] == len(prompt)
-        for body, field in [({"prompt": [0, 99999]}, "prompt: token id 99999"), ({"prompt": "x", "n": 2}, "n"),
+        for body, field in [({"prompt": [0, 99999]}, "prompt: token id 99999"), ({"prompt": "x", "n": 17}, "n"),
                             ({"prompt": "x", "prompt_logprobs": 50}, "prompt_logprobs"), ({"prompt": ""}, "prompt")]:
             refused = requests.post(f"{url}/v1/completions", json=body, timeout=30)
             assert refused.status_code == 422 and refused.json()["error"].startswith(field), (body, refused.text)
 
-        # the whole pipeline against the endpoint (the student shares the expert's tokenizer)
-        run = rayworks(workdir, "run", "distil", "--set", *TINY, f"student_init={model_dir}", "expert.kind=openai",
-                       f"expert.endpoint={url}", "expert.model=tiny", "expert.privileged=false", timeout=600)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # the whole pipeline against the endpoint (the student shares the expert's tokenizer), both levels
+        for level in ("token", "step"):
+            run = rayworks(workdir, "run", "distil", "--set", *TINY, f"student_init={model_dir}", "expert.kind=openai",
+                           f"expert.endpoint={url}", "expert.model=tiny", "expert.privileged=false", f"level={level}",
+                           timeout=600)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            (result,) = result_lines(run.stdout)
+            client = mlflow_client(workdir)
+            assert client.get_run(result["run_id"]).data.params["level"] == level
+            labelled = [m.value for m in client.get_metric_history(result["run_id"], "labelled_states")]
+            losses = [m.value for m in client.get_metric_history(result["run_id"], "loss")]
+            assert len(labelled) == 2 and min(labelled) > 0 and all(np.isfinite(losses)), (level, labelled, losses)
     finally:
         assert stop_with_ctrl_c(proc) == 0
 

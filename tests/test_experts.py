@@ -6,21 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from workloads.arithmetic import ArithmeticConfig, generate_splits
-from workloads.completions import completion_response, encode_prompts
+from workloads.arithmetic import generate_splits
+from workloads.completions import completion_response, continuation_logprobs, encode_prompts
 from workloads.config import ConfigError
-from workloads.completions import continuation_logprobs
 from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.experts import (
     CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, StepCandidates, StudentState,
-    TokenizerMismatch,
-    parse_prompt_logprobs,
+    TokenizerMismatch, actual_token_logprobs, parse_prompt_logprobs,
 )
 from workloads.grpo import Rollouts
 from workloads.sft import masked_token_cross_entropy, tokenize_examples
+from workloads.tasks import TaskConfig
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, tiny_lm
 
-PROBLEMS = generate_splits(ArithmeticConfig(num_train=20, num_eval=2), seed=0)[0]
+PROBLEMS = generate_splits(TaskConfig(num_train=20, num_eval=2), seed=0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +117,37 @@ def test_the_endpoint_format_round_trips_to_the_same_labels_as_the_local_model(s
     (expected,) = local.label([state])
     assert parsed.token_ids.tolist() == expected.token_ids.tolist()
     assert np.allclose(parsed.logprobs, expected.logprobs, atol=1e-5)
+
+
+def test_completions_sample_n_choices_per_prompt_and_name_their_stop(student):
+    tokenizer, directory = student
+    local = HFExpert(str(directory), tokenizer, top_k=4)
+    sequences = encode_prompts(tokenizer, [PROBLEMS[0].prompt, PROBLEMS[1].prompt], len(tokenizer), 256)
+    response = completion_response(local.model, tokenizer, "m", sequences, max_tokens=12, temperature=1.0, stop=["\n"],
+                                   seed=0, top_k_prompt=0, n=3)
+    choices = response["choices"]
+    assert [c["index"] for c in choices] == list(range(6))
+    assert [len(c["prompt_logprobs"]) for c in choices] == [len(sequences[0])] * 3 + [len(sequences[1])] * 3
+    for choice in choices:
+        assert "\n" not in choice["text"]
+        assert choice["stop_reason"] in ("\n", None)
+        assert choice["finish_reason"] == ("stop" if choice["stop_reason"] else choice["finish_reason"])
+
+
+def test_endpoint_step_candidates_need_the_stop_reason(student):
+    tokenizer, _ = student
+    expert = EndpointExpert("http://127.0.0.1:9", "m", tokenizer, top_k=2)
+    newline, eos = tokenizer.encode("\n", add_special_tokens=False), tokenizer.eos_token_id
+    assert expert.sampled_step({"text": "1+1=2", "finish_reason": "stop", "stop_reason": "\n"}, 0) == (
+        *tokenizer.encode("1+1=2", add_special_tokens=False), *newline)
+    assert expert.sampled_step({"text": "", "finish_reason": "stop", "stop_reason": None}, 0) == (eos,)
+    assert expert.sampled_step({"text": "1+1=", "finish_reason": "length", "stop_reason": None}, 0) is None
+    with pytest.raises(MalformedExpertResponse, match=r"choices\[3\]\.stop_reason: missing"):
+        expert.sampled_step({"text": "1+1=2", "finish_reason": "stop"}, 3)
+    with pytest.raises(MalformedExpertResponse, match=r"choices\[0\]\.prompt_logprobs\[2\]: no numeric log-prob"):
+        actual_token_logprobs({"prompt_logprobs": [None, {"5": -0.5}, {"8": -1.0}]}, 0, [1, 5, 7], 1)
+    assert actual_token_logprobs({"prompt_logprobs": [None, {"5": {"logprob": -0.5}}, {"7": -1.0, "8": -0.1}]},
+                                 0, [1, 5, 7], 1).tolist() == [-0.5, -1.0]
 
 
 @pytest.mark.parametrize("choice, message", [

@@ -4,11 +4,12 @@ import math
 
 import torch
 
-from workloads.arithmetic import ArithmeticConfig, check_answer, generate_splits
+from workloads.arithmetic import check_answer, generate_splits
 from workloads.sft import (
-    IGNORE_INDEX, batch_at, batch_indices, greedy_complete, masked_token_cross_entropy,
-    tokenize_examples, train_step, warmup_cosine,
+    IGNORE_INDEX, batch_at, batch_indices, greedy_complete, masked_token_cross_entropy, tokenize_examples,
+    train_step, warmup_cosine,
 )
+from workloads.tasks import TaskConfig
 from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, build_tokenizer, load_lm
 
 
@@ -44,7 +45,7 @@ def test_warmup_then_cosine_decay():
 
 def test_short_plain_loop_learns_arithmetic(tmp_path):
     torch.manual_seed(0)
-    task = ArithmeticConfig(num_train=1000, num_eval=100)
+    task = TaskConfig(num_train=1000, num_eval=100)
     train, held_out = generate_splits(task, seed=0)
     model, tokenizer = load_lm(build_tiny_lm(TinyLMConfig(), tmp_path, seed=0))
     data = tokenize_examples(tokenizer, [p.prompt for p in train], [p.solution for p in train], 64)

@@ -18,33 +18,17 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from workloads.config import require
+if TYPE_CHECKING:
+    from workloads.tasks import TaskConfig
+
+P = TypeVar("P")
 
 ANSWER_MARKER = "Answer:"
 _STEP = re.compile(r"^\s*(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-
-
-@dataclasses.dataclass
-class ArithmeticConfig:
-    min_ops: int = 1
-    max_ops: int = 2
-    max_operand: int = 9
-    max_value: int = 99  # intermediate results stay in [0, max_value]
-    operators: str = "+-"
-    num_train: int = 2000
-    num_eval: int = 200
-
-    section: ClassVar[str] = "task"
-
-    def validate(self) -> None:
-        require(1 <= self.min_ops <= self.max_ops, "min_ops", "need 1 <= min_ops <= max_ops")
-        require(self.max_operand >= 1, "max_operand", "must be >= 1")
-        require(self.max_value >= self.max_operand, "max_value", "must be >= max_operand")
-        require(bool(self.operators) and set(self.operators) <= set(_OPS), "operators", f"use some of {''.join(_OPS)}")
-        require(self.num_train >= 1 and self.num_eval >= 1, "num_train", "num_train and num_eval must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +42,10 @@ class Problem:
         for op, value in zip(self.operators, self.operands[1:]):
             text += f"{op}{value}"
         return text
+
+    @property
+    def key(self) -> str:
+        return self.expression
 
     @property
     def prompt(self) -> str:
@@ -83,12 +71,12 @@ class Problem:
         return "\n".join(self.steps() + [f"{ANSWER_MARKER} {self.answer}"]) + "\n"
 
 
-def _sample_problem(rng: random.Random, cfg: ArithmeticConfig) -> Problem | None:
+def _sample_problem(rng: random.Random, cfg: TaskConfig) -> Problem | None:
     num_ops = rng.randint(cfg.min_ops, cfg.max_ops)
     operands = [rng.randint(0, cfg.max_operand)]
     operators, total = [], operands[0]
     for _ in range(num_ops):
-        op = rng.choice(cfg.operators)
+        op = rng.choice(cfg.operator_set)
         value = rng.randint(0, cfg.max_operand)
         total = _OPS[op](total, value)
         if not 0 <= total <= cfg.max_value:
@@ -98,11 +86,13 @@ def _sample_problem(rng: random.Random, cfg: ArithmeticConfig) -> Problem | None
     return Problem(tuple(operands), tuple(operators))
 
 
-def generate_splits(cfg: ArithmeticConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
-    """Disjoint train and held-out eval problems, the same for the same (cfg, seed)."""
+def distinct_splits(sample: Callable[[random.Random], P | None], key: Callable[[P], str], cfg: TaskConfig,
+                    seed: int) -> tuple[list[P], list[P]]:
+    """Disjoint train and held-out problems with distinct keys, the same for the same (cfg, seed);
+    `sample` draws one problem or None (a rejected draw)."""
     rng = random.Random(seed)
     wanted = cfg.num_train + cfg.num_eval
-    seen: dict[str, Problem] = {}
+    seen: dict[str, P] = {}
     attempts = 0
     while len(seen) < wanted:
         attempts += 1
@@ -111,11 +101,16 @@ def generate_splits(cfg: ArithmeticConfig, seed: int) -> tuple[list[Problem], li
                 f"task: only {len(seen)} distinct problems exist for these settings, "
                 f"{wanted} requested (raise max_ops/max_operand or lower num_train/num_eval)"
             )
-        problem = _sample_problem(rng, cfg)
+        problem = sample(rng)
         if problem is not None:
-            seen.setdefault(problem.expression, problem)
+            seen.setdefault(key(problem), problem)
     problems = list(seen.values())
     return problems[cfg.num_eval :], problems[: cfg.num_eval]
+
+
+def generate_splits(cfg: TaskConfig, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Disjoint train and held-out eval problems, the same for the same (cfg, seed)."""
+    return distinct_splits(lambda rng: _sample_problem(rng, cfg), lambda p: p.expression, cfg, seed)
 
 
 def extract_answer(completion: str) -> str | None:
@@ -156,3 +151,23 @@ def check_steps(problem: Problem, completion: str) -> StepVerdict:
         verdicts.extend([False] * (len(problem.operators) - len(step_lines)))
     first_failure = next((i for i, ok in enumerate(verdicts) if not ok), None)
     return StepVerdict(verdicts, first_failure, check_answer(problem, completion))
+
+
+class ArithmeticTask:
+    """The arithmetic task behind `workloads.tasks`: checked in process by the answer's exact match."""
+
+    OPERATORS: ClassVar[str] = "".join(_OPS)
+    DEFAULT_OPERATORS: ClassVar[str] = "+-"
+    needs_verifier: ClassVar[bool] = False
+
+    def __init__(self, cfg: TaskConfig):
+        self.cfg = cfg
+
+    def splits(self, seed: int) -> tuple[list[Problem], list[Problem]]:
+        return generate_splits(self.cfg, seed)
+
+    def check(self, problem: Problem, completion: str) -> bool:
+        return check_answer(problem, completion)
+
+    def verify_job(self, problem: Problem, completion: str) -> dict:
+        raise NotImplementedError("arithmetic completions are checked in process (check)")

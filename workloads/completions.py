@@ -2,7 +2,9 @@
 
 Plain torch, so the Serve `generate` app stays thin and the scoring is testable without Ray.
 A prompt is text (encoded as bos + text, like the rest of the project) or token ids (used as
-given). `prompt_logprobs=k` returns, for every prompt position, the top-k next-token
+given). `n` samples per prompt come back as choices `prompt * n + j`, as OpenAI and vLLM
+number them; a choice that stopped on a stop string names it in `stop_reason` (vLLM's field;
+None for eos). `prompt_logprobs=k` returns, for every prompt position, the top-k next-token
 log-probs plus the token actually there, in vLLM's shape: a list with `None` first, then
 `{token_id: {"logprob", "rank", "decoded_token"}}` per position.
 """
@@ -76,10 +78,11 @@ def prompt_logprobs(model, tokenizer, sequences: list[list[int]], top_k: int) ->
 
 @torch.no_grad()
 def continue_sequences(model, tokenizer, sequences: list[list[int]], max_tokens: int, temperature: float,
-                       stop: list[str], seed: int | None) -> list[tuple[str, str, int]]:
-    """(text, finish_reason, completion tokens) per sequence: greedy at temperature 0, sampled otherwise."""
+                       stop: list[str], seed: int | None) -> list[tuple[str, str, str | None, int]]:
+    """(text, finish_reason, stop_reason, completion tokens) per sequence: greedy at temperature 0,
+    sampled otherwise. The text ends before the first stop string, which `stop_reason` names."""
     if max_tokens == 0:
-        return [("", "length", 0) for _ in sequences]
+        return [("", "length", None, 0) for _ in sequences]
     width = max(len(s) for s in sequences)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences])  # left padding for generation
@@ -94,26 +97,28 @@ def continue_sequences(model, tokenizer, sequences: list[list[int]], max_tokens:
         ended = tokenizer.eos_token_id in row
         tokens = row[: row.index(tokenizer.eos_token_id)] if ended else row
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        cut = min((text.index(s) for s in stop if s in text), default=None)
+        cut, stop_reason = min(((text.index(s), s) for s in stop if s in text), default=(None, None))
         if cut is not None:
             text, ended = text[:cut], True
-        results.append((text, "stop" if ended else "length", len(tokens) + int(ended and cut is None)))
+        results.append((text, "stop" if ended else "length", stop_reason, len(tokens) + int(ended and cut is None)))
     return results
 
 
 def completion_response(model, tokenizer, model_name: str, sequences: list[list[int]], max_tokens: int,
-                        temperature: float, stop: list[str], seed: int | None, top_k_prompt: int | None) -> dict:
-    """The whole `/v1/completions` answer for already-encoded prompts."""
-    continuations = continue_sequences(model, tokenizer, sequences, max_tokens, temperature, stop, seed)
+                        temperature: float, stop: list[str], seed: int | None, top_k_prompt: int | None,
+                        n: int = 1) -> dict:
+    """The whole `/v1/completions` answer for already-encoded prompts, `n` choices per prompt."""
+    continuations = continue_sequences(model, tokenizer, [s for s in sequences for _ in range(n)], max_tokens,
+                                       temperature, stop, seed)
     scored = prompt_logprobs(model, tokenizer, sequences, top_k_prompt) if top_k_prompt is not None else None
     choices = []
-    for index, (text, finish, _) in enumerate(continuations):
-        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+    for index, (text, finish, stop_reason, _) in enumerate(continuations):
+        choice = {"index": index, "text": text, "finish_reason": finish, "stop_reason": stop_reason, "logprobs": None}
         if scored is not None:
-            choice["prompt_logprobs"] = scored[index]
+            choice["prompt_logprobs"] = scored[index // n]
         choices.append(choice)
     prompt_tokens = sum(len(s) for s in sequences)
-    completion_tokens = sum(count for _, _, count in continuations)
+    completion_tokens = sum(count for *_, count in continuations)
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model_name, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -7,11 +7,12 @@ position j, the expert's top-k next tokens and their log-probs given prompt + co
 exactly the k + 1 buckets `workloads.distill.TopKDistribution` trains on.
 
 Experts (one interface: `expert_id`, `top_k`, `label(states)`):
-- `OracleExpert`: the exact distribution over correct next tokens of an arithmetic solution,
-  given the reference solution (a point mass; it abstains once the student has gone wrong).
+- `OracleExpert`: the exact distribution over correct next tokens given the reference solution
+  (privileged): a point mass on the reference; it abstains once the student has left it.
 - `HFExpert`: a local causal LM (any directory or hub id); one batched forward pass.
 - `EndpointExpert`: an OpenAI-compatible completions endpoint with vLLM's `prompt_logprobs`,
-  all states of a batch in one request (the prompt is a list of token-id lists).
+  all states of a batch in one request (the prompt is a list of token-id lists); step
+  candidates with `n`, `stop` and a second, scoring request.
 `CachedExpert` wraps any of them: repeated states are answered from memory, keyed by
 (expert id, state hash), misses are sent in batches.
 
@@ -29,7 +30,8 @@ import itertools
 import json
 import math
 from collections import OrderedDict
-from typing import ClassVar, Literal, Protocol, Sequence
+from collections.abc import Sequence
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -66,7 +68,7 @@ class ExpertLabels:
     valid: np.ndarray
 
     @classmethod
-    def empty(cls, top_k: int) -> "ExpertLabels":
+    def empty(cls, top_k: int) -> ExpertLabels:
         return cls(np.zeros((0, top_k), np.int64), np.zeros((0, top_k), np.float32), np.zeros(0, bool))
 
 
@@ -79,7 +81,7 @@ class StepCandidates:
     logprobs: np.ndarray
 
     @classmethod
-    def abstain(cls) -> "StepCandidates":
+    def abstain(cls) -> StepCandidates:
         return cls([], np.zeros(0, np.float32))
 
 
@@ -144,9 +146,11 @@ def _top_k_rows(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- oracle
 class OracleExpert:
-    """The correct next character of an arithmetic solution, given the reference solution.
+    """The correct next character of the reference solution (privileged), for any task.
 
-    The solution text (then eos) is the only correct completion, so while the student's
+    The reference text (then eos) is the only completion the oracle knows to be correct (for
+    the python task other programs may pass the tests too; the oracle only vouches for the
+    reference), so while the student's
     completion is still a prefix of it the correct next token is unique: a point mass, the
     other k - 1 entries carrying probability 0 and the tail exactly 0. After the student's first
     wrong token no continuation is correct; the oracle abstains there (`valid` False), so every
@@ -156,7 +160,7 @@ class OracleExpert:
         probe = "Q: 12+34-5\n12+34=46\nAnswer: 41\n"
         if len(tokenizer.encode(probe, add_special_tokens=False)) != len(probe):
             raise ConfigError("expert.kind=oracle: needs a character-level student tokenizer (model.bpe_merges=0)")
-        self.tokenizer, self.top_k, self.expert_id = tokenizer, top_k, "oracle:arithmetic"
+        self.tokenizer, self.top_k, self.expert_id = tokenizer, top_k, "oracle:reference"
         # k - 1 distinct filler ids with probability 0, so every label has exactly k entries
         self.fillers = list(range(top_k + 1))
 
@@ -377,14 +381,43 @@ def parse_prompt_logprobs(choice: dict, index: int, sequence: Sequence[int], sta
     return ExpertLabels(ids, values, np.ones(steps, bool))
 
 
+def actual_token_logprobs(choice: dict, index: int, sequence: Sequence[int], start: int) -> np.ndarray:
+    """The log-probs of the tokens actually at prompt positions start.. of one choice's
+    `prompt_logprobs` (every vLLM entry carries the actual token, whatever k)."""
+    field = f"choices[{index}].prompt_logprobs"
+    entries = choice.get("prompt_logprobs")
+    if not isinstance(entries, list) or len(entries) != len(sequence):
+        got = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
+        raise MalformedExpertResponse(f"{field}: expected one entry per prompt token ({len(sequence)}), got {got}")
+    values = []
+    for position in range(start, len(sequence)):
+        entry = entries[position]
+        value = entry.get(str(sequence[position])) if isinstance(entry, dict) else None
+        logprob = value.get("logprob") if isinstance(value, dict) else value
+        if not isinstance(logprob, (int, float)) or isinstance(logprob, bool):
+            raise MalformedExpertResponse(f"{field}[{position}]: no numeric log-prob for the prompt's token {sequence[position]}")
+        values.append(float(logprob))
+    return np.asarray(values, np.float32)
+
+
 class EndpointExpert:
-    """An OpenAI-compatible completions endpoint scoring prompt + completion with `prompt_logprobs`."""
+    """An OpenAI-compatible completions endpoint: token labels by scoring prompt + completion with
+    `prompt_logprobs`; step candidates by sampling `n` next lines, then scoring them the same way.
+    Log-probs are the served model's own (vLLM's prompt log-probs ignore the temperature, which
+    only shapes the sampled candidates)."""
 
     def __init__(self, base_url: str, model: str, student_tokenizer, top_k: int, timeout_s: float = 30.0,
-                 retries: int = 2, api_key: str = ""):
+                 retries: int = 2, api_key: str = "", temperature: float = 1.0):
         self.base_url, self.model, self.student, self.top_k = base_url, model, student_tokenizer, top_k
-        self.timeout_s, self.retries, self.api_key = timeout_s, retries, api_key
+        self.timeout_s, self.retries, self.api_key, self.temperature = timeout_s, retries, api_key, temperature
         self.expert_id = f"openai:{base_url}:{model}"
+
+    def _post(self, body: dict, expected: int) -> list[dict]:
+        """The choices of one request, in index order; exactly `expected` of them."""
+        choices = post_completions(self.base_url, body, self.timeout_s, self.retries, self.api_key)
+        if len(choices) != expected:
+            raise MalformedExpertResponse(f"choices: expected {expected}, got {len(choices)}")
+        return sorted(choices, key=lambda c: c.get("index", 0))
 
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
         if not states:
@@ -392,16 +425,47 @@ class EndpointExpert:
         sequences, starts = expert_sequences(states, self.student)
         body = {"model": self.model, "prompt": sequences, "max_tokens": 1, "temperature": 0.0,
                 "prompt_logprobs": self.top_k}
-        choices = post_completions(self.base_url, body, self.timeout_s, self.retries, self.api_key)
-        if len(choices) != len(sequences):
-            raise MalformedExpertResponse(f"choices: expected {len(sequences)} (one per prompt), got {len(choices)}")
-        ordered = sorted(choices, key=lambda c: c.get("index", 0))
+        choices = self._post(body, len(sequences))
         return [parse_prompt_logprobs(choice, i, sequence, start, self.top_k, self.student)
-                for i, (choice, sequence, start) in enumerate(zip(ordered, sequences, starts))]
+                for i, (choice, sequence, start) in enumerate(zip(choices, sequences, starts))]
 
-    def candidates(self, states: Sequence[StudentState], k: int) -> list[StepCandidates]:
-        raise ConfigError("level=step: step candidates come from expert.kind=oracle or hf; "
-                          "the openai backend labels tokens (level=token)")
+    def sampled_step(self, choice: dict, index: int) -> tuple[int, ...] | None:
+        """A sampled choice as a step in student token ids: its text and the line break it stopped
+        on, or its text and eos; None when it ran out of tokens first."""
+        if choice.get("finish_reason") == "length":
+            return None
+        if "stop_reason" not in choice:
+            raise MalformedExpertResponse(f"choices[{index}].stop_reason: missing; it tells a line end from eos "
+                                          "(vLLM and the generate app send it)")
+        text = choice["text"]
+        if choice["stop_reason"] == "\n":
+            return first_step(self.student.encode(text + "\n", add_special_tokens=False), self.student)
+        return (*self.student.encode(text, add_special_tokens=False), self.student.eos_token_id)
+
+    def candidates(self, states: Sequence[StudentState], k: int, max_step_tokens: int = 32) -> list[StepCandidates]:
+        """Two requests per batch: `n=k` samples per state stopping at a line break, then every
+        distinct step scored as part of a prompt (`prompt_logprobs=0`):
+        log p_E(step | state) = the sum of the step tokens' prompt log-probs."""
+        if not states:
+            return []
+        sequences, _ = expert_sequences(states, self.student)
+        sampled = self._post({"model": self.model, "prompt": sequences, "n": k, "max_tokens": max_step_tokens,
+                              "temperature": self.temperature, "stop": ["\n"]}, len(sequences) * k)
+        per_state = [list(dict.fromkeys(filter(None, (self.sampled_step(sampled[i], i) for i in range(row * k, (row + 1) * k)))))
+                     for row in range(len(sequences))]
+        pairs = [(sequence, step) for sequence, steps in zip(sequences, per_state) for step in steps]
+        scores = []
+        if pairs:
+            scored = self._post({"model": self.model, "prompt": [sequence + list(step) for sequence, step in pairs],
+                                 "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}, len(pairs))
+            scores = [float(actual_token_logprobs(choice, i, sequence + list(step), len(sequence)).sum())
+                      for i, (choice, (sequence, step)) in enumerate(zip(scored, pairs))]
+        out, offset = [], 0
+        for steps in per_state:
+            chunk = np.asarray(scores[offset : offset + len(steps)], np.float32)
+            out.append(StepCandidates(steps, chunk) if steps else StepCandidates.abstain())
+            offset += len(steps)
+        return out
 
 
 # ---------------------------------------------------------------- cache
@@ -462,6 +526,6 @@ def build_expert(cfg: ExpertConfig, student_tokenizer) -> Expert:
         "oracle": lambda: OracleExpert(student_tokenizer, cfg.top_k),
         "hf": lambda: HFExpert(cfg.model, student_tokenizer, cfg.top_k, cfg.temperature, cfg.alignment),
         "openai": lambda: EndpointExpert(cfg.endpoint, cfg.model, student_tokenizer, cfg.top_k, cfg.timeout_s,
-                                         cfg.retries, cfg.api_key),
+                                         cfg.retries, cfg.api_key, cfg.temperature),
     }
     return builders[cfg.kind]()

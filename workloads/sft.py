@@ -8,8 +8,8 @@ step `s` therefore continues at exactly the same data position.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,14 @@ class TokenizedExamples:
 
 
 def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int) -> TokenizedExamples:
-    """bos + prompt + target + eos, loss on the target and eos only."""
+    """bos + prompt + target + eos, loss on the target and eos only; cut at `max_length` tokens
+    (0: as long as the longest example)."""
+    encoded = [([tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False),
+                tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id])
+               for prompt, target in zip(prompts, targets)]
+    max_length = max_length or max((len(p) + len(t) for p, t in encoded), default=1)
     rows, masks, labels = [], [], []
-    for prompt, target in zip(prompts, targets):
-        prompt_ids = [tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False)
-        target_ids = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
+    for prompt_ids, target_ids in encoded:
         ids = (prompt_ids + target_ids)[:max_length]
         label = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
         pad = max_length - len(ids)
