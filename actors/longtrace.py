@@ -10,7 +10,6 @@ breaks a batch.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -19,21 +18,21 @@ import pyarrow as pa
 import ray
 
 from workloads.config import from_dict
-from workloads.longtrace.kg import Question, Skips
+from workloads.longtrace.kg import Document, Question, Skips
 from workloads.endpoints import EndpointError
-from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, make_agent
+from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, document_section, make_agent
 
 MODES = ("tiered", "random")
 SAMPLES_LOGGED = 6  # built rows, with their trajectories, logged to MLflow
 
 
-def token_counter(tokenizer_path: str):
-    """Token counts with the reader's tokenizer (a saved directory or hub id), memoised:
-    the same documents are measured again for every context they are candidates for.
+def section_tokens(documents: list[Document], tokenizer_path: str) -> dict[str, int]:
+    """Every document's context-section length in the reader's tokens (a saved directory or hub
+    id), measured once per corpus by the driver: the builders share it with the index instead of
+    each re-tokenising the documents it meets (with random filler, nearly all of them).
 
-    A saved fast tokenizer (`tokenizer.json`) is counted by the `tokenizers` backend directly:
-    the same ids as the transformers wrapper without its import (seconds per actor start) or
-    its per-call overhead."""
+    A saved fast tokenizer (`tokenizer.json`) is read by the `tokenizers` backend directly, one
+    batched call: the same ids as the transformers wrapper, without its per-call overhead."""
     saved = Path(tokenizer_path) / "tokenizer.json" if tokenizer_path else None
     if saved is not None and saved.is_file():
         from tokenizers import Tokenizer
@@ -43,12 +42,8 @@ def token_counter(tokenizer_path: str):
         from workloads.tiny_lm import build_tokenizer, load_tokenizer
 
         backend = (load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()).backend_tokenizer
-
-    @functools.lru_cache(maxsize=1 << 20)
-    def count(text: str) -> int:
-        return len(backend.encode(text, add_special_tokens=False).ids)
-
-    return count
+    encoded = backend.encode_batch([document_section(d) for d in documents], add_special_tokens=False)
+    return {d.id: len(e.ids) for d, e in zip(documents, encoded)}
 
 
 # The public LongTraceRL row (what `build_context` returns), typed once so that every block,
@@ -94,17 +89,17 @@ class BuildReport:
 
 
 class ContextBuilder:
-    def __init__(self, index_ref: list, agent: dict, context: dict, tokenizer: str, seed: int, report):
-        """`index_ref` is `[ObjectRef]`: wrapped in a list so Ray passes the reference instead
-        of resolving it, and every actor fetches the one shared copy from the object store.
+    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, report):
+        """`corpus_refs` is `[index ref, section tokens ref]` (`SearchIndex`, `section_tokens`):
+        wrapped in a list so Ray passes the references instead of resolving them, and every
+        actor fetches the one shared copy of each from the object store.
         `report`: a `BuildReport` actor told about every skip and the first samples."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        (index,) = ray.get(index_ref)
+        index, self.section_tokens = ray.get(corpus_refs)
         self.agent = make_agent(index, from_dict(AgentConfig, agent))
         self.documents = {d.id: d for d in index.documents}
         self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
-        self.count_tokens = token_counter(tokenizer)
         self.seed, self.report, self.samples_sent = seed, report, 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -118,7 +113,7 @@ class ContextBuilder:
                 skipped.extend((f"search agent endpoint failed: {str(exc)[:120]}", question.id) for _ in MODES)
                 continue
             for mode in MODES:
-                row = build_context(question, trajectory, self.documents, self.count_tokens, self.context, self.seed, mode,
+                row = build_context(question, trajectory, self.documents, self.section_tokens, self.context, self.seed, mode,
                                     self.doc_ids)
                 if row is None:
                     skipped.append(("gold documents exceed the token budget", question.id))
@@ -133,11 +128,12 @@ class ContextBuilder:
         return pa.Table.from_pylist(rows, schema=BUILT_SCHEMA)
 
 
-def write_contexts(questions: list[Question], index_ref, output: Path, *, agent: dict, context: dict, tokenizer: str,
+def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
                    seed: int, num_actors: int, batch_size: int, report) -> dict[str, int]:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass (nothing is held in the object store beyond the blocks in flight).
-    `report` is the `BuildReport` actor the builders tell about skips and samples.
+    `corpus_refs`: [index ref, section tokens ref], shared by the builders; `report` is the
+    `BuildReport` actor the builders tell about skips and samples.
     Returns the rows written per mode."""
     import dataclasses
     import shutil
@@ -149,8 +145,8 @@ def write_contexts(questions: list[Question], index_ref, output: Path, *, agent:
     dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
     dataset.map_batches(
         ContextBuilder,
-        fn_constructor_kwargs={"index_ref": [index_ref], "agent": agent, "context": context, "tokenizer": tokenizer,
-                               "seed": seed, "report": report},
+        fn_constructor_kwargs={"corpus_refs": corpus_refs, "agent": agent, "context": context, "seed": seed,
+                               "report": report},
         concurrency=num_actors, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
     ).write_parquet(
         # Writing a block takes milliseconds next to building it: a few zero-CPU writers stream

@@ -65,7 +65,7 @@ class Config(RunFields):
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
     import ray
 
-    from actors.longtrace import BuildReport, write_contexts
+    from actors.longtrace import BuildReport, section_tokens, write_contexts
 
     skips = Skips()
     try:
@@ -81,11 +81,11 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     with ending_run(run_record):
         output = Path(config.output_dir).resolve()
         tokenizer = config.tokenizer or save_corpus_tokenizer(documents, questions, config.tokenizer_merges, output / "tokenizer")
-        index_ref = ray.put(SearchIndex(documents))  # indexed once, shared by every actor
+        # indexed and measured once, shared by every actor
+        corpus_refs = [ray.put(SearchIndex(documents)), ray.put(section_tokens(documents, tokenizer))]
         report = BuildReport.remote()
-        counts = write_contexts(questions, index_ref, output, agent=to_dict(config.agent), context=to_dict(config.context),
-                                tokenizer=tokenizer, seed=config.seed, num_actors=config.num_actors,
-                                batch_size=config.batch_size, report=report)
+        counts = write_contexts(questions, corpus_refs, output, agent=to_dict(config.agent), context=to_dict(config.context),
+                                seed=config.seed, num_actors=config.num_actors, batch_size=config.batch_size, report=report)
         skipped, examples, samples = ray.get(report.result.remote())
         for reason, count in skipped.items():
             skips[reason] += count

@@ -13,6 +13,7 @@ from tests.helpers import mlflow_client, rayworks, result_lines
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
 from workloads.longtrace.search import (
     AgentConfig, ContextConfig, HeuristicAgent, SearchIndex, build_context, document_section, parse_agent_output, read_fact,
+    section_token_counts,
 )
 
 SMALL = KGConfig(num_people=40, num_cities=12, num_countries=4, num_companies=8, num_universities=4, num_questions=40)
@@ -67,7 +68,7 @@ def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, t
     (an unpickled dtype takes bm25s' `np.add.at` scoring off its fast path)."""
     import pickle
 
-    from actors.longtrace import token_counter
+    from actors.longtrace import section_tokens
     from workloads.tiny_lm import build_tokenizer
 
     _, documents, questions = world
@@ -79,9 +80,25 @@ def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, t
     # Token counts from a saved tokenizer.json equal the transformers tokenizer's.
     tokenizer = build_tokenizer([document_section(d) for d in documents], 50)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
-    count = token_counter(str(tmp_path / "tokenizer"))
+    counts = section_tokens(documents[:20], str(tmp_path / "tokenizer"))
     for document in documents[:20]:
-        assert count(document_section(document)) == len(tokenizer.encode(document_section(document), add_special_tokens=False))
+        assert counts[document.id] == len(tokenizer.encode(document_section(document), add_special_tokens=False))
+
+
+def test_search_returns_the_k_best_bm25_scores_among_documents_sharing_a_term(world):
+    import bm25s
+    import numpy as np
+
+    _, documents, questions = world
+    index = SearchIndex(documents)
+    for query in [q.question for q in questions[:10]] + [documents[3].title, "no-such-term"]:
+        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        ids = index.retriever.get_tokens_ids(tokens)
+        dense = index.retriever.get_scores_from_ids(ids) if ids else np.zeros(len(documents))
+        found = index.search(query, 5)
+        expected = sorted(dense[dense > 0], reverse=True)[:5]
+        assert [float(dense[i]) for i in found] == [float(v) for v in expected], query
+    assert index.search("no-such-term", 5) == []
 
 
 def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
@@ -89,9 +106,10 @@ def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
     by_id = {d.id: d for d in documents}
     agent = HeuristicAgent(SearchIndex(documents))
     config = ContextConfig(budget_tokens=300, tier1_share=0.5, tier2_share=0.3)
+    tokens = section_token_counts(documents, count_words)
     question = questions[0]
     trajectory = agent.run(question)
-    row = build_context(question, trajectory, by_id, count_words, config, seed=0)
+    row = build_context(question, trajectory, by_id, tokens, config, seed=0)
     meta = row["metadata"]
     tiers = dict(zip(meta["doc_ids"], meta["doc_tiers"]))
     assert {i for i, t in tiers.items() if t == "gold"} == set(question.gold_doc_ids)
@@ -102,10 +120,10 @@ def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
     assert row["label"] == question.label and meta["extra_reward_info"]["rubrics"] == question.chain
     content = row["input_messages"][0]["content"]
     assert "Documents:" in content and content.endswith(f"Question: {question.question}")
-    assert build_context(question, trajectory, by_id, count_words, config, seed=0) == row  # seeded
-    random_row = build_context(question, trajectory, by_id, count_words, config, seed=0, mode="random")
+    assert build_context(question, trajectory, by_id, tokens, config, seed=0) == row  # seeded
+    random_row = build_context(question, trajectory, by_id, tokens, config, seed=0, mode="random")
     assert set(random_row["metadata"]["doc_tiers"]) <= {"gold", "filler"}
-    assert build_context(question, trajectory, by_id, count_words, ContextConfig(budget_tokens=16), seed=0) is None
+    assert build_context(question, trajectory, by_id, tokens, ContextConfig(budget_tokens=16), seed=0) is None
 
 
 def test_bad_input_is_counted_or_named(tmp_path):

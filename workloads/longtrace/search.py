@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Iterable, Mapping
 
 import bm25s
 import numpy as np
@@ -44,13 +44,18 @@ class SearchIndex:
                 scores[name] = array.view(np.dtype(array.dtype.str))
 
     def search(self, query: str, k: int) -> list[int]:
-        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
-        if not tokens[0]:
+        """The k best-scoring documents that share a term with the query, best first."""
+        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        token_ids = self.retriever.get_tokens_ids(tokens)
+        if not token_ids:
             return []
-        k = min(k, len(self.documents))
-        # n_threads=0 scores in this thread; any other value starts a thread pool per call
-        ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False, n_threads=0)
-        return [int(i) for i, s in zip(ids[0], scores[0]) if s > 0]
+        scores = self.retriever.get_scores_from_ids(token_ids)
+        # Rank only the documents a query term occurs in: a selection over the whole (mostly
+        # zero) score vector is memory-bound and was a third of a question's cost at 40k documents.
+        hits = np.flatnonzero(scores)
+        if len(hits) > k:
+            hits = hits[np.argpartition(-scores[hits], k - 1)[:k]]
+        return hits[np.argsort(-scores[hits], kind="stable")].tolist()
 
 
 @dataclasses.dataclass
@@ -196,17 +201,23 @@ def document_section(document: Document) -> str:
     return f"[{document.id}] {document.title}\n{document.text}"
 
 
+def section_token_counts(documents: Iterable[Document], count_tokens: Callable[[str], int]) -> dict[str, int]:
+    """Document id -> tokens of its context section: measured once per corpus, read by every context."""
+    return {d.id: count_tokens(document_section(d)) for d in documents}
+
+
 def build_context(question: Question, trajectory: Trajectory | None, documents: dict[str, Document],
-                  count_tokens: Callable[[str], int], cfg: ContextConfig, seed: int, mode: str = "tiered",
+                  section_tokens: Mapping[str, int], cfg: ContextConfig, seed: int, mode: str = "tiered",
                   doc_ids: list[str] | None = None) -> dict | None:
     """A training row, or None when the gold documents alone exceed the budget.
 
     mode 'tiered': gold + tier 1 + tier 2 + filler; mode 'random': gold + random documents to
-    the same budget (the baseline of the difficulty comparison). `doc_ids` (the corpus ids,
-    listed once by the caller) is where random filler is drawn from."""
+    the same budget (the baseline of the difficulty comparison). `section_tokens` holds every
+    document's section length in the reader's tokens (`section_token_counts`); `doc_ids` (the
+    corpus ids, listed once by the caller) is where random filler is drawn from."""
     rng = random.Random(f"{seed}-{question.id}-{mode}")
     gold = [documents[i] for i in question.gold_doc_ids]
-    used = sum(count_tokens(document_section(d)) for d in gold)
+    used = sum(section_tokens[d.id] for d in gold)
     if used > cfg.budget_tokens:
         return None
     chosen = [(d, "gold") for d in gold]
@@ -218,7 +229,7 @@ def build_context(question: Question, trajectory: Trajectory | None, documents: 
         for doc_id in candidates:
             if doc_id in taken:
                 continue
-            cost = count_tokens(document_section(documents[doc_id]))
+            cost = section_tokens[doc_id]
             if spent + cost > allowance:
                 continue
             chosen.append((documents[doc_id], tier))
@@ -250,6 +261,6 @@ def build_context(question: Question, trajectory: Trajectory | None, documents: 
             "question_id": question.id,
             "doc_ids": [d.id for d, _ in chosen],
             "doc_tiers": [tier for _, tier in chosen],
-            "context_tokens": sum(count_tokens(document_section(d)) for d, _ in chosen),
+            "context_tokens": sum(section_tokens[d.id] for d, _ in chosen),
         },
     }
