@@ -85,9 +85,9 @@ class TaskChecker:
     The verifier actor reserves no CPU: it works only while its caller waits for the verdicts."""
 
     def __init__(self, cfg: TaskConfig, verifier_workers: int = 2):
-        self.cfg = cfg
+        self.cfg, self.task = cfg, task_for(cfg)
         self.verifier = None
-        if task_for(cfg).needs_verifier:
+        if self.task.needs_verifier:
             self.verifier = PythonVerifier.options(num_cpus=0).remote(num_workers=verifier_workers)
             try:
                 ray.get(self.verifier.stats.remote())
@@ -95,10 +95,9 @@ class TaskChecker:
                 raise ConfigError(f"task.kind={cfg.kind}: the Python verifier cannot start: {exc}") from None
 
     def __call__(self, problems: list, completions: list[str]) -> list[bool]:
-        task = task_for(self.cfg)
         if self.verifier is None:
-            return [task.check(p, c) for p, c in zip(problems, completions)]
-        jobs = [task.verify_job(p, c) for p, c in zip(problems, completions)]
+            return [self.task.check(p, c) for p, c in zip(problems, completions)]
+        jobs = [self.task.verify_job(p, c) for p, c in zip(problems, completions)]
         return [v["status"] == "passed" for v in ray.get(self.verifier.verify_batch.remote(jobs))]
 
     def stats(self) -> dict[str, float]:

@@ -13,7 +13,6 @@ from tests.helpers import mlflow_client, rayworks, result_lines
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
 from workloads.longtrace.search import (
     AgentConfig, ContextConfig, HeuristicAgent, SearchIndex, build_context, document_section, parse_agent_output, read_fact,
-    section_token_counts,
 )
 
 SMALL = KGConfig(num_people=40, num_cities=12, num_countries=4, num_companies=8, num_universities=4, num_questions=40)
@@ -106,7 +105,7 @@ def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
     by_id = {d.id: d for d in documents}
     agent = HeuristicAgent(SearchIndex(documents))
     config = ContextConfig(budget_tokens=300, tier1_share=0.5, tier2_share=0.3)
-    tokens = section_token_counts(documents, count_words)
+    tokens = {d.id: count_words(document_section(d)) for d in documents}
     question = questions[0]
     trajectory = agent.run(question)
     row = build_context(question, trajectory, by_id, tokens, config, seed=0)

@@ -168,6 +168,3 @@ class ArithmeticTask:
 
     def check(self, problem: Problem, completion: str) -> bool:
         return check_answer(problem, completion)
-
-    def verify_job(self, problem: Problem, completion: str) -> dict:
-        raise NotImplementedError("arithmetic completions are checked in process (check)")

@@ -107,6 +107,16 @@ def first_step(token_ids: Sequence[int], tokenizer) -> tuple[int, ...] | None:
     return None
 
 
+def grouped_candidates(per_state: list[list[tuple[int, ...]]], scores: np.ndarray) -> list[StepCandidates]:
+    """StepCandidates per state from its distinct steps and their scores, all states' scores
+    concatenated in order (one scoring pass); a state without steps abstains."""
+    out, offset = [], 0
+    for steps in per_state:
+        out.append(StepCandidates(steps, scores[offset : offset + len(steps)]) if steps else StepCandidates.abstain())
+        offset += len(steps)
+    return out
+
+
 @dataclasses.dataclass
 class ExpertConfig:
     kind: Literal["oracle", "hf", "openai"] = "oracle"
@@ -293,11 +303,7 @@ class HFExpert:
             with torch.no_grad():
                 scores = continuation_logprobs(self.model, [c for c, _ in pairs], [x for _, x in pairs], pad,
                                                self.temperature).numpy().astype(np.float32)
-        out, offset = [], 0
-        for steps in per_state:
-            out.append(StepCandidates(steps, scores[offset : offset + len(steps)]) if steps else StepCandidates.abstain())
-            offset += len(steps)
-        return out
+        return grouped_candidates(per_state, scores)
 
     def _label_text(self, state: StudentState) -> ExpertLabels:
         """Text alignment: the expert reads the decoded text with its own tokenizer. At a student
@@ -339,16 +345,22 @@ class HFExpert:
 
 
 # ---------------------------------------------------------------- OpenAI-compatible endpoint
+def prompt_entries(choice: dict, field: str, sequence: Sequence[int]) -> list:
+    """A choice's `prompt_logprobs`: one entry per prompt token, or MalformedExpertResponse."""
+    entries = choice.get("prompt_logprobs")
+    if not isinstance(entries, list) or len(entries) != len(sequence):
+        got = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
+        raise MalformedExpertResponse(f"{field}: expected one entry per prompt token ({len(sequence)}), got {got}")
+    return entries
+
+
 def parse_prompt_logprobs(choice: dict, index: int, sequence: Sequence[int], start: int, top_k: int,
                           student_tokenizer=None) -> ExpertLabels:
     """ExpertLabels from one choice's vLLM-style `prompt_logprobs`: a list with one entry per
     prompt token (the first is null), each {token_id: {"logprob": x, "decoded_token": s}} or
     {token_id: x}. Anything else raises MalformedExpertResponse naming the field."""
     field = f"choices[{index}].prompt_logprobs"
-    entries = choice.get("prompt_logprobs")
-    if not isinstance(entries, list) or len(entries) != len(sequence):
-        got = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
-        raise MalformedExpertResponse(f"{field}: expected one entry per prompt token ({len(sequence)}), got {got}")
+    entries = prompt_entries(choice, field, sequence)
     steps = len(sequence) - start
     ids = np.zeros((steps, top_k), np.int64)
     values = np.full((steps, top_k), -math.inf, np.float32)
@@ -385,10 +397,7 @@ def actual_token_logprobs(choice: dict, index: int, sequence: Sequence[int], sta
     """The log-probs of the tokens actually at prompt positions start.. of one choice's
     `prompt_logprobs` (every vLLM entry carries the actual token, whatever k)."""
     field = f"choices[{index}].prompt_logprobs"
-    entries = choice.get("prompt_logprobs")
-    if not isinstance(entries, list) or len(entries) != len(sequence):
-        got = f"{len(entries)} entries" if isinstance(entries, list) else type(entries).__name__
-        raise MalformedExpertResponse(f"{field}: expected one entry per prompt token ({len(sequence)}), got {got}")
+    entries = prompt_entries(choice, field, sequence)
     values = []
     for position in range(start, len(sequence)):
         entry = entries[position]
@@ -460,12 +469,7 @@ class EndpointExpert:
                                  "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}, len(pairs))
             scores = [float(actual_token_logprobs(choice, i, sequence + list(step), len(sequence)).sum())
                       for i, (choice, (sequence, step)) in enumerate(zip(scored, pairs))]
-        out, offset = [], 0
-        for steps in per_state:
-            chunk = np.asarray(scores[offset : offset + len(steps)], np.float32)
-            out.append(StepCandidates(steps, chunk) if steps else StepCandidates.abstain())
-            offset += len(steps)
-        return out
+        return grouped_candidates(per_state, np.asarray(scores, np.float32))
 
 
 # ---------------------------------------------------------------- cache

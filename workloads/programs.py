@@ -112,9 +112,6 @@ class ProgramTask:
     def splits(self, seed: int) -> tuple[list[Program], list[Program]]:
         return generate_splits(self.cfg, seed)
 
-    def check(self, problem: Program, completion: str) -> bool:
-        raise NotImplementedError("python completions are checked by running them: send verify_job to a verifier")
-
     def verify_job(self, problem: Program, completion: str) -> dict:
         """The completion is the program; the tests are the problem's asserts."""
         return {"code": completion, "tests": problem.tests}

@@ -65,16 +65,15 @@ class Problem(Protocol):
 
 
 class Task(Protocol):
+    """Every task has `splits(seed)`; a task with `needs_verifier` False also has
+    `check(problem, completion) -> bool` (decided in process), one with True has
+    `verify_job(problem, completion) -> dict` (a job for the Python verifier actors)."""
+
     OPERATORS: ClassVar[str]
     DEFAULT_OPERATORS: ClassVar[str]
-    # False: `check` decides in process; True: `verify_job` goes to the Python verifier actors
     needs_verifier: ClassVar[bool]
 
     def splits(self, seed: int) -> tuple[list, list]: ...
-
-    def check(self, problem, completion: str) -> bool: ...
-
-    def verify_job(self, problem, completion: str) -> dict: ...
 
 
 TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "python": ProgramTask}

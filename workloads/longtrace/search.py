@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Callable, ClassVar, Iterable, Mapping
+from typing import ClassVar, Mapping
 
 import bm25s
 import numpy as np
@@ -201,11 +201,6 @@ def document_section(document: Document) -> str:
     return f"[{document.id}] {document.title}\n{document.text}"
 
 
-def section_token_counts(documents: Iterable[Document], count_tokens: Callable[[str], int]) -> dict[str, int]:
-    """Document id -> tokens of its context section: measured once per corpus, read by every context."""
-    return {d.id: count_tokens(document_section(d)) for d in documents}
-
-
 def build_context(question: Question, trajectory: Trajectory | None, documents: dict[str, Document],
                   section_tokens: Mapping[str, int], cfg: ContextConfig, seed: int, mode: str = "tiered",
                   doc_ids: list[str] | None = None) -> dict | None:
@@ -213,7 +208,7 @@ def build_context(question: Question, trajectory: Trajectory | None, documents: 
 
     mode 'tiered': gold + tier 1 + tier 2 + filler; mode 'random': gold + random documents to
     the same budget (the baseline of the difficulty comparison). `section_tokens` holds every
-    document's section length in the reader's tokens (`section_token_counts`); `doc_ids` (the
+    document's section length in the reader's tokens (`actors.longtrace.section_tokens`); `doc_ids` (the
     corpus ids, listed once by the caller) is where random filler is drawn from."""
     rng = random.Random(f"{seed}-{question.id}-{mode}")
     gold = [documents[i] for i in question.gold_doc_ids]
