@@ -133,16 +133,18 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass (nothing is held in the object store beyond the blocks in flight).
     `corpus_refs`: [index ref, section tokens ref], shared by the builders; `report` is the
-    `BuildReport` actor the builders tell about skips and samples.
+    `BuildReport` actor the builders tell about skips and samples. `batch_size` is capped at
+    a quarter of each actor's share of the questions, so a small build still keeps every actor busy.
     Returns the rows written per mode."""
-    import dataclasses
+    import math
     import shutil
 
     import pyarrow.dataset as pds
 
     for mode in MODES:
         shutil.rmtree(contexts_dir(output, mode), ignore_errors=True)  # no stale rows of an earlier build
-    dataset = ray.data.from_items([{"question": json.dumps(dataclasses.asdict(q))} for q in questions])
+    batch_size = max(1, min(batch_size, math.ceil(len(questions) / (4 * num_actors))))
+    dataset = ray.data.from_items([{"question": json.dumps(vars(q))} for q in questions])  # flat dataclasses
     dataset.map_batches(
         ContextBuilder,
         fn_constructor_kwargs={"corpus_refs": corpus_refs, "agent": agent, "context": context, "seed": seed,
