@@ -167,6 +167,9 @@ def cmd_serve(args) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     connect(args.address)
+    # Ctrl-C stops the app even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then installs no handler); SIGTERM alike.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})

@@ -50,10 +50,13 @@ def mlflow_client(workdir: Path):
 
 
 def start_app(workdir: Path, app: str, port: int, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
-    """`rayworks serve APP` in a fresh process and session; its output lines arrive on the queue."""
+    """`rayworks serve APP` in a fresh process and session; its output lines arrive on the queue.
+
+    The app starts with SIGINT ignored, as a background job of a non-interactive shell (a CI
+    script's) starts it: `stop_with_ctrl_c` then checks that Ctrl-C stops it all the same."""
     proc = subprocess.Popen(["rayworks", "serve", app, "--port", str(port), *args], cwd=workdir,
                             env=scratch_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines: "queue.Queue[str]" = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     return proc, lines
