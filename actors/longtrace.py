@@ -11,6 +11,7 @@ breaks a batch.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -128,22 +129,26 @@ class ContextBuilder:
         return pa.Table.from_pylist(rows, schema=BUILT_SCHEMA)
 
 
+def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> int:
+    """`batch_size`, capped at a quarter of each actor's share of the questions: a small build
+    still keeps every actor busy (100 questions on 2 actors: 13 per call, not one call of 100)."""
+    return max(1, min(batch_size, math.ceil(num_questions / (4 * num_actors))))
+
+
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
                    seed: int, num_actors: int, batch_size: int, report) -> dict[str, int]:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass (nothing is held in the object store beyond the blocks in flight).
     `corpus_refs`: [index ref, section tokens ref], shared by the builders; `report` is the
-    `BuildReport` actor the builders tell about skips and samples. `batch_size` is capped at
-    a quarter of each actor's share of the questions, so a small build still keeps every actor busy.
-    Returns the rows written per mode."""
-    import math
+    `BuildReport` actor the builders tell about skips and samples; `batch_size` goes through
+    `questions_per_call`. Returns the rows written per mode."""
     import shutil
 
     import pyarrow.dataset as pds
 
     for mode in MODES:
         shutil.rmtree(contexts_dir(output, mode), ignore_errors=True)  # no stale rows of an earlier build
-    batch_size = max(1, min(batch_size, math.ceil(len(questions) / (4 * num_actors))))
+    batch_size = questions_per_call(len(questions), num_actors, batch_size)
     dataset = ray.data.from_items([{"question": json.dumps(vars(q))} for q in questions])  # flat dataclasses
     dataset.map_batches(
         ContextBuilder,

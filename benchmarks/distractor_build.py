@@ -9,8 +9,8 @@ over 1 and 2 `ContextBuilder` actors streaming into partitioned Parquet, exactly
 each, actor start-up and Parquet writing included (the BM25 index and the section token counts
 are built once beforehand and shared, as the pipeline does). Then BM25 query latency p50/p99 on a generated
 100k-document corpus. Target: >= 1.5x the plain loop with 2 actors on 2 cores.
-Actor start-up is a fixed cost of about 1.5 s, so small runs mostly measure that: the default
-12000 questions take the plain loop about 15 s, and `--questions 48000` shows the rate at scale.
+Actor start-up is a fixed cost per run, so small runs mostly measure it; `--questions 48000`
+shows the rate at scale.
 """
 
 from __future__ import annotations

@@ -49,9 +49,9 @@ class Config(RunFields):
     tokenizer: str = ""
     tokenizer_merges: int = 500
     num_actors: int = 2
-    # Questions per actor call (and per Parquet file of each mode); capped so that every actor
-    # gets several calls when there are few questions. Bigger calls spread Ray Data's per-block
-    # costs thinner: 256 built 8% more contexts/s than 64 (`python -m benchmarks.distractor_build`).
+    # Questions per actor call (and per Parquet file of each mode), capped for small builds
+    # (`actors.longtrace.questions_per_call`). Bigger calls spread Ray Data's per-block costs
+    # thinner (`python -m benchmarks.distractor_build` measures it).
     batch_size: int = 256
     kg: KGConfig = dataclasses.field(default_factory=KGConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from actors.longtrace import questions_per_call
 from tests.helpers import mlflow_client, rayworks, result_lines
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
 from workloads.longtrace.search import (
@@ -148,6 +149,14 @@ def test_bad_input_is_counted_or_named(tmp_path):
     assert parse_agent_output("<search>unclosed")["malformed"] is True
 
 
+def test_questions_per_call_keeps_every_actor_busy_on_small_builds():
+    assert questions_per_call(12000, 2, 256) == 256
+    assert questions_per_call(100, 2, 256) == 13  # 8 calls: 4 per actor
+    assert questions_per_call(30, 2, 256) == 4
+    assert questions_per_call(1, 2, 256) == 1
+    assert questions_per_call(100, 2, 5) == 5
+
+
 def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
     proc = rayworks(workdir, "run", "longtrace_data", "--set", "kg.num_questions=30", "num_actors=2",
                     "context.budget_tokens=700", f"output_dir={workdir / 'data'}", timeout=600)
@@ -163,6 +172,8 @@ def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
     assert set(info) == {"question", "rubrics", "dataset_name"} and info["rubrics"][-1] == row["label"]
     assert len(row["metadata"]["doc_tiers"]) == len(row["metadata"]["doc_ids"])
     assert {t for r in tiered for t in r["metadata"]["doc_tiers"]} >= {"gold", "tier1", "tier2"}
+    # 30 questions went to the actors in calls of 4 (one Parquet file each), not one call of 256
+    assert len(list((workdir / "data" / "mode=tiered").glob("*.parquet"))) == 8
 
     client = mlflow_client(workdir)
     run = client.get_run(summary["run_id"])
