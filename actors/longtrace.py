@@ -1,21 +1,22 @@
 """Ray Data workers of LongTraceRL's data construction: a search agent plus a context builder.
 
-`ContextBuilder` is a callable class for `Dataset.map_batches(..., concurrency=N)`: each actor
+`ContextBuilder` is a callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(size=N))`: each actor
 holds the shared BM25 index (built once by the driver, fetched from the object store), runs
 the heuristic agent on each question and builds its tiered and random-distractor contexts.
-Built rows leave as typed Arrow, ready for a Parquet write partitioned by context mode; a
-skipped question goes to the `BuildReport` actor with its reason, so one bad question never
-breaks a batch.
+Each call writes its rows as Parquet, one file per context mode, and returns a small report
+of what it wrote and skipped (with the reason), so one bad question never breaks a batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from workloads.config import from_dict
@@ -62,8 +63,6 @@ ROW_SCHEMA = pa.schema([
         ("context_tokens", pa.int64()),
     ])),
 ])
-# Built rows carry their context mode, the column the output is partitioned by.
-BUILT_SCHEMA = pa.schema([*ROW_SCHEMA, ("mode", pa.string())])
 
 
 def contexts_dir(output: str | Path, mode: str) -> Path:
@@ -71,43 +70,29 @@ def contexts_dir(output: str | Path, mode: str) -> Path:
     return Path(output) / f"mode={mode}"
 
 
-@ray.remote(num_cpus=0)
-class BuildReport:
-    """What the context builders skipped, by reason (with question ids as examples), and the
-    first few built rows with the agent trajectories behind them: the pipeline's MLflow report,
-    kept out of the Parquet rows."""
-
-    def __init__(self):
-        self.skips, self.samples = Skips(), []
-
-    def add(self, skipped: list[tuple[str, str]], samples: list[dict]) -> None:
-        for reason, question_id in skipped:
-            self.skips.add(reason, question_id)
-        self.samples.extend(samples[: SAMPLES_LOGGED - len(self.samples)])
-
-    def result(self) -> tuple[dict, dict, list[dict]]:
-        return dict(self.skips), dict(self.skips.examples), self.samples
-
-
 class ContextBuilder:
-    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, report):
+    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, output: str):
         """`corpus_refs` is `[index ref, section tokens ref]` (`SearchIndex`, `section_tokens`):
         wrapped in a list so Ray passes the references instead of resolving them, and every
-        actor fetches the one shared copy of each from the object store.
-        `report`: a `BuildReport` actor told about every skip and the first samples."""
+        actor fetches the one shared copy of each from the object store."""
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         index, self.section_tokens = ray.get(corpus_refs)
         self.agent = make_agent(index, from_dict(AgentConfig, agent))
         self.documents = {d.id: d for d in index.documents}
         self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
-        self.seed, self.report, self.samples_sent = seed, report, 0
+        self.seed, self.output, self.samples_sent = seed, Path(output), 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Questions in; the built rows of both modes out (the public columns plus `mode`)."""
-        rows, skipped, samples = [], [], []
-        for raw in batch.column("question").to_pylist():
-            question = Question(**json.loads(raw))
+        """Questions in; their built rows written as one Parquet file per mode
+        (`output/mode=*/part-<first question id>.parquet`). Out goes one row, `report`: JSON of
+        the rows written per mode, every skip as [reason, question id], and this actor's first
+        samples (built rows with their trajectories). Rows leave as files, not blocks: they
+        are nearly all the bytes, and writing them here spares a trip through the object store
+        to a separate writer."""
+        rows, skipped, samples = {mode: [] for mode in MODES}, [], []
+        questions = [Question(**json.loads(raw)) for raw in batch.column("question").to_pylist()]
+        for question in questions:
             try:
                 trajectory = self.agent.run(question)
             except EndpointError as exc:  # one unreachable question, not a lost batch
@@ -119,14 +104,35 @@ class ContextBuilder:
                 if row is None:
                     skipped.append(("gold documents exceed the token budget", question.id))
                     continue
-                rows.append({**row, "mode": mode})
-                if self.samples_sent + len(samples) < SAMPLES_LOGGED:
+                rows[mode].append(row)
+                if self.samples_sent < SAMPLES_LOGGED:
+                    self.samples_sent += 1
                     samples.append({"row": row, "trajectory": {"steps": [vars(s) for s in trajectory.steps],
                                                                "answer": trajectory.answer, "cited": trajectory.cited}})
-        if skipped or samples:
-            ray.get(self.report.add.remote(skipped, samples))  # before the batch counts as done
-            self.samples_sent += len(samples)
-        return pa.Table.from_pylist(rows, schema=BUILT_SCHEMA)
+        for mode, built in rows.items():
+            if built:
+                write_rows(built, contexts_dir(self.output, mode) / f"part-{questions[0].id}.parquet")
+        report = {"rows": {mode: len(built) for mode, built in rows.items()}, "skipped": skipped, "samples": samples}
+        return pa.table({"report": [json.dumps(report)]})
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """One Parquet file, whole or not at all: written under a dot-name (which Parquet readers
+    skip) and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), partial)
+    os.replace(partial, path)
+
+
+@dataclasses.dataclass
+class BuildOutcome:
+    """What a build wrote (rows per mode), skipped (by reason, with question ids as examples)
+    and sampled (the first built rows with the agent trajectories behind them, for MLflow)."""
+
+    rows: dict[str, int]
+    skips: Skips
+    samples: list[dict]
 
 
 def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> int:
@@ -136,29 +142,29 @@ def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> 
 
 
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
-                   seed: int, num_actors: int, batch_size: int, report) -> dict[str, int]:
+                   seed: int, num_actors: int, batch_size: int) -> BuildOutcome:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
-    streaming pass (nothing is held in the object store beyond the blocks in flight).
-    `corpus_refs`: [index ref, section tokens ref], shared by the builders; `report` is the
-    `BuildReport` actor the builders tell about skips and samples; `batch_size` goes through
-    `questions_per_call`. Returns the rows written per mode."""
+    streaming pass: the builders write their files as they go, and only their reports come
+    back. `corpus_refs`: [index ref, section tokens ref], shared by the builders; `batch_size`
+    goes through `questions_per_call`."""
     import shutil
-
-    import pyarrow.dataset as pds
 
     for mode in MODES:
         shutil.rmtree(contexts_dir(output, mode), ignore_errors=True)  # no stale rows of an earlier build
-    batch_size = questions_per_call(len(questions), num_actors, batch_size)
     dataset = ray.data.from_items([{"question": json.dumps(vars(q))} for q in questions])  # flat dataclasses
-    dataset.map_batches(
+    reports = dataset.map_batches(
         ContextBuilder,
         fn_constructor_kwargs={"corpus_refs": corpus_refs, "agent": agent, "context": context, "seed": seed,
-                               "report": report},
-        concurrency=num_actors, batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
-    ).write_parquet(
-        # Writing a block takes milliseconds next to building it: a few zero-CPU writers stream
-        # alongside the builders instead of queueing every write behind them until they finish.
-        str(output), partition_cols=["mode"], ray_remote_args={"num_cpus": 0}, concurrency=max(1, num_actors // 4),
+                               "output": str(output)},
+        compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="pyarrow",
+        batch_size=questions_per_call(len(questions), num_actors, batch_size),
     )
-    written = {mode: contexts_dir(output, mode) for mode in MODES}
-    return {mode: pds.dataset(path).count_rows() if path.is_dir() else 0 for mode, path in written.items()}
+    outcome = BuildOutcome(dict.fromkeys(MODES, 0), Skips(), [])
+    for line in reports.iter_rows():
+        report = json.loads(line["report"])
+        for mode, count in report["rows"].items():
+            outcome.rows[mode] += count
+        for reason, question_id in report["skipped"]:
+            outcome.skips.add(reason, question_id)
+        outcome.samples.extend(report["samples"][: SAMPLES_LOGGED - len(outcome.samples)])
+    return outcome

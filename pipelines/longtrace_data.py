@@ -7,8 +7,8 @@ Recipe: load or generate the knowledge graph, build the corpus and the multi-hop
 Data maps the questions over a pool of `ContextBuilder` actors (agent + distractor builder)
 and writes, in one streaming pass, `DIR/mode=tiered/*.parquet` (gold + tier 1 + tier 2 +
 filler) and `DIR/mode=random/` (gold + random documents to the same budget, for the difficulty
-comparison). Everything skipped is counted by reason in MLflow (a `BuildReport` actor hears
-from every builder). Training reads DIR; data is built once.
+comparison). Everything skipped is counted by reason in MLflow (each builder call reports
+what it skipped). Training reads DIR; data is built once.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Config(RunFields):
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
     import ray
 
-    from actors.longtrace import BuildReport, section_tokens, write_contexts
+    from actors.longtrace import section_tokens, write_contexts
 
     skips = Skips()
     try:
@@ -86,14 +86,13 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         tokenizer = config.tokenizer or save_corpus_tokenizer(documents, questions, config.tokenizer_merges, output / "tokenizer")
         # indexed and measured once, shared by every actor
         corpus_refs = [ray.put(SearchIndex(documents)), ray.put(section_tokens(documents, tokenizer))]
-        report = BuildReport.remote()
-        counts = write_contexts(questions, corpus_refs, output, agent=to_dict(config.agent), context=to_dict(config.context),
-                                seed=config.seed, num_actors=config.num_actors, batch_size=config.batch_size, report=report)
-        skipped, examples, samples = ray.get(report.result.remote())
-        for reason, count in skipped.items():
+        built = write_contexts(questions, corpus_refs, output, agent=to_dict(config.agent), context=to_dict(config.context),
+                               seed=config.seed, num_actors=config.num_actors, batch_size=config.batch_size)
+        for reason, count in built.skips.items():
             skips[reason] += count
-            skips.examples[reason].extend(examples.get(reason, [])[:5])
-        log_outcome(run_record, output, counts, skips, samples, len(questions), len(documents))
+            skips.examples[reason].extend(built.skips.examples[reason][:5])
+        counts = built.rows
+        log_outcome(run_record, output, counts, skips, built.samples, len(questions), len(documents))
     return RunSummary(PIPELINE, KEY_METRIC, float(counts["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.longtrace import questions_per_call
+from actors.longtrace import questions_per_call, write_rows
 from tests.helpers import mlflow_client, rayworks, result_lines
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
 from workloads.longtrace.search import (
@@ -157,6 +158,17 @@ def test_questions_per_call_keeps_every_actor_busy_on_small_builds():
     assert questions_per_call(100, 2, 5) == 5
 
 
+def test_rows_off_the_schema_raise_and_write_nothing(tmp_path: Path):
+    good = {"source": "s", "input_messages": [{"role": "user", "content": "c"}], "label": "l",
+            "metadata": {"extra_reward_info": {"question": "q", "rubrics": ["l"], "dataset_name": "d"}, "question_id": "q1",
+                         "doc_ids": ["a"], "doc_tiers": ["gold"], "context_tokens": 3}}
+    write_rows([good], tmp_path / "mode=tiered" / "part-q1.parquet")
+    assert pq.read_table(tmp_path / "mode=tiered").to_pylist() == [good]
+    with pytest.raises(pa.ArrowInvalid):
+        write_rows([{**good, "metadata": {**good["metadata"], "context_tokens": "many"}}], tmp_path / "mode=tiered" / "part-q2.parquet")
+    assert sorted(p.name for p in (tmp_path / "mode=tiered").iterdir()) == ["part-q1.parquet"]
+
+
 def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
     proc = rayworks(workdir, "run", "longtrace_data", "--set", "kg.num_questions=30", "num_actors=2",
                     "context.budget_tokens=700", f"output_dir={workdir / 'data'}", timeout=600)
@@ -174,6 +186,8 @@ def test_pipeline_writes_public_format_parquet_and_tracks_skips(workdir: Path):
     assert {t for r in tiered for t in r["metadata"]["doc_tiers"]} >= {"gold", "tier1", "tier2"}
     # 30 questions went to the actors in calls of 4 (one Parquet file each), not one call of 256
     assert len(list((workdir / "data" / "mode=tiered").glob("*.parquet"))) == 8
+    assert sorted(r["metadata"]["question_id"] for r in tiered) == sorted({r["metadata"]["question_id"] for r in tiered})
+    assert not list((workdir / "data").rglob(".*partial"))  # every file renamed into place
 
     client = mlflow_client(workdir)
     run = client.get_run(summary["run_id"])
