@@ -1,6 +1,6 @@
 """Ray Data workers of LongTraceRL's data construction: a search agent plus a context builder.
 
-`ContextBuilder` is a callable class for `Dataset.map_batches(..., compute=ActorPoolStrategy(size=N))`: each actor
+`ContextBuilder` is a callable class for `Dataset.map_batches` over an actor pool: each actor
 holds the shared BM25 index (built once by the driver, fetched from the object store), runs
 the heuristic agent on each question and builds its tiered and random-distractor contexts.
 Each call writes its rows as Parquet, one file per context mode, and returns a small report

@@ -64,12 +64,14 @@ def test_tune_ppo_over_learning_rate_entropy_and_clip(workdir: Path):
     space.write_text(yaml.safe_dump({"space": {"ppo.lr": {"loguniform": [3e-4, 3e-3]},
                                                "ppo.entropy_coef": {"choice": [0.0, 0.01]},
                                                "ppo.clip": {"uniform": [0.1, 0.3]}}}))
-    proc = rayworks(workdir, "tune", "ppo", "--space", str(space), "--num-samples", "2", "--set", "iterations=4",
+    # One trial: the ppo fields reach the trainable and its metric reaches Tune (searches of
+    # several trials are checked on sft and longtrace).
+    proc = rayworks(workdir, "tune", "ppo", "--space", str(space), "--num-samples", "1", "--set", "iterations=4",
                     "eval_every=2", "num_rollout_workers=1", "envs_per_worker=8", "steps_per_iteration=25",
                     "render=false", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (outcome,) = result_lines(proc.stdout)
-    assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and np.isfinite(outcome["best_value"])
+    assert outcome["num_trials"] == 1 and outcome["errors"] == 0 and np.isfinite(outcome["best_value"])
     assert {"ppo.lr", "ppo.entropy_coef", "ppo.clip"} <= set(outcome["best_params"])
 
 

@@ -4,10 +4,13 @@ checked for what it must show (learning, tracking, registration)."""
 import json
 from pathlib import Path
 
+import pytest
+
 from pipelines import PIPELINES
 from tests.helpers import mlflow_client, rayworks, result_lines
 
 
+@pytest.mark.timeout(960)  # the quickstart's budget is 15 minutes, beyond the 10 every other test gets
 def test_quickstart_runs_every_pipeline_and_each_learns(workdir: Path):
     proc = rayworks(workdir, "quickstart", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
