@@ -127,11 +127,10 @@ def write_rows(rows: list[dict], path: Path) -> None:
 
 @dataclasses.dataclass
 class BuildOutcome:
-    """What a build wrote (rows per mode), skipped (by reason, with question ids as examples)
-    and sampled (the first built rows with the agent trajectories behind them, for MLflow)."""
+    """What a build wrote (rows per mode) and sampled (the first built rows with the agent
+    trajectories behind them, for MLflow)."""
 
     rows: dict[str, int]
-    skips: Skips
     samples: list[dict]
 
 
@@ -142,11 +141,11 @@ def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> 
 
 
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
-                   seed: int, num_actors: int, batch_size: int) -> BuildOutcome:
+                   seed: int, num_actors: int, batch_size: int, skips: Skips) -> BuildOutcome:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass: the builders write their files as they go, and only their reports come
     back. `corpus_refs`: [index ref, section tokens ref], shared by the builders; `batch_size`
-    goes through `questions_per_call`."""
+    goes through `questions_per_call`; every skipped question is counted into `skips`."""
     import shutil
 
     for mode in MODES:
@@ -159,12 +158,12 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="pyarrow",
         batch_size=questions_per_call(len(questions), num_actors, batch_size),
     )
-    outcome = BuildOutcome(dict.fromkeys(MODES, 0), Skips(), [])
+    outcome = BuildOutcome(dict.fromkeys(MODES, 0), [])
     for line in reports.iter_rows():
         report = json.loads(line["report"])
         for mode, count in report["rows"].items():
             outcome.rows[mode] += count
         for reason, question_id in report["skipped"]:
-            outcome.skips.add(reason, question_id)
+            skips.add(reason, question_id)
         outcome.samples.extend(report["samples"][: SAMPLES_LOGGED - len(outcome.samples)])
     return outcome
