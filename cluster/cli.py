@@ -5,7 +5,7 @@
     rayworks tune <pipeline> --space SPACE.yaml [--num-samples N] [--config FILE] [--set k=v ...]
     rayworks serve <app> [--port 8000] [--checkpoint PATH_OR_ID] [--address ADDR]
     rayworks compare <pipeline> --vary FIELD=A,B --seeds N [--metric NAME ...] [--set k=v ...]
-    rayworks quickstart
+    rayworks quickstart [--only PIPELINE ...]
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     compare.add_argument("--address")
 
-    commands.add_parser("quickstart", help="run every pipeline's smallest embedded default, locally")
+    quickstart = commands.add_parser("quickstart", help="run every pipeline's smallest embedded default, locally")
+    quickstart.add_argument("--only", nargs="+", choices=list(PIPELINES), metavar="PIPELINE",
+                            help=f"just these pipelines ({', '.join(PIPELINES)})")
     return parser
 
 
@@ -192,7 +194,8 @@ def cmd_serve(args) -> int:
 def cmd_quickstart(args) -> int:
     from cluster.connect import connect
 
-    configs = {name: load_config(get_pipeline(name).Config, None, get_pipeline(name).QUICKSTART) for name in PIPELINES}
+    names = [name for name in PIPELINES if not args.only or name in args.only]  # in the registry's order
+    configs = {name: load_config(get_pipeline(name).Config, None, get_pipeline(name).QUICKSTART) for name in names}
     connect(None)
     summaries, started = [], time.monotonic()
     for index, (name, config) in enumerate(configs.items(), 1):

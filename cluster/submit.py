@@ -103,7 +103,10 @@ def _submit_when_ready(client, address: str, timeout_s: float = 60.0, **job) -> 
             if "No available agent" not in str(exc):
                 raise SubmitError(f"the job server at {address} refused the job: {exc}") from None
             if time.monotonic() > deadline:
-                raise SubmitError(f"the cluster at {address} has no job agent ready after {timeout_s:.0f} s") from None
+                raise SubmitError(
+                    f"the cluster at {address} has no job agent ready after {timeout_s:.0f} s: its dashboard agent "
+                    "did not start (see dashboard_agent.log on the head; a port conflict on "
+                    "--dashboard-agent-listen-port is a common cause)") from None
             time.sleep(1.0)
 
 

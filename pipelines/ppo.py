@@ -215,9 +215,7 @@ def render_rollout(config_dict: dict, policy_state: dict, spec) -> tuple[bytes, 
         policy = build_policy(config, spec)
         policy.load_state_dict(policy_state)
         task = envs.TASKS[config.env](1, config.seed, **config.env_params)
-        import mujoco
-
-        renderer = mujoco.Renderer(task.sim.model, 240, 320)
+        renderer = task.make_renderer()
         frames = []
         for _ in range(config.render_steps):
             actions, _ = policy.act(torch.from_numpy(task.observe()), deterministic=True)

@@ -1,14 +1,18 @@
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+# Two test workers share two cores: one thread each for torch/numpy here and in the processes
+# the tests start (Ray's workers get the same from `cluster.connect`).
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 
 def pytest_sessionstart(session):
     """The verifier tests need bubblewrap; install it from Debian's packages when missing."""
-    import os
-
     if shutil.which("bwrap") is None and shutil.which("apt-get") and os.geteuid() == 0:
         install = ["apt-get", "install", "-y", "-q", "bubblewrap"]
         if subprocess.run(install, capture_output=True).returncode != 0:
@@ -30,3 +34,16 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+# Tests that share a Ray (or Ray head) started once per module run on one test worker.
+MODULE_RAY_FIXTURES = {"local_ray", "ray_head"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The quickstart tests (the longest) go first, so that the two test workers run them side by
+    side and share out the rest, instead of one of them running alone at the end."""
+    items.sort(key=lambda item: item.path.name != "test_quickstart.py")  # stable: the rest keep their order
+    for item in items:
+        if MODULE_RAY_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(item.path.name))

@@ -1,5 +1,5 @@
-"""DistIL end to end: the four objectives through `rayworks compare`, an expert served over real
-HTTP by the project's Serve app, and the ways an expert can fail."""
+"""DistIL end to end: objectives side by side through `rayworks compare`, an expert served over
+real HTTP by the project's Serve app, and the ways an expert can fail."""
 
 import json
 from pathlib import Path
@@ -21,20 +21,25 @@ TINY = ["student_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_ite
 PORT = 8131
 
 
-def test_compare_runs_every_objective_and_logs_intervals(workdir: Path):
-    proc = rayworks(workdir, "compare", "distil", "--vary", "objective=distil,reverse_kl,jsd,rlvr", "--seeds", "1",
+# Two arms: a divergence against the expert's distributions (jsd) and the sampling path (rlvr). The
+# `distil` objective runs in the quickstart test; every objective's loss has exact unit tests.
+ARMS = ["jsd", "rlvr"]
+
+
+def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
+    proc = rayworks(workdir, "compare", "distil", "--vary", f"objective={','.join(ARMS)}", "--seeds", "1",
                     "--metric", "pass_at_1", "--metric", "pass_at_n", "--set", *TINY, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = mlflow_client(workdir)
     experiment = client.get_experiment_by_name("rayworks-distil")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.`rayworks.compare` = 'objective'")
-    for arm in ("distil", "reverse_kl", "jsd", "rlvr"):
+    for arm in ARMS:
         for metric in ("pass_at_1", "pass_at_n"):
             assert f"{arm}/{metric}/mean" in parent.data.metrics
     summary = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "comparison.yaml", str(workdir))).read_text())
     assert all(len(summary["arms"][arm]["pass_at_1"]["values"]) == 1 for arm in summary["arms"])
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(c.data.params["objective"] for c in children) == sorted(["distil", "reverse_kl", "jsd", "rlvr"])
+    assert sorted(c.data.params["objective"] for c in children) == sorted(ARMS)
     # the student was SFT-ed once (an `sft` child of the first arm) and reused by every objective
     students = {c.data.tags["student"] for c in children}
     assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()

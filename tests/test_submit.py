@@ -26,11 +26,14 @@ def ray_head(tmp_path_factory):
     """`ray start --head --block` in its own process; stopped through that process, not `ray stop`."""
     home = tmp_path_factory.mktemp("head-home")
     token = secrets.token_hex(16)
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    # Free ports, not Ray's fixed defaults: another local Ray on this machine (a test on the other
+    # pytest worker) may hold those, e.g. the job agent's 52365, and the head's jobs never start.
+    gcs_port, dashboard_port, agent_port, client_port = (_free_port() for _ in range(4))
     env = scratch_env(home, HOME=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     head = subprocess.Popen(
         ["ray", "start", "--head", "--num-cpus", "2", "--block", f"--port={gcs_port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true"],
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+         f"--dashboard-agent-listen-port={agent_port}", f"--ray-client-server-port={client_port}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
