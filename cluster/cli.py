@@ -191,10 +191,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def quickstart_pipelines(only: list[str] | None) -> list[str]:
+    """The pipelines `quickstart` runs: all of them, or those named in `--only`, in the registry's order."""
+    return [name for name in PIPELINES if not only or name in only]
+
+
 def cmd_quickstart(args) -> int:
     from cluster.connect import connect
 
-    names = [name for name in PIPELINES if not args.only or name in args.only]  # in the registry's order
+    names = quickstart_pipelines(args.only)
     configs = {name: load_config(get_pipeline(name).Config, None, get_pipeline(name).QUICKSTART) for name in names}
     connect(None)
     summaries, started = [], time.monotonic()

@@ -1,6 +1,9 @@
 """The MuJoCo environments: models from the asset packages, spaces, seeding, Gymnasium's checker,
 reward terms on constructed states, and the batched form's resets."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import gymnasium
@@ -143,3 +146,23 @@ def test_domain_randomisation_varies_friction_and_mass():
     assert len(task.sim.variants) == 4 and len(frictions) == 4 and len(masses) == 4
     with pytest.raises(TypeError, match="unknown parameter 'bogus'"):
         G1Velocity(1, bogus=1)
+
+
+def test_render_mode_rgb_array_draws_the_scene_without_shadows():
+    """A frame through Gymnasium's `render()` in a fresh process (MuJoCo reads MUJOCO_GL at import),
+    as the PPO pipeline renders its rollout GIF; skipped where no EGL platform exists."""
+    script = (
+        "import gymnasium, mujoco, numpy as np, envs\n"
+        "env = gymnasium.make('rayworks/PandaReach-v0', render_mode='rgb_array')\n"
+        "env.reset(seed=0)\n"
+        "frame = env.render()\n"
+        "flags = env.unwrapped._renderer.scene.flags\n"
+        "print(frame.shape, int(frame.std() > 5), int(flags[mujoco.mjtRndFlag.mjRND_SHADOW]),"
+        " int(flags[mujoco.mjtRndFlag.mjRND_REFLECTION]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env={**os.environ, "MUJOCO_GL": "egl"},
+                          capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and ("EGL" in proc.stderr or "OpenGL" in proc.stderr):
+        pytest.skip(f"no EGL here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["(240,", "320,", "3)", "1", "0", "0"], proc.stdout

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from cluster.cli import build_parser, quickstart_pipelines
 from pipelines import PIPELINES
 from tests.helpers import mlflow_client, rayworks, result_lines
 
+# Longest first: the test workers take the tests in this order.
+LONGEST_FIRST = ["longtrace", "distil", "sft", "ppo", "longtrace_data"]
 
-# Longest first: the test workers take them in this order.
-@pytest.mark.parametrize("pipeline", ["longtrace", "distil", "sft", "ppo", "longtrace_data"])
+
+@pytest.mark.parametrize("pipeline", LONGEST_FIRST)
 @pytest.mark.timeout(900)  # the longtrace default takes 5 of the whole quickstart's 10 minutes, more beside other tests
 def test_quickstart_pipeline_runs_and_learns(workdir: Path, pipeline: str):
     proc = rayworks(workdir, "quickstart", "--only", pipeline, timeout=840)
@@ -28,8 +31,15 @@ def test_only_names_an_unknown_pipeline(workdir: Path):
     assert proc.returncode == 2 and "invalid choice: 'nonsense'" in proc.stderr, proc.stderr[-2000:]
 
 
-def test_every_pipeline_has_a_quickstart_check():
-    assert set(CHECKS) == set(PIPELINES)
+def test_every_pipeline_has_a_quickstart_test_and_check():
+    assert set(LONGEST_FIRST) == set(CHECKS) == set(PIPELINES)
+
+
+def test_quickstart_runs_every_pipeline_unless_told_which():
+    """What the whole command runs; its pipelines' runs are the tests above."""
+    assert quickstart_pipelines(build_parser().parse_args(["quickstart"]).only) == list(PIPELINES)
+    chosen = build_parser().parse_args(["quickstart", "--only", "ppo", "sft"]).only
+    assert quickstart_pipelines(chosen) == [name for name in PIPELINES if name in ("ppo", "sft")]
 
 
 def check_sft(workdir: Path, summary: dict) -> None:
