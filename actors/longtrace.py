@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -86,10 +87,12 @@ class ContextBuilder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Questions in; their built rows written as one Parquet file per mode
         (`output/mode=*/part-<first question id>.parquet`). Out goes one row, `report`: JSON of
-        the rows written per mode, every skip as [reason, question id], and this actor's first
-        samples (built rows with their trajectories). Rows leave as files, not blocks: they
+        the rows written per mode, every skip as [reason, question id], this actor's first
+        samples (built rows with their trajectories), and when the call began and how long it
+        took (epoch seconds; the build's start-up and busy time are measured from these). Rows leave as files, not blocks: they
         are nearly all the bytes, and writing them here spares a trip through the object store
         to a separate writer."""
+        began = time.time()
         rows, skipped, samples = {mode: [] for mode in MODES}, [], []
         questions = [Question(**json.loads(raw)) for raw in batch.column("question").to_pylist()]
         for question in questions:
@@ -112,7 +115,8 @@ class ContextBuilder:
         for mode, built in rows.items():
             if built:
                 write_rows(built, contexts_dir(self.output, mode) / f"part-{questions[0].id}.parquet")
-        report = {"rows": {mode: len(built) for mode, built in rows.items()}, "skipped": skipped, "samples": samples}
+        report = {"rows": {mode: len(built) for mode, built in rows.items()}, "skipped": skipped, "samples": samples,
+                  "began": began, "seconds": time.time() - began}
         return pa.table({"report": [json.dumps(report)]})
 
 
@@ -128,10 +132,19 @@ def write_rows(rows: list[dict], path: Path) -> None:
 @dataclasses.dataclass
 class BuildOutcome:
     """What a build wrote (rows per mode) and sampled (the first built rows with the agent
-    trajectories behind them, for MLflow)."""
+    trajectories behind them, for MLflow), and its time: the whole build, its start-up (until
+    the first builder call began: Ray Data planning, actor processes starting, imports, the
+    index fetched) and the builders' busy time summed over actors."""
 
     rows: dict[str, int]
     samples: list[dict]
+    seconds: float = 0.0
+    startup_seconds: float = 0.0
+    busy_seconds: float = 0.0
+
+    def builder_utilisation(self, num_actors: int) -> float:
+        """The share of the actors' time over the whole build spent building rows."""
+        return self.busy_seconds / (num_actors * self.seconds) if self.seconds > 0 else 0.0
 
 
 def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> int:
@@ -148,6 +161,7 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
     goes through `questions_per_call`; every skipped question is counted into `skips`."""
     import shutil
 
+    submitted = time.time()
     for mode in MODES:
         shutil.rmtree(contexts_dir(output, mode), ignore_errors=True)  # no stale rows of an earlier build
     dataset = ray.data.from_items([{"question": json.dumps(vars(q))} for q in questions])  # flat dataclasses
@@ -158,12 +172,16 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="pyarrow",
         batch_size=questions_per_call(len(questions), num_actors, batch_size),
     )
-    outcome = BuildOutcome(dict.fromkeys(MODES, 0), [])
+    outcome, first_call = BuildOutcome(dict.fromkeys(MODES, 0), []), math.inf
     for line in reports.iter_rows():
         report = json.loads(line["report"])
+        first_call = min(first_call, report["began"])
+        outcome.busy_seconds += report["seconds"]
         for mode, count in report["rows"].items():
             outcome.rows[mode] += count
         for reason, question_id in report["skipped"]:
             skips.add(reason, question_id)
         outcome.samples.extend(report["samples"][: SAMPLES_LOGGED - len(outcome.samples)])
+    outcome.seconds = time.time() - submitted
+    outcome.startup_seconds = min(first_call - submitted, outcome.seconds)  # no call at all: all start-up
     return outcome

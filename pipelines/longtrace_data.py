@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pipelines.launch import RunFields, RunSummary, ending_run, main_for, open_run
 from workloads import tracking
@@ -34,6 +34,9 @@ from workloads.longtrace.kg import (
 )
 from workloads.longtrace.search import AgentConfig, ContextConfig, SearchIndex
 from workloads.plots import plot_curves
+
+if TYPE_CHECKING:  # the actors module imports Ray, which the CLI loads only when it runs a pipeline
+    from actors.longtrace import BuildOutcome
 
 PIPELINE = "longtrace_data"
 KEY_METRIC = "rows_tiered"
@@ -88,7 +91,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         corpus_refs = [ray.put(SearchIndex(documents)), ray.put(section_tokens(documents, tokenizer))]
         built = write_contexts(questions, corpus_refs, output, agent=to_dict(config.agent), context=to_dict(config.context),
                                seed=config.seed, num_actors=config.num_actors, batch_size=config.batch_size, skips=skips)
-        log_outcome(run_record, output, built.rows, skips, built.samples, len(questions), len(documents))
+        log_outcome(run_record, output, built, skips, len(questions), len(documents), config.num_actors)
     return RunSummary(PIPELINE, KEY_METRIC, float(built.rows["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
 
@@ -103,17 +106,21 @@ def save_corpus_tokenizer(documents, questions, merges: int, directory: Path) ->
     return str(directory)
 
 
-def log_outcome(run_record, output: Path, counts: dict, skips: Skips, samples: list[dict], num_questions: int,
-                num_documents: int) -> None:
+def log_outcome(run_record, output: Path, built: BuildOutcome, skips: Skips, num_questions: int, num_documents: int,
+                num_actors: int) -> None:
     import pyarrow.dataset as pds
 
     from actors.longtrace import contexts_dir
 
-    metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()}}
+    counts = built.rows
+    metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()},
+               # where a build's time goes: a small build is mostly the actors starting
+               "build_seconds": built.seconds, "build_startup_seconds": built.startup_seconds,
+               "builder_utilisation": built.builder_utilisation(num_actors)}
     metrics.update({"skipped/" + re.sub(r"[^A-Za-z0-9_ -]+", " ", reason)[:200].strip(): n for reason, n in skips.items()})
     run_record.log_metrics(metrics, step=0)
     run_record.log_yaml({"skipped": dict(skips), "examples": dict(skips.examples)}, "skipped.yaml")
-    run_record.log_text("".join(json.dumps(sample) + "\n" for sample in samples), "samples.jsonl")
+    run_record.log_text("".join(json.dumps(sample) + "\n" for sample in built.samples), "samples.jsonl")
     tier_tokens: dict[str, Counter] = {}
     for mode, count in counts.items():
         if count:  # the first rows written of each mode
