@@ -40,6 +40,7 @@ def local_ray():
 MODULE_RAY_FIXTURES = {"local_ray", "ray_head"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     """The quickstart tests (the longest) go first, so that the two test workers run them side by
     side and share out the rest, instead of one of them running alone at the end."""
