@@ -89,9 +89,9 @@ class ContextBuilder:
         (`output/mode=*/part-<first question id>.parquet`). Out goes one row, `report`: JSON of
         the rows written per mode, every skip as [reason, question id], this actor's first
         samples (built rows with their trajectories), and when the call began and how long it
-        took (epoch seconds; the build's start-up and busy time are measured from these). Rows leave as files, not blocks: they
-        are nearly all the bytes, and writing them here spares a trip through the object store
-        to a separate writer."""
+        ran (epoch seconds: the build's start-up and busy time). Rows leave as files, not
+        blocks: they are nearly all the bytes, and writing them here spares a trip through the
+        object store to a separate writer."""
         began = time.time()
         rows, skipped, samples = {mode: [] for mode in MODES}, [], []
         questions = [Question(**json.loads(raw)) for raw in batch.column("question").to_pylist()]
@@ -138,13 +138,15 @@ class BuildOutcome:
 
     rows: dict[str, int]
     samples: list[dict]
+    num_actors: int
     seconds: float = 0.0
     startup_seconds: float = 0.0
     busy_seconds: float = 0.0
 
-    def builder_utilisation(self, num_actors: int) -> float:
+    @property
+    def builder_utilisation(self) -> float:
         """The share of the actors' time over the whole build spent building rows."""
-        return self.busy_seconds / (num_actors * self.seconds) if self.seconds > 0 else 0.0
+        return self.busy_seconds / (self.num_actors * self.seconds) if self.seconds > 0 else 0.0
 
 
 def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> int:
@@ -172,7 +174,7 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="pyarrow",
         batch_size=questions_per_call(len(questions), num_actors, batch_size),
     )
-    outcome, first_call = BuildOutcome(dict.fromkeys(MODES, 0), []), math.inf
+    outcome, first_call = BuildOutcome(dict.fromkeys(MODES, 0), [], num_actors), math.inf
     for line in reports.iter_rows():
         report = json.loads(line["report"])
         first_call = min(first_call, report["began"])

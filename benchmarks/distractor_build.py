@@ -85,7 +85,7 @@ def ray_data(questions, index: SearchIndex, section_tokens: dict[str, int], acto
     built = write_contexts(questions, corpus_refs, output, agent=to_dict(AgentConfig()), context=to_dict(ContextConfig()),
                            seed=0, num_actors=actors, batch_size=Config.batch_size, skips=Skips())
     return Measured(sum(built.rows.values()) / (time.perf_counter() - started), built.startup_seconds,
-                    built.builder_utilisation(actors))
+                    built.builder_utilisation)
 
 
 def bm25_latency(num_docs: int, queries: int = 300) -> tuple[float, float, float]:

@@ -91,7 +91,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         corpus_refs = [ray.put(SearchIndex(documents)), ray.put(section_tokens(documents, tokenizer))]
         built = write_contexts(questions, corpus_refs, output, agent=to_dict(config.agent), context=to_dict(config.context),
                                seed=config.seed, num_actors=config.num_actors, batch_size=config.batch_size, skips=skips)
-        log_outcome(run_record, output, built, skips, len(questions), len(documents), config.num_actors)
+        log_outcome(run_record, output, built, skips, len(questions), len(documents))
     return RunSummary(PIPELINE, KEY_METRIC, float(built.rows["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})
 
@@ -106,8 +106,8 @@ def save_corpus_tokenizer(documents, questions, merges: int, directory: Path) ->
     return str(directory)
 
 
-def log_outcome(run_record, output: Path, built: BuildOutcome, skips: Skips, num_questions: int, num_documents: int,
-                num_actors: int) -> None:
+def log_outcome(run_record, output: Path, built: BuildOutcome, skips: Skips, num_questions: int,
+                num_documents: int) -> None:
     import pyarrow.dataset as pds
 
     from actors.longtrace import contexts_dir
@@ -116,7 +116,7 @@ def log_outcome(run_record, output: Path, built: BuildOutcome, skips: Skips, num
     metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()},
                # where a build's time goes: a small build is mostly the actors starting
                "build_seconds": built.seconds, "build_startup_seconds": built.startup_seconds,
-               "builder_utilisation": built.builder_utilisation(num_actors)}
+               "builder_utilisation": built.builder_utilisation}
     metrics.update({"skipped/" + re.sub(r"[^A-Za-z0-9_ -]+", " ", reason)[:200].strip(): n for reason, n in skips.items()})
     run_record.log_metrics(metrics, step=0)
     run_record.log_yaml({"skipped": dict(skips), "examples": dict(skips.examples)}, "skipped.yaml")

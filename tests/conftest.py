@@ -36,15 +36,20 @@ def local_ray():
     ray.shutdown()
 
 
-# Tests that share a Ray (or Ray head) started once per module run on one test worker.
-MODULE_RAY_FIXTURES = {"local_ray", "ray_head"}
+def uses_a_module_fixture(item: pytest.Item) -> bool:
+    return any(definitions[-1].scope == "module" for definitions in item._fixtureinfo.name2fixturedefs.values())
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     """The quickstart tests (the longest) go first, so that the two test workers run them side by
-    side and share out the rest, instead of one of them running alone at the end."""
+    side and share out the rest, instead of one of them running alone at the end.
+
+    A module with a module-scoped fixture (a Ray, a Ray head, a sandbox pool, a tiny model) runs
+    on one test worker: spread over two, each would set the fixture up again, and two copies of
+    machine-wide state collide (a head's address file, a pool's uids)."""
     items.sort(key=lambda item: item.path.name != "test_quickstart.py")  # stable: the rest keep their order
+    shared = {item.path for item in items if uses_a_module_fixture(item)}
     for item in items:
-        if MODULE_RAY_FIXTURES & set(item.fixturenames):
+        if item.path in shared:
             item.add_marker(pytest.mark.xdist_group(item.path.name))

@@ -16,10 +16,8 @@ from workloads.verifiers.python_sandbox import IsolationUnavailable, Limits, Pyt
 
 SHORT = Limits(timeout_s=1.5)
 # Uids of this module's pool only: the leftover check counts processes by uid, and other tests'
-# pools (the default base, 20000) may be running checks on the other test worker meanwhile. The
-# module stays on one test worker, so that its one pool is the only one with these uids.
+# pools (the default base, 20000) may be running checks on the other test worker meanwhile.
 UID_BASE = 23000
-pytestmark = pytest.mark.xdist_group("test_python_verifier.py")
 HOST_PORT_HOLDER: dict = {}
 
 

@@ -98,9 +98,6 @@ def test_submit_to_a_dead_address_fails_fast(workdir: Path):
     assert time.monotonic() - started < 30
 
 
-# With the `ray_head` tests on one worker, never beside them: `ray start --head` writes the same
-# machine-wide address file that this test watches.
-@pytest.mark.xdist_group("test_submit.py")
 def test_a_local_run_points_its_own_workers_at_itself_and_leaves_the_machine_file_alone(workdir: Path):
     """Ray's state API (Ray Train's placement-group cleaner) finds "the current cluster" through
     a file: a local run's workers must resolve their own cluster there, whatever the
