@@ -1,7 +1,12 @@
-"""Expert-query actors: any `workloads.experts` backend behind a Ray actor with its own cache.
+"""Expert-query actors: any expert behind a Ray actor with its own cache.
 
-    pool = ExpertPool(ExpertConfig(kind="hf", model="./expert"), student_tokenizer_dir)
+    pool = ExpertPool(ExpertConfig(kind="hf", model="./expert"), lm_expert_builder(cfg, student_dir))
     labels = pool.label(states)        # one ExpertLabels per StudentState
+
+`ExpertActor` knows nothing of tokenizers or LMs: it calls a picklable builder that returns an
+expert (anything with `expert_id`, `top_k`, `label`, and optionally `candidates`), so a trained
+robot policy is an expert the same way an LLM is. `lm_expert_builder` is the builder of the
+LLM experts (`workloads.experts`), which read the student's tokenizer.
 
 A state always goes to the same actor (by its hash), so each actor's cache sees every
 repeat of the states it owns. `label` waits at most the configured time-out (times the
@@ -10,8 +15,9 @@ retries) and raises `ExpertUnavailable` instead of hanging on a dead or stuck ex
 
 from __future__ import annotations
 
+import functools
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ray
 
@@ -23,22 +29,31 @@ class ExpertUnavailable(EndpointError):
     """The expert did not label a batch in time or failed doing so."""
 
 
+def build_lm_expert(cfg: ExpertConfig, student_tokenizer_dir: str):
+    from workloads.lm import load_tokenizer
+
+    return build_expert(cfg, load_tokenizer(student_tokenizer_dir))
+
+
+def lm_expert_builder(cfg: ExpertConfig, student_tokenizer_dir: str) -> Callable[[], object]:
+    """The builder of an LLM expert (oracle, hf, openai) for a student whose tokenizer is saved
+    in `student_tokenizer_dir`."""
+    return functools.partial(build_lm_expert, cfg, student_tokenizer_dir)
+
+
 @ray.remote
 class ExpertActor:
-    def __init__(self, cfg: ExpertConfig, student_tokenizer_dir: str):
+    def __init__(self, build: Callable[[], object], batch_size: int = 32, cache_size: int = 20000):
         import torch
 
         torch.set_num_threads(1)  # actors share the machine's cores
-        self.cfg, self.student_tokenizer_dir, self.expert = cfg, student_tokenizer_dir, None
+        self.build, self.batch_size, self.cache_size, self.expert = build, batch_size, cache_size, None
 
     def start(self) -> str:
         """Build the backend; a configuration problem (a tokenizer mismatch, a missing model)
         surfaces here, in the caller, as the ConfigError it is."""
-        from workloads.tiny_lm import load_tokenizer
-
         if self.expert is None:
-            backend = build_expert(self.cfg, load_tokenizer(self.student_tokenizer_dir))
-            self.expert = CachedExpert(backend, self.cfg.batch_size, self.cfg.cache_size)
+            self.expert = CachedExpert(self.build(), self.batch_size, self.cache_size)
         return self.expert.expert.expert_id
 
     def label(self, states: Sequence[StudentState]) -> list[ExpertLabels]:
@@ -54,10 +69,11 @@ class ExpertActor:
 class ExpertPool:
     """`num_actors` expert actors; picklable, so Ray Train workers can query them directly."""
 
-    def __init__(self, cfg: ExpertConfig, student_tokenizer_dir: str):
+    def __init__(self, cfg: ExpertConfig, build: Callable[[], object]):
         cpus = 1 if cfg.kind == "hf" else 0  # a local model computes; the oracle and an endpoint client barely do
         self.cfg = cfg
-        self.actors = [ExpertActor.options(num_cpus=cpus).remote(cfg, student_tokenizer_dir) for _ in range(cfg.num_actors)]
+        self.actors = [ExpertActor.options(num_cpus=cpus, num_gpus=cfg.num_gpus).remote(build, cfg.batch_size, cfg.cache_size)
+                       for _ in range(cfg.num_actors)]
         self.expert_id = ray.get([actor.start.remote() for actor in self.actors])[0]
 
     @property

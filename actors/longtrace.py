@@ -9,7 +9,6 @@ of what it wrote and skipped (with the reason), so one bad question never breaks
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -17,15 +16,14 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from workloads.config import from_dict
+from workloads.longtrace.format import MODES, BuildOutcome, contexts_dir, questions_per_call, write_rows
 from workloads.longtrace.kg import Document, Question, Skips
 from workloads.endpoints import EndpointError
 from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, document_section, make_agent
 
-MODES = ("tiered", "random")
 SAMPLES_LOGGED = 6  # built rows, with their trajectories, logged to MLflow
 
 
@@ -42,33 +40,11 @@ def section_tokens(documents: list[Document], tokenizer_path: str) -> dict[str, 
 
         backend = Tokenizer.from_file(str(saved))
     else:
-        from workloads.tiny_lm import build_tokenizer, load_tokenizer
+        from workloads.lm import build_tokenizer, load_tokenizer
 
         backend = (load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()).backend_tokenizer
     encoded = backend.encode_batch([document_section(d) for d in documents], add_special_tokens=False)
     return {d.id: len(e.ids) for d, e in zip(documents, encoded)}
-
-
-# The public LongTraceRL row (what `build_context` returns), typed once so that every block,
-# however few rows it has (or however empty their rubric lists), has the same schema.
-ROW_SCHEMA = pa.schema([
-    ("source", pa.string()),
-    ("input_messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-    ("label", pa.string()),
-    ("metadata", pa.struct([
-        ("extra_reward_info", pa.struct([("question", pa.string()), ("rubrics", pa.list_(pa.string())),
-                                         ("dataset_name", pa.string())])),
-        ("question_id", pa.string()),
-        ("doc_ids", pa.list_(pa.string())),
-        ("doc_tiers", pa.list_(pa.string())),
-        ("context_tokens", pa.int64()),
-    ])),
-])
-
-
-def contexts_dir(output: str | Path, mode: str) -> Path:
-    """Where the rows of one context mode live: Hive-partitioned by `mode` under the output."""
-    return Path(output) / f"mode={mode}"
 
 
 class ContextBuilder:
@@ -118,41 +94,6 @@ class ContextBuilder:
         report = {"rows": {mode: len(built) for mode, built in rows.items()}, "skipped": skipped, "samples": samples,
                   "began": began, "seconds": time.time() - began}
         return pa.table({"report": [json.dumps(report)]})
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    """One Parquet file, whole or not at all: written under a dot-name (which Parquet readers
-    skip) and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), partial)
-    os.replace(partial, path)
-
-
-@dataclasses.dataclass
-class BuildOutcome:
-    """What a build wrote (rows per mode) and sampled (the first built rows with the agent
-    trajectories behind them, for MLflow), and its time: the whole build, its start-up (until
-    the first builder call began: Ray Data planning, actor processes starting, imports, the
-    index fetched) and the builders' busy time summed over actors."""
-
-    rows: dict[str, int]
-    samples: list[dict]
-    num_actors: int
-    seconds: float = 0.0
-    startup_seconds: float = 0.0
-    busy_seconds: float = 0.0
-
-    @property
-    def builder_utilisation(self) -> float:
-        """The share of the actors' time over the whole build spent building rows."""
-        return self.busy_seconds / (self.num_actors * self.seconds) if self.seconds > 0 else 0.0
-
-
-def questions_per_call(num_questions: int, num_actors: int, batch_size: int) -> int:
-    """`batch_size`, capped at a quarter of each actor's share of the questions: a small build
-    still keeps every actor busy (100 questions on 2 actors: 13 per call, not one call of 100)."""
-    return max(1, min(batch_size, math.ceil(num_questions / (4 * num_actors))))
 
 
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,

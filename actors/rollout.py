@@ -16,6 +16,7 @@ import numpy as np
 import ray
 
 from workloads.config import ConfigError
+from workloads.ppo import RolloutBatch
 
 
 @dataclasses.dataclass
@@ -29,6 +30,29 @@ class PolicySpec:
         from workloads.ppo import ActorCritic
 
         return ActorCritic(self.obs_dim, self.critic_dim, self.action_dim, self.hidden)
+
+
+@dataclasses.dataclass
+class Collected:
+    """What rollout workers return for one iteration: the experience, the episodes that ended in
+    it (per-episode lists: return, length, success, terms/...), the mean reward terms per step,
+    and where the time went."""
+
+    batch: RolloutBatch
+    episodes: dict[str, list]
+    reward_terms: dict[str, float]
+    seconds: float  # wall time of the collection (the slowest worker)
+    policy_seconds: float  # spent in the policy, summed over workers
+    worker_seconds: float  # summed over workers
+
+    @classmethod
+    def merge(cls, parts: list["Collected"]) -> "Collected":
+        """Workers' collections side by side along the environment axis; episode lists concatenated."""
+        keys = sorted(set().union(*(p.episodes for p in parts)))
+        return cls(RolloutBatch.concat([p.batch for p in parts]),
+                   {k: [x for p in parts for x in p.episodes.get(k, [])] for k in keys},
+                   {k: float(np.mean([p.reward_terms[k] for p in parts])) for k in parts[0].reward_terms},
+                   max(p.seconds for p in parts), sum(p.policy_seconds for p in parts), sum(p.worker_seconds for p in parts))
 
 
 def limit_threads() -> None:
@@ -56,7 +80,7 @@ class RolloutWorker:
     def ready(self) -> int:
         return os.getpid()
 
-    def collect(self, policy_state: dict, steps: int, deterministic: bool = False) -> dict[str, np.ndarray]:
+    def collect(self, policy_state: dict, steps: int, deterministic: bool = False) -> Collected:
         """Step every environment `steps` times with the given weights; the environments carry
         on from where the previous call left them (episodes span iterations)."""
         import torch
@@ -65,38 +89,32 @@ class RolloutWorker:
         torch.manual_seed(self.generator_seed)
         self.generator_seed += 1
         env, n = self.env, self.env.num_envs
-        block = {"obs": np.zeros((steps, n, self.obs.shape[1]), np.float32),
-                 "critic_obs": np.zeros((steps, n, self.critic_obs.shape[1]), np.float32),
-                 "actions": np.zeros((steps, n, env.task.action_dim), np.float32),
-                 "log_probs": np.zeros((steps, n), np.float32), "rewards": np.zeros((steps, n), np.float32),
-                 "terminated": np.zeros((steps, n), bool), "truncated": np.zeros((steps, n), bool),
-                 "final_critic_obs": np.zeros((steps, n, self.critic_obs.shape[1]), np.float32)}
+        block = RolloutBatch.zeros(steps, n, self.obs.shape[1], self.critic_obs.shape[1], env.task.action_dim)
         episodes: dict[str, list] = {}
         term_sums: dict[str, float] = {}
         started, policy_seconds = time.perf_counter(), 0.0
         for t in range(steps):
-            block["obs"][t], block["critic_obs"][t] = self.obs, self.critic_obs
+            block.obs[t], block.critic_obs[t] = self.obs, self.critic_obs
             tick = time.perf_counter()
             actions, log_probs = self.policy.act(torch.from_numpy(self.obs), deterministic)
             policy_seconds += time.perf_counter() - tick
             actions = actions.numpy()
             self.obs, reward, terminated, truncated, info = env.step(actions)
             self.critic_obs = info["critic_obs"]
-            block["actions"][t], block["log_probs"][t] = actions, log_probs.numpy()
-            block["rewards"][t], block["terminated"][t], block["truncated"][t] = reward, terminated, truncated
+            block.actions[t], block.log_probs[t] = actions, log_probs.numpy()
+            block.rewards[t], block.terminated[t], block.truncated[t] = reward, terminated, truncated
             for key, value in info["reward_terms"].items():
                 term_sums[key] = term_sums.get(key, 0.0) + float(value.sum())
             if "final_critic_obs" in info:
                 done = info["_final_obs"]
-                block["final_critic_obs"][t][done] = info["final_critic_obs"][done]
+                block.final_critic_obs[t][done] = info["final_critic_obs"][done]
                 for key, value in info["episode"].items():
                     if key != "done":
                         episodes.setdefault(key, []).extend(np.asarray(value).tolist())
-        block["last_critic_obs"] = self.critic_obs.copy()
-        block["episodes"] = episodes
-        block["reward_terms"] = {key: value / (steps * n) for key, value in term_sums.items()}
-        block["seconds"], block["policy_seconds"] = time.perf_counter() - started, policy_seconds
-        return block
+        block.last_critic_obs = self.critic_obs.copy()
+        seconds = time.perf_counter() - started
+        return Collected(block, episodes, {key: value / (steps * n) for key, value in term_sums.items()},
+                         seconds, policy_seconds, seconds)
 
 
 class WorkerFailed(RuntimeError):
@@ -131,10 +149,10 @@ class RolloutGroup:
         return self.actor_cls.remote(self.env_id, self.envs_per_worker, self.seed * 1000 + index + 100_000 * generation,
                                      self.env_params, self.spec, index if self.pin_threads else None)
 
-    def collect(self, policy_state: dict, steps: int, deterministic: bool = False) -> dict:
+    def collect(self, policy_state: dict, steps: int, deterministic: bool = False) -> Collected:
         weights = ray.put(policy_state)  # once per iteration, shared by every worker
         pending = {w.collect.remote(weights, steps, deterministic): i for i, w in enumerate(self.workers)}
-        blocks: list[dict | None] = [None] * len(self.workers)
+        blocks: list[Collected | None] = [None] * len(self.workers)
         deadline = time.monotonic() + self.timeout_s
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -151,7 +169,7 @@ class RolloutGroup:
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 new_ref, index = self._replace(index, type(exc).__name__, weights, steps, deterministic)
                 pending[new_ref] = index
-        return merge_blocks(blocks)
+        return Collected.merge(blocks)
 
     def _replace(self, index: int, reason: str, weights, steps: int, deterministic: bool):
         self.replacements += 1
@@ -166,19 +184,3 @@ class RolloutGroup:
     def shutdown(self) -> None:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
-
-
-def merge_blocks(blocks: list[dict]) -> dict:
-    """Workers' blocks side by side along the environment axis; episode lists concatenated."""
-    merged = {}
-    for key, value in blocks[0].items():
-        if isinstance(value, np.ndarray):
-            axis = 0 if key == "last_critic_obs" else 1
-            merged[key] = np.concatenate([b[key] for b in blocks], axis=axis)
-    keys = sorted(set().union(*(b["episodes"] for b in blocks)))
-    merged["episodes"] = {k: [x for b in blocks for x in b["episodes"].get(k, [])] for k in keys}
-    merged["reward_terms"] = {k: float(np.mean([b["reward_terms"][k] for b in blocks])) for k in blocks[0]["reward_terms"]}
-    merged["seconds"] = max(b["seconds"] for b in blocks)
-    merged["policy_seconds"] = sum(b["policy_seconds"] for b in blocks)
-    merged["worker_seconds"] = sum(b["seconds"] for b in blocks)
-    return merged

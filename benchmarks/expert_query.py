@@ -22,12 +22,12 @@ import time
 
 import ray
 
-from actors.experts import ExpertPool
+from actors.experts import ExpertPool, lm_expert_builder
 from cluster.connect import connect
 from workloads.arithmetic import generate_splits
 from workloads.experts import ExpertConfig, StudentState
 from workloads.tasks import TaskConfig
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_tokenizer
+from workloads.lm import TinyLMConfig, build_tiny_lm, encode_text, load_tokenizer
 
 
 def make_states(tokenizer, count: int, seed: int) -> list[StudentState]:
@@ -36,7 +36,7 @@ def make_states(tokenizer, count: int, seed: int) -> list[StudentState]:
     states = []
     for problem in problems[:count]:
         completion = problem.solution if rng.random() < 0.5 else problem.solution.replace("=", "=1", 1)
-        prompt = (tokenizer.bos_token_id, *tokenizer.encode(problem.prompt, add_special_tokens=False))
+        prompt = tuple(encode_text(tokenizer, problem.prompt))
         states.append(StudentState(prompt, (*tokenizer.encode(completion, add_special_tokens=False), tokenizer.eos_token_id)))
     return states
 
@@ -80,14 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = load_tokenizer(model_dir)
         states = make_states(tokenizer, args.states, seed=0)
 
-        uncached = ExpertPool(ExpertConfig(kind="hf", model=model_dir, top_k=8, batch_size=32, cache_size=0), model_dir)
+        uncached_cfg = ExpertConfig(kind="hf", model=model_dir, top_k=8, batch_size=32, cache_size=0)
+        uncached = ExpertPool(uncached_cfg, lm_expert_builder(uncached_cfg, model_dir))
         uncached.label(states[:8])  # warm-up: model loaded, first forward done
         batched_s = timed(lambda: uncached.label(states))
         single_s = timed(lambda: [uncached.label([state]) for state in states])
 
         rounds = grpo_like_rounds(states, args.rounds, seed=1)
         cold_s = timed(lambda: [uncached.label(batch) for batch in rounds])
-        cached = ExpertPool(ExpertConfig(kind="hf", model=model_dir, top_k=8, batch_size=32), model_dir)
+        cached_cfg = ExpertConfig(kind="hf", model=model_dir, top_k=8, batch_size=32)
+        cached = ExpertPool(cached_cfg, lm_expert_builder(cached_cfg, model_dir))
         cached.label(states[:8])
         before = cached.stats()
         warm_s = timed(lambda: [cached.label(batch) for batch in rounds])

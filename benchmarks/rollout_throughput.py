@@ -67,9 +67,9 @@ def worker_rate(env_id: str, workers: int, envs_per_worker: int, steps: int, rep
         rates, policy_fractions = [], []
         for _ in range(repeats):
             started = time.perf_counter()
-            block = group.collect(state, steps)
-            rates.append(block["rewards"].size / (time.perf_counter() - started))
-            policy_fractions.append(block["policy_seconds"] / block["worker_seconds"])
+            collected = group.collect(state, steps)
+            rates.append(collected.batch.num_steps / (time.perf_counter() - started))
+            policy_fractions.append(collected.policy_seconds / collected.worker_seconds)
     finally:
         group.shutdown()
     return float(np.median(rates)), float(np.mean(policy_fractions))

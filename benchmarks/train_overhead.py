@@ -21,7 +21,7 @@ import torch
 from workloads.arithmetic import generate_splits
 from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
 from workloads.tasks import TaskConfig
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_lm
+from workloads.lm import TinyLMConfig, build_tiny_lm, load_lm
 
 REPORT_EVERY = 100  # the sft pipeline reports to Ray Train at eval/checkpoint steps (default 100)
 WARMUP_STEPS = 10

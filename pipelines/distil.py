@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +41,8 @@ from pipelines import sft
 from pipelines.launch import (
     RunFields,
     RunSummary,
+    Workers,
+    check_ranks_in_sync,
     ending_run,
     main_for,
     open_run,
@@ -51,15 +52,17 @@ from pipelines.launch import (
     train_worker_context,
 )
 from workloads import tracking
+from workloads.caching import cached_directory, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.distill import OBJECTIVES
+from workloads.distributed import any_rank, gather_objects
 from workloads.experts import ExpertConfig
-from workloads.grpo import GRPOConfig, grpo_step, sample_groups
+from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
+from workloads.lm import TinyLMConfig, format_prompt, greedy_complete, load_lm, sample_groups
 from workloads.plots import plot_curves
-from workloads.sft import batch_indices, greedy_complete
+from workloads.sft import batch_indices
 from workloads.tasks import TaskConfig, completion_budget, task_for
-from workloads.tiny_lm import TinyLMConfig, load_lm
 
 PIPELINE = "distil"
 REGISTERED_MODEL = "rayworks-distil"
@@ -90,12 +93,13 @@ class Config(RunFields):
     eval_samples: int = 8  # N of Pass@N
     eval_every: int = 10
     max_expert_failures: int = 3
-    num_workers: int = 1
+    kl_coef: float = 0.0  # rlvr: k3 KL to the initial student (0: no reference model, as the papers)
     register_model: bool = True
     num_samples_logged: int = 8
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     expert: ExpertConfig = dataclasses.field(default_factory=ExpertConfig)
+    train: Workers = dataclasses.field(default_factory=Workers)
 
     section: ClassVar[str] = "distil"
 
@@ -120,7 +124,7 @@ class Config(RunFields):
         require(self.eval_problems >= 1 and self.eval_samples >= 1, "eval_samples", "eval_problems and eval_samples must be >= 1")
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
         require(self.max_expert_failures >= 1, "max_expert_failures", "must be >= 1")
-        require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        require(self.kl_coef >= 0, "kl_coef", "must be >= 0")
 
 
 def step_budget(config: Config) -> tuple[int, int]:
@@ -138,37 +142,27 @@ def ensure_student(config: Config, parent_run_id: str) -> str:
                                 register_model=False, num_samples_logged=4, model=config.model, task=config.task,
                                 train=sft.TrainConfig(max_steps=config.student_sft_steps, eval_every=config.student_sft_steps,
                                                       checkpoint_every=config.student_sft_steps))
-    cache = Path(storage_path(config.storage_path)) / "distil-students" / tracking.data_hash([to_dict(student_config)])
-    if (cache / "config.json").is_file():
-        return str(cache)
-    summary = sft.run(student_config, parent_run_id=parent_run_id)
-    import mlflow.artifacts
+    cache = Path(storage_path(config.storage_path)) / "distil-students" / stable_hash([to_dict(student_config)])
 
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cache.parent))
-    downloaded = mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="model", dst_path=str(staging),
-                                                     tracking_uri=tracking.tracking_uri())
-    if not (cache / "config.json").is_file():
-        shutil.rmtree(cache, ignore_errors=True)  # a partial copy
-    try:
-        Path(downloaded).rename(cache)  # whole or absent
-    except OSError:
-        if not (cache / "config.json").is_file():
-            raise
-        # a concurrent run (another Tune trial) cached the same student first: use that one
-    shutil.rmtree(staging, ignore_errors=True)
-    return str(cache)
+    def sft_student(directory: Path) -> None:
+        import mlflow.artifacts
+
+        summary = sft.run(student_config, parent_run_id=parent_run_id)
+        mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="model", dst_path=str(directory),
+                                            tracking_uri=tracking.tracking_uri())
+
+    return str(cached_directory(cache, sft_student) / "model")
 
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(config: Config, model, tokenizer, problems, seed: int, checker, max_new_tokens: int) -> dict[str, float]:
     """Pass@1 and Pass@N (N = eval_samples, unbiased estimators) and greedy accuracy."""
     n = config.eval_samples
-    rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems], n, max_new_tokens,
-                             config.temperature, generator_seed=seed)
+    prompts = [format_prompt(tokenizer, p.prompt) for p in problems]
+    rollouts = sample_groups(model, tokenizer, prompts, n, max_new_tokens, config.temperature, generator_seed=seed)
     verdicts = checker([p for p in problems for _ in range(n)], rollouts.texts)
     correct = [sum(verdicts[i * n : (i + 1) * n]) for i in range(len(problems))]
-    greedy = greedy_complete(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
+    greedy = greedy_complete(model, tokenizer, prompts, max_new_tokens)
     return {"pass_at_1": sum(pass_at_k(n, c, 1) for c in correct) / len(problems),
             "pass_at_n": sum(pass_at_k(n, c, n) for c in correct) / len(problems),
             "greedy_accuracy": sum(checker(problems, greedy)) / len(problems)}
@@ -208,7 +202,7 @@ def train_loop_per_worker(payload: dict) -> None:
     warmup = max(1, config.warmup_iterations * config.updates_per_iteration)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     grpo = GRPOConfig(group_size=config.samples_per_prompt, lr=config.lr, updates_per_batch=config.updates_per_iteration,
-                      temperature=config.temperature, max_new_tokens=max_new_tokens)
+                      temperature=config.temperature, max_new_tokens=max_new_tokens, kl_coef=config.kl_coef)
     start, failures_in_a_row, stopped = 0, 0, ""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -218,7 +212,8 @@ def train_loop_per_worker(payload: dict) -> None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start = state["iteration"]
-    train_model = ray.train.torch.prepare_model(model)
+    train_model = ray.train.torch.prepare_model(model)  # moved to this worker's device (its GPU with train.use_gpu)
+    reference = frozen_reference(model) if config.objective == "rlvr" and config.kl_coef > 0 else None
     per_iteration = config.prompts_per_iteration * config.samples_per_prompt * world_size
     eval_seed = config.seed * 7919 + 1  # the same Pass@k draws at every evaluation
 
@@ -231,32 +226,38 @@ def train_loop_per_worker(payload: dict) -> None:
     for iteration in range(start, config.iterations):
         indices = batch_indices(iteration, config.prompts_per_iteration, world_size, rank, len(train_problems), config.seed)
         problems = [train_problems[i] for i in indices.tolist() for _ in range(config.samples_per_prompt)]
-        rollouts = sample_groups(model, tokenizer, [p.prompt for p in problems[:: config.samples_per_prompt]],
+        rollouts = sample_groups(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems[:: config.samples_per_prompt]],
                                  config.samples_per_prompt, max_new_tokens, config.temperature,
                                  generator_seed=(config.seed * 100_003 + iteration) * world_size + rank)
         rewards = torch.tensor(checker(problems, rollouts.texts), dtype=torch.float32)
         done = iteration + 1
         metrics = {"iteration": done, "student_samples": done * per_iteration, "rollout_accuracy": float(rewards.mean())}
         if config.objective == "rlvr":
-            metrics.update(grpo_step(model, optimizer, rollouts, rewards, grpo, train_model=train_model))
+            metrics.update(grpo_step(model, optimizer, rollouts, rewards, grpo, reference, train_model))
             scheduler.step()
         else:
             privileged = [p.solution if config.expert.privileged else "" for p in problems]
             states = states_from_rollouts(rollouts, privileged)
+            failure: Exception | None = None
             try:
                 if config.level == "step":
                     states = step_states(states, tokenizer)
                     labels = experts.candidates(states, config.expert.top_k)
                 else:
                     labels = experts.label(states)
-                failures_in_a_row = 0
             except (ExpertUnavailable, ConfigError) as exc:
+                failure = exc
+            # Agreed across ranks: an expert failure on any rank skips the update on every rank.
+            if any_rank(failure is not None):
                 failures_in_a_row += 1
                 metrics["expert_failures"] = failures_in_a_row
-                print(f"[distil] iteration {done}: expert failed ({exc}); update skipped", flush=True)
+                reason = next(r for r in gather_objects(str(failure) if failure is not None else "") if r)
+                print(f"[distil] iteration {done}: expert failed ({reason}); update skipped", flush=True)
                 labels = None
-                if isinstance(exc, ConfigError) or failures_in_a_row >= config.max_expert_failures:
-                    stopped = f"expert.{'endpoint' if config.expert.kind == 'openai' else 'kind'}: {exc}"
+                if any_rank(isinstance(failure, ConfigError)) or failures_in_a_row >= config.max_expert_failures:
+                    stopped = f"expert.{'endpoint' if config.expert.kind == 'openai' else 'kind'}: {reason}"
+            else:
+                failures_in_a_row = 0
             if labels is not None:
                 train_model.train()
                 for _ in range(config.updates_per_iteration):
@@ -265,7 +266,9 @@ def train_loop_per_worker(payload: dict) -> None:
                     else:
                         loss, labelled = distillation_loss(train_model, rollouts, labels, config.objective,
                                                            config.jsd_beta, config.average)
-                    if labelled == 0:  # empty rollouts or an expert that abstained everywhere
+                    # No rank has a labelled state (empty rollouts, an expert that abstained
+                    # everywhere): all skip. A rank without one steps on its zero loss otherwise.
+                    if not any_rank(labelled > 0):
                         break
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -294,29 +297,29 @@ def train_loop_per_worker(payload: dict) -> None:
             return
     if config.iterations == 0 or start >= config.iterations:
         report_with_checkpoint({"iteration": start}, rank, model, tokenizer)
+    check_ranks_in_sync(model, run, config.iterations)
 
 
 # ---------------------------------------------------------------- the driver
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
-    import ray.train
     from ray.train.torch import TorchTrainer
 
-    from actors.experts import ExpertPool
+    from actors.experts import ExpertPool, lm_expert_builder
     from actors.verifiers import TaskChecker
 
     train_problems, _ = task_for(config.task).splits(config.seed)  # a bad task config fails before any run opens
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
-                                    data_hash=tracking.data_hash(p.key for p in train_problems))
+                                    data_hash=stable_hash(p.key for p in train_problems))
     with ending_run(run_record):
         student = ensure_student(config, run_record.run_id)
         run_record.set_tags({"student": student})
-        experts = ExpertPool(config.expert, student) if config.objective != "rlvr" else None
+        experts = ExpertPool(config.expert, lm_expert_builder(config.expert, student)) if config.objective != "rlvr" else None
         checker = TaskChecker(config.task)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": to_dict(config), "student": student, "experts": experts, "checker": checker,
                                "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
-            scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
+            scaling_config=config.train.scaling_config(),
             run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()

@@ -14,11 +14,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from cluster.connect import AuthTokenMissing, RayUnreachable, connect, ray_job_submission_id
 from workloads import tracking
-from workloads.config import ConfigError, load_config, to_dict
+from workloads.config import ConfigError, load_config, require, to_dict
 
 RUN_NAME_TAG = "rayworks.run_name"
 PIPELINE_TAG = "rayworks.pipeline"
@@ -32,6 +32,53 @@ class RunFields:
     run_name: str = ""  # empty: a fresh timestamped name
     experiment: str = ""  # empty: rayworks-<pipeline>
     storage_path: str = "./ray_results"
+
+
+@dataclasses.dataclass
+class Workers:
+    """The Ray Train workers of a training pipeline: its `train` section (one name everywhere:
+    `--set train.num_workers=4 train.use_gpu=true`)."""
+
+    num_workers: int = 1
+    use_gpu: bool = False  # one GPU per worker; models and batches follow it
+    cpus_per_worker: int = 1
+
+    section: ClassVar[str] = "train"
+
+    def validate(self) -> None:
+        require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        require(self.cpus_per_worker >= 0, "cpus_per_worker", "must be >= 0")
+
+    def scaling_config(self, **resources):
+        """Ray Train's ScalingConfig: these workers, each with its CPUs (and `resources`)."""
+        import ray.train
+
+        return ray.train.ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu,
+                                       resources_per_worker={"CPU": self.cpus_per_worker, **resources})
+
+
+def worker_device(workers: Workers):
+    """The torch device of this Ray Train worker: its GPU when `use_gpu`, the CPU otherwise."""
+    import ray.train.torch
+    import torch
+
+    return ray.train.torch.get_device() if workers.use_gpu else torch.device("cpu")
+
+
+def check_ranks_in_sync(module, run: tracking.Run | None, step: int) -> list[str]:
+    """Every rank's parameter fingerprint (`workloads.distributed.parameter_fingerprint`), in rank
+    order, logged by rank 0 as the tag `rayworks.rank_fingerprints` and the metric
+    `ranks_in_sync` (1 when all are equal). A collective: every rank must call it."""
+    from workloads.distributed import gather_objects, parameter_fingerprint
+
+    fingerprints = gather_objects(parameter_fingerprint(module))
+    if run is not None:
+        in_sync = len(set(fingerprints)) == 1
+        run.set_tags({"rayworks.rank_fingerprints": json.dumps(fingerprints)})
+        run.log_metrics({"ranks_in_sync": float(in_sync)}, step=step)
+        if not in_sync:
+            print(f"warning: the {len(fingerprints)} training ranks ended with different parameters", file=sys.stderr)
+    return fingerprints
 
 
 @contextlib.contextmanager

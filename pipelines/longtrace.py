@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,11 +28,12 @@ from typing import ClassVar, Literal
 
 import torch
 
-from actors.longtrace import contexts_dir
 from pipelines import longtrace_data
 from pipelines.launch import (
     RunFields,
     RunSummary,
+    Workers,
+    check_ranks_in_sync,
     ending_run,
     main_for,
     open_run,
@@ -44,8 +43,11 @@ from pipelines.launch import (
     train_worker_context,
 )
 from workloads import tracking
+from workloads.caching import cached_directory, is_complete, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
-from workloads.grpo import GRPOConfig, grpo_step, sample_groups
+from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
+from workloads.lm import TinyLMConfig, load_lm, load_tokenizer, model_config, sample_groups
+from workloads.longtrace.format import contexts_dir
 from workloads.longtrace.kg import KGConfig
 from workloads.longtrace.reader import (
     greedy_scores,
@@ -63,7 +65,6 @@ from workloads.sft import (
     train_step,
     warmup_cosine,
 )
-from workloads.tiny_lm import TinyLMConfig, load_lm, load_tokenizer, model_config
 
 PIPELINE = "longtrace"
 REGISTERED_MODEL = "rayworks-longtrace"
@@ -104,13 +105,13 @@ class Config(RunFields):
     grpo_prompts: int = 16  # GRPO draws its prompts from this many training questions (0: all)
     eval_every: int = 10
     probe_samples: int = 4  # sampled responses per question in the sampled-accuracy probes
-    num_workers: int = 1
     register_model: bool = True
     num_samples_logged: int = 12
     data: longtrace_data.Config = dataclasses.field(default_factory=default_data)
     model: TinyLMConfig = dataclasses.field(default_factory=lambda: TinyLMConfig(max_positions=512))
     sft: SFTStage = dataclasses.field(default_factory=SFTStage)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    train: Workers = dataclasses.field(default_factory=Workers)
 
     section: ClassVar[str] = "longtrace"
 
@@ -123,7 +124,6 @@ class Config(RunFields):
         require(self.grpo_prompts >= 0, "grpo_prompts", "must be >= 0")
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
         require(self.probe_samples >= 1, "probe_samples", "must be >= 1")
-        require(self.num_workers >= 1, "num_workers", "must be >= 1")
         require(bool(self.model_init) or self.sft.steps > 0, "sft.steps", "the tiny reader needs SFT steps (or set model_init)")
 
 
@@ -142,10 +142,6 @@ def judge_for(config: Config):
     return _judge(config.judge, config.judge_endpoint, config.judge_model)
 
 
-def config_hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def ensure_data(config: Config, parent_run_id: str | None) -> Path:
     """`data_dir`, or the `data` section built once into a directory named by its hash."""
     if config.data_dir:
@@ -154,16 +150,9 @@ def ensure_data(config: Config, parent_run_id: str | None) -> Path:
             raise ConfigError(f"data_dir: {directory} has no mode=tiered/ rows; build them with "
                               f"`rayworks run longtrace_data --set output_dir={directory}`")
         return directory
-    directory = Path(storage_path(config.storage_path)) / "longtrace-data" / config_hash(to_dict(config.data))
-    if (directory / "BUILT").is_file():
-        return directory
-    building = directory.with_name(directory.name + ".building")
-    shutil.rmtree(building, ignore_errors=True)
-    longtrace_data.run(dataclasses.replace(config.data, output_dir=str(building)), parent_run_id=parent_run_id)
-    (building / "BUILT").write_text("ok\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    building.rename(directory)  # whole or absent: a crash mid-build leaves no half data set behind
-    return directory
+    directory = Path(storage_path(config.storage_path)) / "longtrace-data" / stable_hash([to_dict(config.data)])
+    return cached_directory(directory, lambda building: longtrace_data.run(
+        dataclasses.replace(config.data, output_dir=str(building)), parent_run_id=parent_run_id))
 
 
 @dataclasses.dataclass
@@ -259,20 +248,17 @@ def train_loop_per_worker(payload: dict) -> None:
             state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)
             optimizer.load_state_dict(state["optimizer"])
             start_step = state["step"]
-    elif reader_cache and (Path(reader_cache) / "config.json").is_file():
+    elif reader_cache and is_complete(reader_cache):
         model.load_state_dict(load_lm(reader_cache)[0].state_dict())
         if run:
             run.set_tags({"reader_sft": f"cached {reader_cache}"})
     elif config.sft.steps:
         sft_reader(config, model, tokenizer, splits, run)  # every rank: same data, same seed, same weights
         if rank == 0 and reader_cache:
-            staging = Path(tempfile.mkdtemp(dir=Path(reader_cache).parent))
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            shutil.rmtree(reader_cache, ignore_errors=True)
-            staging.rename(reader_cache)
+            cached_directory(reader_cache, lambda staging: (model.save_pretrained(staging), tokenizer.save_pretrained(staging)))
 
-    ddp_model = ray.train.torch.prepare_model(model)
+    ddp_model = ray.train.torch.prepare_model(model)  # moved to this worker's device (its GPU with train.use_gpu)
+    reference = frozen_reference(model) if g.kl_coef > 0 else None
     eval_seed = config.seed * 7919  # the same sampled probes before and after GRPO, apart from the training draws
     if rank == 0:
         before = evaluate(config, model, tokenizer, splits, eval_seed)
@@ -288,7 +274,7 @@ def train_loop_per_worker(payload: dict) -> None:
         rollouts = sample_groups(model, tokenizer, [e.prompt for e in examples], g.group_size, g.max_new_tokens,
                                  g.temperature, generator_seed=(config.seed * 100_003 + step) * world_size + rank)
         rewards = rollout_rewards(config, rollouts, examples)
-        stats = grpo_step(model, optimizer, rollouts, rewards, g, train_model=ddp_model)
+        stats = grpo_step(model, optimizer, rollouts, rewards, g, reference, ddp_model)
         done = step + 1
         metrics = {"reward": float(rewards.mean()), "truncated": sum(rollouts.truncated) / len(rollouts.truncated),
                    "response_tokens": float(rollouts.completion_mask.sum(dim=1).float().mean()), "grpo_step": done,
@@ -305,21 +291,21 @@ def train_loop_per_worker(payload: dict) -> None:
             report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(), "step": done})
     if g.steps == 0 or start_step >= g.steps:  # nothing left to train: the reader as it is
         report_with_checkpoint({"grpo_step": start_step, "step": start_step}, rank, model, tokenizer)
+    check_ranks_in_sync(model, run, g.steps)
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     given_data = ensure_data(config, None) if config.data_dir else None  # a wrong path fails before any run opens
-    data_key = str(given_data) if given_data else config_hash(to_dict(config.data))
+    data_key = str(given_data) if given_data else stable_hash([to_dict(config.data)])
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_key)
     with ending_run(run_record):
         data_dir = given_data or ensure_data(config, run_record.run_id)
         run_record.set_tags({"data_dir": str(data_dir)})
         reader_cache = ""
         if not config.model_init and "://" not in config.storage_path:
-            key = config_hash(str(data_dir), to_dict(config.model), to_dict(config.sft), config.seed, config.eval_fraction)
+            key = stable_hash([str(data_dir), to_dict(config.model), to_dict(config.sft), config.seed, config.eval_fraction])
             cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
             cache_root.mkdir(parents=True, exist_ok=True)
             reader_cache = str(cache_root / key)
@@ -327,7 +313,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             train_loop_per_worker,
             train_loop_config={"config": to_dict(config), "data_dir": str(data_dir), "reader_cache": reader_cache,
                                "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
-            scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, resources_per_worker={"CPU": 1}),
+            scaling_config=config.train.scaling_config(),
             run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()

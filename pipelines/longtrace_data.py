@@ -20,10 +20,10 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from pipelines.launch import RunFields, RunSummary, ending_run, main_for, open_run
-from workloads import tracking
+from workloads.caching import stable_hash
 from workloads.config import ConfigError, require, to_dict
 from workloads.longtrace.kg import (
     KGConfig,
@@ -32,11 +32,10 @@ from workloads.longtrace.kg import (
     generate_questions,
     load_kg,
 )
+from workloads.longtrace.format import BuildOutcome
 from workloads.longtrace.search import AgentConfig, ContextConfig, SearchIndex
 from workloads.plots import plot_curves
 
-if TYPE_CHECKING:  # the actors module imports Ray, which the CLI loads only when it runs a pipeline
-    from actors.longtrace import BuildOutcome
 
 PIPELINE = "longtrace_data"
 KEY_METRIC = "rows_tiered"
@@ -53,7 +52,7 @@ class Config(RunFields):
     tokenizer_merges: int = 500
     num_actors: int = 2
     # Questions per actor call (and per Parquet file of each mode), capped for small builds
-    # (`actors.longtrace.questions_per_call`). Bigger calls spread Ray Data's per-block costs
+    # (`workloads.longtrace.format.questions_per_call`). Bigger calls spread Ray Data's per-block costs
     # thinner (`python -m benchmarks.distractor_build` measures it).
     batch_size: int = 256
     kg: KGConfig = dataclasses.field(default_factory=KGConfig)
@@ -82,7 +81,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         raise ConfigError(str(exc)) from None
     if not questions:
         raise ConfigError(f"kg: no question could be generated ({dict(skips)})")
-    data_hash = tracking.data_hash(dataclasses.asdict(q) for q in questions)
+    data_hash = stable_hash(dataclasses.asdict(q) for q in questions)
     run_record, _ = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
     with ending_run(run_record):
         output = Path(config.output_dir).resolve()
@@ -99,7 +98,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
 def save_corpus_tokenizer(documents, questions, merges: int, directory: Path) -> str:
     """The tiny reader's tokenizer: byte-level BPE learned on the documents and questions."""
     from workloads.longtrace.search import INSTRUCTION, document_section
-    from workloads.tiny_lm import build_tokenizer
+    from workloads.lm import build_tokenizer
 
     texts = [document_section(d) for d in documents] + [q.question for q in questions] + [INSTRUCTION]
     build_tokenizer(texts, merges).save_pretrained(directory)
@@ -110,7 +109,7 @@ def log_outcome(run_record, output: Path, built: BuildOutcome, skips: Skips, num
                 num_documents: int) -> None:
     import pyarrow.dataset as pds
 
-    from actors.longtrace import contexts_dir
+    from workloads.longtrace.format import contexts_dir
 
     counts = built.rows
     metrics = {"questions": num_questions, "documents": num_documents, **{f"rows_{m}": n for m, n in counts.items()},

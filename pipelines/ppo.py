@@ -29,9 +29,22 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pipelines.launch import RunFields, RunSummary, ending_run, main_for, open_run, train_run_config, train_worker_context
+from pipelines.launch import (
+    RunFields,
+    RunSummary,
+    Workers,
+    check_ranks_in_sync,
+    ending_run,
+    main_for,
+    open_run,
+    train_run_config,
+    train_worker_context,
+    worker_device,
+)
 from workloads import tracking
+from workloads.caching import stable_hash
 from workloads.config import ConfigError, build_section, from_dict, require, to_dict
+from workloads.distributed import average_in_place
 from workloads.plots import plot_curves
 from workloads.ppo import PPOConfig, ppo_update
 
@@ -55,11 +68,12 @@ class Config(RunFields):
     pin_threads: bool = True
     worker_timeout_s: float = 300.0
     max_worker_replacements: int = 3
-    num_learners: int = 1
-    use_gpu: bool = False  # the learner on a GPU (clusters); rollout workers stay on CPUs
     render: bool = True
     render_steps: int = 150
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
+    # The learners (each with its own rollout workers); train.use_gpu puts them on GPUs, the
+    # rollout workers stay on CPUs. A learner asks for no CPU: it alternates with its workers.
+    train: Workers = dataclasses.field(default_factory=lambda: Workers(cpus_per_worker=0))
 
     section: ClassVar[str] = "ppo"
 
@@ -75,7 +89,6 @@ class Config(RunFields):
         require(bool(self.hidden) and all(h >= 1 for h in self.hidden), "hidden", "a non-empty list of positive layer sizes")
         require(self.init_std > 0, "init_std", "must be > 0")
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
-        require(self.num_learners >= 1, "num_learners", "must be >= 1")
         p = self.ppo
         require(p.lr > 0 and p.clip > 0 and p.epochs >= 1 and p.minibatches >= 1, "ppo",
                 "lr and clip must be > 0, epochs and minibatches >= 1")
@@ -106,17 +119,13 @@ def build_policy(config: Config, spec):
     return ActorCritic(spec.obs_dim, spec.critic_dim, spec.action_dim, tuple(config.hidden), config.init_std)
 
 
-def as_tensors(block: dict, device) -> dict[str, torch.Tensor]:
-    keys = ("obs", "critic_obs", "actions", "log_probs", "rewards", "terminated", "truncated", "final_critic_obs", "last_critic_obs")
-    return {key: torch.from_numpy(block[key]).to(device) for key in keys}
-
-
-def iteration_metrics(block: dict, seconds: float) -> dict[str, float]:
-    episodes, steps = block["episodes"], block["rewards"].size
-    metrics = {"reward_per_step": float(block["rewards"].mean()), "steps_per_second": steps / seconds,
-               "collect_seconds": block["seconds"], "policy_fraction": block["policy_seconds"] / max(block["worker_seconds"], 1e-9),
-               "terminations": float(block["terminated"].sum()), "timeouts": float(block["truncated"].sum())}
-    metrics.update({f"reward/{key}": value for key, value in block["reward_terms"].items()})
+def iteration_metrics(collected, seconds: float) -> dict[str, float]:
+    episodes, batch = collected.episodes, collected.batch
+    metrics = {"reward_per_step": float(batch.rewards.mean()), "steps_per_second": batch.num_steps / seconds,
+               "collect_seconds": collected.seconds,
+               "policy_fraction": collected.policy_seconds / max(collected.worker_seconds, 1e-9),
+               "terminations": float(batch.terminated.sum()), "timeouts": float(batch.truncated.sum())}
+    metrics.update({f"reward/{key}": value for key, value in collected.reward_terms.items()})
     if episodes.get("return"):
         metrics.update({"episodes": len(episodes["return"]), "episode_length": float(np.mean(episodes["length"])),
                         "success_rate": float(np.mean(episodes["success"]))})
@@ -137,7 +146,7 @@ def train_loop_per_worker(payload: dict) -> None:
     spec = payload["spec"]
     rank, world_size, run = train_worker_context(payload)
     torch.manual_seed(config.seed)
-    device = ray.train.torch.get_device() if config.use_gpu else torch.device("cpu")
+    device = worker_device(config.train)
     policy = build_policy(config, spec).to(device)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.ppo.lr)
     start = 0
@@ -148,7 +157,7 @@ def train_loop_per_worker(payload: dict) -> None:
             policy.load_state_dict(state["policy"])
             optimizer.load_state_dict(state["optimizer"])
             start = state["iteration"]
-    average = average_across_learners if world_size > 1 else None
+    average = average_in_place if world_size > 1 else None
     generator = torch.Generator().manual_seed(config.seed)
     group = RolloutGroup(config.env, config.num_rollout_workers, config.envs_per_worker,
                          config.seed * 10_007 + rank + 1000 * start, config.env_params, spec,
@@ -158,15 +167,15 @@ def train_loop_per_worker(payload: dict) -> None:
     try:
         for iteration in range(start, config.iterations):
             tick = time.perf_counter()
-            block = group.collect({k: v.cpu() for k, v in policy.state_dict().items()}, config.steps_per_iteration)
-            collected = time.perf_counter()
-            stats = ppo_update(policy, optimizer, as_tensors(block, device), config.ppo, generator, average)
+            collected = group.collect({k: v.cpu() for k, v in policy.state_dict().items()}, config.steps_per_iteration)
+            collected_at = time.perf_counter()
+            stats = ppo_update(policy, optimizer, collected.batch.to_torch(device), config.ppo, generator, average)
             done = iteration + 1
-            metrics = {**iteration_metrics(block, collected - tick), **stats, "iteration": done,
-                       "update_seconds": time.perf_counter() - collected, "worker_replacements": group.replacements}
-            window.extend(block["episodes"].get("return", []))
-            if block["episodes"].get("return"):
-                metrics["iteration_return"] = float(np.mean(block["episodes"]["return"]))
+            metrics = {**iteration_metrics(collected, collected_at - tick), **stats, "iteration": done,
+                       "update_seconds": time.perf_counter() - collected_at, "worker_replacements": group.replacements}
+            window.extend(collected.episodes.get("return", []))
+            if collected.episodes.get("return"):
+                metrics["iteration_return"] = float(np.mean(collected.episodes["return"]))
             if rank == 0:
                 run.log_metrics(metrics, step=done)
             if done % config.eval_every == 0 or done == config.iterations:
@@ -178,15 +187,9 @@ def train_loop_per_worker(payload: dict) -> None:
                           f"({len(window)} episodes)  {metrics['steps_per_second']:.0f} steps/s", flush=True)
                 window = []
                 report_policy(report, rank, policy, optimizer, done)
+        check_ranks_in_sync(policy, run, config.iterations)
     finally:
         group.shutdown()
-
-
-def average_across_learners(tensors: list[torch.Tensor]) -> None:
-    import torch.distributed as dist
-
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.AVG)
 
 
 def report_policy(metrics: dict, rank: int, policy, optimizer, iteration: int) -> None:
@@ -208,8 +211,9 @@ def render_rollout(config_dict: dict, policy_state: dict, spec) -> tuple[bytes, 
     try:
         import io
 
-        import envs
         from PIL import Image
+
+        import envs
 
         config = from_dict(Config, config_dict)
         policy = build_policy(config, spec)
@@ -231,21 +235,18 @@ def render_rollout(config_dict: dict, policy_state: dict, spec) -> tuple[bytes, 
 
 # ---------------------------------------------------------------- the driver
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     spec = policy_spec(config)  # a missing asset package or a bad env_params fails before any run opens
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
-                                    data_hash=tracking.data_hash([config.env, repr(sorted(config.env_params.items()))]))
+                                    data_hash=stable_hash([config.env, repr(sorted(config.env_params.items()))]))
     with ending_run(run_record):
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": to_dict(config), "spec": spec, "mlflow_run_id": run_record.run_id,
                                "mlflow_uri": run_record.uri},
             # The learner asks for memory, not CPUs: it alternates with the rollout workers, which hold the cores.
-            scaling_config=ray.train.ScalingConfig(num_workers=config.num_learners, use_gpu=config.use_gpu,
-                                                   resources_per_worker={"CPU": 0, "memory": LEARNER_MEMORY,
-                                                                         **({"GPU": 1} if config.use_gpu else {})}),
+            scaling_config=config.train.scaling_config(memory=LEARNER_MEMORY),
             run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()

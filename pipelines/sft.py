@@ -29,6 +29,8 @@ import torch
 from pipelines.launch import (
     RunFields,
     RunSummary,
+    Workers,
+    check_ranks_in_sync,
     ending_run,
     main_for,
     open_run,
@@ -37,11 +39,12 @@ from pipelines.launch import (
     train_worker_context,
 )
 from workloads import tracking
+from workloads.caching import stable_hash
 from workloads.config import from_dict, require, to_dict
 from workloads.plots import plot_curves
-from workloads.sft import batch_at, batch_indices, greedy_complete, tokenize_examples, train_step, warmup_cosine
+from workloads.lm import TinyLMConfig, format_prompt, greedy_complete, load_lm, tiny_lm
+from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
 from workloads.tasks import TaskConfig, completion_budget, task_for
-from workloads.tiny_lm import TinyLMConfig, load_lm, tiny_lm
 
 PIPELINE = "sft"
 REGISTERED_MODEL = "rayworks-sft"
@@ -50,10 +53,7 @@ QUICKSTART = ["train.max_steps=400", "train.eval_every=100", "train.checkpoint_e
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
+class TrainConfig(Workers):
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -69,7 +69,7 @@ class TrainConfig:
     section: ClassVar[str] = "train"
 
     def validate(self) -> None:
-        require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        super().validate()
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.lr > 0, "lr", "must be > 0")
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
@@ -104,7 +104,7 @@ def initial_model(config: Config):
 
 def evaluate(model, tokenizer, problems, max_new_tokens: int, checker) -> tuple[float, list[str], list[bool]]:
     """Greedy accuracy on `problems`, with the completions and their verdicts."""
-    completions = greedy_complete(model, tokenizer, [p.prompt for p in problems], max_new_tokens)
+    completions = greedy_complete(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems], max_new_tokens)
     correct = checker(problems, completions)
     return sum(correct) / len(problems), completions, correct
 
@@ -120,9 +120,8 @@ def train_loop_per_worker(payload: dict) -> None:
 
     model, tokenizer = initial_model(config)
     train_problems, eval_problems = task_for(config.task).splits(config.seed)
-    data = tokenize_examples(
-        tokenizer, [p.prompt for p in train_problems], [p.solution for p in train_problems], config.train.max_length
-    )
+    data = tokenize_examples(tokenizer, [format_prompt(tokenizer, p.prompt) for p in train_problems],
+                             [p.solution for p in train_problems], config.train.max_length)
     checker = payload["checker"]
     eval_tokens = config.train.eval_max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -170,16 +169,16 @@ def train_loop_per_worker(payload: dict) -> None:
                                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": global_step})
         elif evaluating:
             ray.train.report(metrics)
+    check_ranks_in_sync(bare_model, run, train.max_steps)
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
-    import ray.train
     from ray.train.torch import TorchTrainer
 
     from actors.verifiers import TaskChecker
 
     train_problems, _ = task_for(config.task).splits(config.seed)
-    data_hash = tracking.data_hash(p.key for p in train_problems)
+    data_hash = stable_hash(p.key for p in train_problems)
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
     with ending_run(run_record):
         checker = TaskChecker(config.task)
@@ -191,11 +190,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                 "mlflow_run_id": run_record.run_id,
                 "mlflow_uri": run_record.uri,
             },
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=config.train.num_workers,
-                use_gpu=config.train.use_gpu,
-                resources_per_worker={"CPU": config.train.cpus_per_worker},
-            ),
+            scaling_config=config.train.scaling_config(),
             run_config=train_run_config(config, run_name, train_callbacks),
         )
         result = trainer.fit()

@@ -1,7 +1,10 @@
 """Serve app `generate`: text completion from a causal LM checkpoint.
 
     POST /generate {"prompt": str, "max_new_tokens": int}  ->  {"completion": str, ...}
-    POST /v1/completions   OpenAI-compatible; with vLLM's `prompt_logprobs` (DistIL's endpoint expert)
+         (the prompt is formatted as the pipelines format it: through the model's chat template
+         when its tokenizer has one, with BOS only where the tokenizer has one)
+    POST /v1/completions   OpenAI-compatible raw text or token ids; with vLLM's `prompt_logprobs`
+         (DistIL's endpoint expert)
     GET  /healthz
 
 The checkpoint is any local model directory or hub id; with none given, the newest version of
@@ -67,7 +70,7 @@ def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tupl
     registered = tracking.newest_registered_model(REGISTERED_MODEL, tracking_uri)
     if registered is not None:
         return str(registered), None
-    from workloads.tiny_lm import TinyLMConfig, build_tiny_lm
+    from workloads.lm import TinyLMConfig, build_tiny_lm
 
     path = build_tiny_lm(TinyLMConfig(), tempfile.mkdtemp(prefix="rayworks-untrained-"))
     return str(path), (f"no checkpoint given and no '{REGISTERED_MODEL}' model registered in MLflow: "
@@ -78,7 +81,7 @@ def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tupl
 @serve.ingress(api)
 class Generator:
     def __init__(self, checkpoint: str | None = None, tracking_uri: str | None = None):
-        from workloads.tiny_lm import load_lm
+        from workloads.lm import load_lm
 
         torch.set_num_threads(1)
         self.source, self.warning = resolve_checkpoint(checkpoint, tracking_uri)
@@ -93,9 +96,10 @@ class Generator:
 
     @api.post("/generate")
     def generate(self, request: GenerateRequest) -> dict:
-        from workloads.sft import greedy_complete
+        from workloads.lm import format_prompt, greedy_complete
 
-        completion = greedy_complete(self.model, self.tokenizer, [request.prompt], request.max_new_tokens)[0]
+        prompt = format_prompt(self.tokenizer, request.prompt)
+        completion = greedy_complete(self.model, self.tokenizer, [prompt], request.max_new_tokens)[0]
         body = {"completion": completion, "model": self.source}
         if self.warning:
             body["warning"] = self.warning

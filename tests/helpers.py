@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import queue
 import signal
@@ -97,3 +99,30 @@ def stop_with_ctrl_c(proc: subprocess.Popen, timeout: float = 90) -> int:
         kill_session(proc.pid)
         proc.wait(timeout=30)
         raise AssertionError(f"the app did not exit within {timeout}s of Ctrl-C; its session was killed") from None
+
+
+def state_fingerprint(state: dict) -> str:
+    """sha256 over a state dict, names sorted, values as float32 bytes: written here, apart from
+    the pipelines' own fingerprint (`workloads.distributed`), so that comparing the two checks it."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def saved_model_fingerprint(client, run_id: str, workdir: Path) -> str:
+    from transformers import AutoModelForCausalLM
+
+    directory = client.download_artifacts(run_id, "model", str(workdir / f"download-{run_id[:8]}"))
+    return state_fingerprint(AutoModelForCausalLM.from_pretrained(directory).state_dict())
+
+
+def assert_both_ranks_hold(client, run_id: str, expected: str) -> None:
+    """The run's two training ranks each ended with the parameters whose fingerprint is `expected`."""
+    run = client.get_run(run_id)
+    fingerprints = json.loads(run.data.tags["rayworks.rank_fingerprints"])
+    assert fingerprints == [expected, expected], fingerprints
+    assert run.data.metrics["ranks_in_sync"] == 1.0 and run.info.status == "FINISHED"

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import mlflow_client, python_module, rayworks, result_lines, scratch_env
+from tests.helpers import (
+    assert_both_ranks_hold,
+    mlflow_client,
+    python_module,
+    rayworks,
+    result_lines,
+    saved_model_fingerprint,
+    scratch_env,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,10 +98,13 @@ def test_fresh_run_refuses_to_reuse_a_name(workdir: Path):
     assert proc.returncode == 2 and "no sft run named 'taken' to resume" in proc.stderr
 
 
-def test_two_workers_train_with_ddp_over_gloo(workdir: Path):
+def test_two_workers_train_with_ddp_over_gloo_on_a_tokenizer_without_bos(workdir: Path):
     proc = rayworks(workdir, "run", "sft", "--set", "train.num_workers=2", "train.max_steps=20", "train.eval_every=20",
-                    "train.checkpoint_every=20", "train.batch_size=8", "task.num_eval=20", "register_model=false", timeout=600)
+                    "train.checkpoint_every=20", "train.batch_size=8", "task.num_eval=20", "register_model=false",
+                    "model.tokenizer=qwen2", timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = result_lines(proc.stdout)
-    samples = mlflow_client(workdir).get_metric_history(summary["run_id"], "samples_seen")
+    client = mlflow_client(workdir)
+    samples = client.get_metric_history(summary["run_id"], "samples_seen")
     assert samples[-1].value == 20 * 8 * 2  # both ranks consumed their own shard every step
+    assert_both_ranks_hold(client, summary["run_id"], saved_model_fingerprint(client, summary["run_id"], workdir))

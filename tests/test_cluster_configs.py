@@ -76,5 +76,5 @@ def test_dockerfile_installs_the_project_and_copies_every_package():
 def test_the_full_scale_g1_config_is_a_valid_ppo_config_of_about_200m_steps():
     config = load_config(get_pipeline("ppo").Config, ROOT / "cluster/ppo-g1-full.yaml")
     steps = config.iterations * config.steps_per_iteration * config.num_rollout_workers * config.envs_per_worker
-    assert config.env == "rayworks/G1Velocity-v0" and config.use_gpu and config.env_params["randomize"]
+    assert config.env == "rayworks/G1Velocity-v0" and config.train.use_gpu and config.env_params["randomize"]
     assert 1.9e8 < steps < 2.2e8

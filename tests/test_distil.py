@@ -11,10 +11,10 @@ import yaml
 
 from tests.helpers import mlflow_client, rayworks, result_lines, start_app, stop_with_ctrl_c, wait_for
 from workloads.arithmetic import generate_splits
-from workloads.completions import continuation_logprobs
+from workloads.lm import continuation_logprobs
 from workloads.experts import EndpointExpert, HFExpert, StudentState, ends_step
 from workloads.tasks import TaskConfig
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_tokenizer
+from workloads.lm import TinyLMConfig, build_tiny_lm, load_tokenizer
 
 TINY = ["student_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_iteration=4", "eval_problems=10",
         "eval_samples=2", "register_model=false"]

@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from workloads.arithmetic import generate_splits
-from workloads.completions import completion_response, continuation_logprobs, encode_prompts
+from workloads.completions import completion_response, encode_prompts
+from workloads.lm import Rollouts, continuation_logprobs
 from workloads.config import ConfigError
 from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.experts import (
     CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, StepCandidates, StudentState,
     TokenizerMismatch, actual_token_logprobs, parse_prompt_logprobs,
 )
-from workloads.grpo import Rollouts
 from workloads.sft import masked_token_cross_entropy, tokenize_examples
 from workloads.tasks import TaskConfig
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, tiny_lm
+from workloads.lm import TinyLMConfig, build_tiny_lm, tiny_lm
 
 PROBLEMS = generate_splits(TaskConfig(num_train=20, num_eval=2), seed=0)[0]
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from workloads.grpo import (
-    GRPOConfig, completion_logprobs, group_advantages, grpo_policy_loss, grpo_step, k3_kl, sample_groups,
+    GRPOConfig, frozen_reference, group_advantages, grpo_policy_loss, grpo_step, k3_kl, k3_per_token, rollout_logprobs,
 )
-from workloads.tiny_lm import TinyLMConfig, tiny_lm
+from workloads.lm import TinyLMConfig, sample_groups, tiny_lm
 
 
 def test_policy_loss_clips_asymmetrically():
@@ -71,11 +71,11 @@ def test_a_grpo_step_raises_the_rewarded_completion_and_lowers_the_rest(tiny):
     rollouts = sample_groups(model, tokenizer, ["Q: 7+5\n"], group_size=4, max_new_tokens=8, generator_seed=1)
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     with torch.no_grad():
-        before = completion_logprobs(model, rollouts).sum(dim=1)
+        before = rollout_logprobs(model, rollouts).sum(dim=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     stats = grpo_step(model, optimizer, rollouts, rewards, GRPOConfig(group_size=4, updates_per_batch=2))
     with torch.no_grad():
-        after = completion_logprobs(model, rollouts).sum(dim=1)
+        after = rollout_logprobs(model, rollouts).sum(dim=1)
     change = after - before
     assert change[0] > 0 and (change[1:] < change[0]).all()
     assert stats["informative_fraction"] == 1.0 and 0.0 <= stats["clip_fraction"] <= 1.0
@@ -88,3 +88,34 @@ def test_a_group_without_reward_spread_changes_nothing(tiny):
     stats = grpo_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), rollouts, torch.ones(4), GRPOConfig(group_size=4))
     assert stats["informative_fraction"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_k3_is_an_unbiased_estimate_of_kl_to_the_reference():
+    """Averaged over tokens drawn from pi (here: every token weighted by its probability), the
+    per-token k3 values equal KL(pi || pi_ref) computed directly."""
+    pi = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    reference = torch.tensor([0.25, 0.25, 0.25, 0.25])
+    per_token = k3_per_token(pi.log(), reference.log())
+    exact = float(torch.distributions.kl_divergence(torch.distributions.Categorical(probs=pi),
+                                                    torch.distributions.Categorical(probs=reference)))
+    assert float((pi * per_token).sum()) == pytest.approx(exact, rel=1e-5)
+    assert (per_token >= 0).all()  # never negative, unlike the plain log-ratio
+
+
+def test_a_grpo_step_with_kl_against_a_frozen_reference(tiny):
+    model, tokenizer = tiny
+    model = type(model)(model.config)
+    model.load_state_dict(tiny[0].state_dict())
+    reference = frozen_reference(model)
+    assert not any(p.requires_grad for p in reference.parameters())
+    rollouts = sample_groups(model, tokenizer, ["Q: 7+5\n"], group_size=4, max_new_tokens=8, generator_seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    config = GRPOConfig(group_size=4, updates_per_batch=1, kl_coef=0.5)
+    first = grpo_step(model, optimizer, rollouts, torch.tensor([1.0, 0.0, 0.0, 0.0]), config, reference)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+    with torch.no_grad():  # the second step measures the policy its first step left
+        moved = rollout_logprobs(model, rollouts) - rollout_logprobs(reference, rollouts)
+    mask = rollouts.completion_mask.float()
+    expected = float((((-moved).exp() + moved - 1) * mask).sum() / mask.sum())  # k3 at the policy's tokens
+    second = grpo_step(model, optimizer, rollouts, torch.tensor([1.0, 0.0, 0.0, 0.0]), config, reference)
+    assert second["kl"] > 0 and second["kl"] == pytest.approx(expected, rel=1e-4)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.longtrace import BuildOutcome, questions_per_call, write_rows
+from workloads.longtrace.format import BuildOutcome, questions_per_call, write_rows
 from tests.helpers import mlflow_client, rayworks, result_lines
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
 from workloads.longtrace.search import (
@@ -70,7 +70,7 @@ def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, t
     import pickle
 
     from actors.longtrace import section_tokens
-    from workloads.tiny_lm import build_tokenizer
+    from workloads.lm import build_tokenizer
 
     _, documents, questions = world
     index = SearchIndex(documents)

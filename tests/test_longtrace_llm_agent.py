@@ -26,7 +26,7 @@ from workloads.longtrace.llm_agent import (
 )
 from workloads.longtrace.reward import llm_judge
 from workloads.longtrace.search import AgentConfig, SearchIndex
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, load_lm
+from workloads.lm import TinyLMConfig, build_tiny_lm, load_lm
 
 
 class ScriptedCompletions(BaseHTTPRequestHandler):

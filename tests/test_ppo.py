@@ -26,17 +26,18 @@ def test_a_killed_rollout_worker_is_replaced_and_the_iteration_completes(local_r
     killer = threading.Timer(0.5, lambda: ray.kill(group.workers[0], no_restart=True))
     killer.start()
     try:
-        block = group.collect(policy.state_dict(), steps)
+        collected = group.collect(policy.state_dict(), steps)
     finally:
         killer.join()
         group.shutdown()
     assert group.replacements == 1
-    assert block["obs"].shape == (steps, 8, 30) and block["critic_obs"].shape == (steps, 8, 31)
-    assert block["actions"].shape == (steps, 8, 7) and block["last_critic_obs"].shape == (8, 31)
-    assert block["truncated"].sum() == 8 * steps // 100 and not block["terminated"].any()  # 100-step episodes
-    assert len(block["episodes"]["return"]) == 8 * steps // 100
-    rows = block["truncated"]
-    assert np.abs(block["final_critic_obs"][rows]).sum(axis=1).min() > 0  # final observations kept for bootstrapping
+    block = collected.batch
+    assert block.obs.shape == (steps, 8, 30) and block.critic_obs.shape == (steps, 8, 31)
+    assert block.actions.shape == (steps, 8, 7) and block.last_critic_obs.shape == (8, 31)
+    assert block.truncated.sum() == 8 * steps // 100 and not block.terminated.any()  # 100-step episodes
+    assert len(collected.episodes["return"]) == 8 * steps // 100
+    rows = block.truncated
+    assert np.abs(block.final_critic_obs[rows]).sum(axis=1).min() > 0  # final observations kept for bootstrapping
 
 
 def run_ppo(workdir: Path, *overrides: str, timeout: float = 900):

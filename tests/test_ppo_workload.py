@@ -6,7 +6,9 @@ import math
 import numpy as np
 import torch
 
-from workloads.ppo import ActorCritic, PPOConfig, RunningNormalizer, adapt_lr, gae, next_values, ppo_loss, ppo_update
+from workloads.ppo import (
+    ActorCritic, PPOConfig, RolloutBatch, RunningNormalizer, adapt_lr, gae, next_values, ppo_loss, ppo_update,
+)
 
 
 def test_next_values_bootstrap_time_outs_but_not_terminations():
@@ -94,10 +96,10 @@ def test_an_update_moves_the_mean_toward_good_actions():
     obs = torch.randn(T, N, 2)
     actions, log_probs = policy.act(obs.reshape(-1, 2))
     actions, log_probs = actions.reshape(T, N, 1), log_probs.reshape(T, N)
-    rollout = {"obs": obs, "critic_obs": obs, "actions": actions, "log_probs": log_probs,
-               "rewards": actions[..., 0],  # larger actions are better
-               "terminated": torch.ones(T, N, dtype=torch.bool), "truncated": torch.zeros(T, N, dtype=torch.bool),
-               "final_critic_obs": obs, "last_critic_obs": obs[-1]}
+    rollout = RolloutBatch(obs=obs, critic_obs=obs, actions=actions, log_probs=log_probs,
+                           rewards=actions[..., 0],  # larger actions are better
+                           terminated=torch.ones(T, N, dtype=torch.bool), truncated=torch.zeros(T, N, dtype=torch.bool),
+                           final_critic_obs=obs, last_critic_obs=obs[-1])
     before = float(policy.distribution(obs.reshape(-1, 2)).mean.mean())
     optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
     stats = ppo_update(policy, optimizer, rollout, PPOConfig(epochs=4, minibatches=2, desired_kl=0.0))

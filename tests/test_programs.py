@@ -8,7 +8,7 @@ from actors.verifiers import TaskChecker, python_job
 from workloads.config import ConfigError, from_dict
 from workloads.programs import OPERATIONS, Program
 from workloads.tasks import TaskConfig, completion_budget, task_for
-from workloads.tiny_lm import build_tokenizer
+from workloads.lm import build_tokenizer
 from workloads.verifiers.python_sandbox import PythonSandboxPool
 
 PROGRAM = Program(operators=("+", "*", "?"), operands=(3, 2, 1), test_inputs=(-4, 0, 5))

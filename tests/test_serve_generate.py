@@ -13,15 +13,16 @@ PORT = 8127
 
 
 def _register_tiny_model(workdir: Path) -> str:
-    """Put a real model version into the workdir's MLflow registry (as `sft` would)."""
+    """Put a real model version into the workdir's MLflow registry (as `sft` would): Qwen2-chat
+    style, with no BOS and a chat template, as real instruct checkpoints come."""
     from workloads import tracking
-    from workloads.tiny_lm import TinyLMConfig, build_tiny_lm
+    from workloads.lm import TinyLMConfig, build_tiny_lm
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     try:
         (workdir / "mlruns").mkdir()
         run = tracking.start_run("rayworks-sft", "registered-for-serve")
-        run.log_artifact(build_tiny_lm(TinyLMConfig(), workdir / "model", seed=0), "model")
+        run.log_artifact(build_tiny_lm(TinyLMConfig(tokenizer="qwen2-chat"), workdir / "model", seed=0), "model")
         tracking.register_model(run, "model", "rayworks-sft")
         run.end()
         return run.run_id
@@ -42,6 +43,22 @@ def test_generate_serves_the_newest_registered_model_and_validates_requests(work
         assert ok.status_code == 200
         body = ok.json()
         assert isinstance(body["completion"], str) and run_id in body["model"]
+
+        # /generate prompts through the chat template, with no BOS: the same greedy tokens as the
+        # raw route given the template's ids, encoded here by the tokenizer itself
+        from workloads.lm import load_tokenizer
+
+        tokenizer = load_tokenizer(workdir / "model")
+        templated = tokenizer.apply_chat_template([{"role": "user", "content": "Q: 1+2\n"}], tokenize=False,
+                                                  add_generation_prompt=True)
+        ids = tokenizer.encode(templated, add_special_tokens=False)
+        assert templated.startswith("<|im_start|>user") and tokenizer.bos_token_id is None
+        raw = requests.post(f"{url}/v1/completions", json={"prompt": ids, "max_tokens": 5, "temperature": 0,
+                                                           "prompt_logprobs": 1}, timeout=60).json()
+        assert raw["choices"][0]["text"] == body["completion"]
+        text = requests.post(f"{url}/v1/completions", json={"prompt": "Q: 1+2", "max_tokens": 1, "prompt_logprobs": 0},
+                             timeout=60).json()
+        assert text["usage"]["prompt_tokens"] == len("Q: 1+2")  # raw text, no BOS prepended
 
         for payload, field in [
             ({"prompt": "Q: 1+2\n", "max_new_tokens": "5"}, "max_new_tokens"),

@@ -6,11 +6,11 @@ import torch
 
 from workloads.arithmetic import check_answer, generate_splits
 from workloads.sft import (
-    IGNORE_INDEX, batch_at, batch_indices, greedy_complete, masked_token_cross_entropy, tokenize_examples,
+    IGNORE_INDEX, batch_at, batch_indices, masked_token_cross_entropy, tokenize_examples,
     train_step, warmup_cosine,
 )
 from workloads.tasks import TaskConfig
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, build_tokenizer, load_lm
+from workloads.lm import TinyLMConfig, build_tiny_lm, build_tokenizer, greedy_complete, load_lm
 
 
 def test_masked_cross_entropy_matches_hand_computation():

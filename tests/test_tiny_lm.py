@@ -1,6 +1,6 @@
 import torch
 
-from workloads.tiny_lm import TinyLMConfig, build_tiny_lm, build_tokenizer, count_parameters, load_lm, tiny_lm
+from workloads.lm import TinyLMConfig, build_tiny_lm, build_tokenizer, count_parameters, load_lm, tiny_lm
 
 
 def test_byte_level_tokenizer_round_trips_any_text():

@@ -1,8 +1,8 @@
 """OpenAI-compatible text completions for a causal LM, with vLLM's `prompt_logprobs`.
 
 Plain torch, so the Serve `generate` app stays thin and the scoring is testable without Ray.
-A prompt is text (encoded as bos + text, like the rest of the project) or token ids (used as
-given). `n` samples per prompt come back as choices `prompt * n + j`, as OpenAI and vLLM
+A prompt is text (encoded by `workloads.lm.encode_text`: BOS only where the tokenizer has one,
+no chat template, as OpenAI's completions route takes raw text) or token ids (used as given). `n` samples per prompt come back as choices `prompt * n + j`, as OpenAI and vLLM
 number them; a choice that stopped on a stop string names it in `stop_reason` (vLLM's field;
 None for eos). `prompt_logprobs=k` returns, for every prompt position, the top-k next-token
 log-probs plus the token actually there, in vLLM's shape: a list with `None` first, then
@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Sequence
 
 import torch
+
+from workloads.lm import completion_mask, encode_text, generate_ids, next_token_logprobs, top_k_logprobs
 
 
 class PromptError(ValueError):
@@ -28,7 +29,7 @@ def encode_prompts(tokenizer, prompts, vocab_size: int, max_positions: int) -> l
         prompts = [prompts]
     encoded = []
     for index, prompt in enumerate(prompts):
-        ids = [tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False) if isinstance(prompt, str) else list(prompt)
+        ids = encode_text(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
         where = f"prompt[{index}]" if len(prompts) > 1 else "prompt"
         if not ids or (isinstance(prompt, str) and not prompt):
             raise PromptError(f"{where}: empty")
@@ -41,28 +42,20 @@ def encode_prompts(tokenizer, prompts, vocab_size: int, max_positions: int) -> l
     return encoded
 
 
-def right_padded(sequences: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input ids, attention mask) of `sequences` padded on the right to the longest."""
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in sequences])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences])
-    return ids, mask
-
-
 @torch.no_grad()
 def prompt_logprobs(model, tokenizer, sequences: list[list[int]], top_k: int) -> list[list[dict | None]]:
     """Per sequence, per position: the top-k next-token log-probs and the actual token's (one forward pass)."""
-    ids, mask = right_padded(sequences, tokenizer.pad_token_id)
-    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    logprobs = next_token_logprobs(model, sequences, tokenizer.pad_token_id)
     out = []
     for row, sequence in enumerate(sequences):
         entries: list[dict | None] = [None]
         if len(sequence) > 1:
             scores = logprobs[row, : len(sequence) - 1]
-            top_values, top_ids = scores.topk(min(top_k, scores.shape[-1]), dim=-1) if top_k else (None, None)
-            actual = torch.tensor(sequence[1:])
+            top_ids, top_values = (t.cpu() for t in top_k_logprobs(scores, top_k)) if top_k else (None, None)
+            actual = torch.tensor(sequence[1:], device=scores.device)
             actual_values = scores.gather(1, actual[:, None]).squeeze(1)
-            actual_ranks = (scores > actual_values[:, None]).sum(dim=1) + 1
+            actual_ranks = ((scores > actual_values[:, None]).sum(dim=1) + 1).cpu()
+            actual, actual_values = actual.cpu(), actual_values.cpu()
             for position in range(len(sequence) - 1):
                 entry = {}
                 if top_k:
@@ -83,19 +76,12 @@ def continue_sequences(model, tokenizer, sequences: list[list[int]], max_tokens:
     sampled otherwise. The text ends before the first stop string, which `stop_reason` names."""
     if max_tokens == 0:
         return [("", "length", None, 0) for _ in sequences]
-    width = max(len(s) for s in sequences)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(s)) + list(s) for s in sequences])  # left padding for generation
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    if seed is not None:
-        torch.manual_seed(seed)
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
-    generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens, pad_token_id=pad,
-                               eos_token_id=tokenizer.eos_token_id, **sampling)[:, width:]
+    _, _, generated = generate_ids(model, tokenizer, sequences, max_tokens, temperature, seed=seed)
+    kept = completion_mask(generated, tokenizer.eos_token_id)
     results = []
-    for row in generated.tolist():
-        ended = tokenizer.eos_token_id in row
-        tokens = row[: row.index(tokenizer.eos_token_id)] if ended else row
+    for row, length in zip(generated.tolist(), kept.sum(dim=1).tolist()):
+        ended = tokenizer.eos_token_id in row[:length]
+        tokens = row[: length - 1] if ended else row[:length]
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         cut, stop_reason = min(((text.index(s), s) for s in stop if s in text), default=(None, None))
         if cut is not None:
@@ -123,22 +109,3 @@ def completion_response(model, tokenizer, model_name: str, sequences: list[list[
             "model": model_name, "choices": choices,
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens}}
-
-
-def continuation_logprobs(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-                          pad: int, temperature: float = 1.0) -> torch.Tensor:
-    """[M]: sum of log p(continuation | context) per pair, in one right-padded forward pass.
-    Differentiable (the student's step-level loss); wrap in `torch.no_grad()` to score."""
-    sequences = [list(c) + list(x) for c, x in zip(contexts, continuations)]
-    ids, mask = right_padded(sequences, pad)
-    logprobs = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float() / temperature, dim=-1)
-    rows, columns, targets = [], [], []
-    for index, (context, continuation) in enumerate(zip(contexts, continuations)):
-        for offset, token in enumerate(continuation):
-            rows.append(index)
-            columns.append(len(context) + offset - 1)  # the position that predicts this token
-            targets.append(token)
-    if not rows:
-        return logprobs.sum() * 0.0 + torch.zeros(len(sequences))
-    picked = logprobs[torch.tensor(rows), torch.tensor(columns), torch.tensor(targets)]
-    return torch.zeros(len(sequences)).index_add(0, torch.tensor(rows), picked)

@@ -17,10 +17,9 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from workloads.completions import continuation_logprobs
 from workloads.distill import CandidateSet, TopKDistribution, candidate_cross_entropy, per_state_objective
 from workloads.experts import ExpertLabels, StepCandidates, StudentState, ends_step
-from workloads.grpo import Rollouts
+from workloads.lm import Rollouts, completion_logits, continuation_logprobs, pad, zero_loss
 
 
 def states_from_rollouts(rollouts: Rollouts, privileged: Sequence[str]) -> list[StudentState]:
@@ -45,37 +44,33 @@ def step_states(states: Sequence[StudentState], tokenizer) -> list[StudentState]
 
 
 def step_candidate_loss(model, states: Sequence[StudentState], candidates: Sequence[StepCandidates],
-                        pad: int) -> tuple[torch.Tensor, int]:
+                        pad_id: int) -> tuple[torch.Tensor, int]:
     """(loss, labelled states): forward CE over each state's K candidates, -sum_i p_E(c_i) log pi(c_i | s),
-    p_E renormalised over the candidates (`workloads.distill.candidate_cross_entropy`)."""
+    p_E renormalised over the candidates (`workloads.distill.candidate_cross_entropy`). No candidate
+    anywhere: a zero loss with the whole model in its graph (see `workloads.distributed`)."""
     kept = [(state, answer) for state, answer in zip(states, candidates) if answer.token_ids]
     if not kept:
-        return next(model.parameters()).sum() * 0.0, 0
+        first = states[0] if states else None
+        ids, mask = pad([list(first.prompt_ids + first.completion_ids) if first else [pad_id]], pad_id)
+        return zero_loss(model, ids, mask), 0
     contexts = [state.prompt_ids + state.completion_ids for state, answer in kept for _ in answer.token_ids]
     steps = [step for _, answer in kept for step in answer.token_ids]
-    flat = continuation_logprobs(model, contexts, steps, pad)
+    flat = continuation_logprobs(model, contexts, steps, pad_id)
+    device = flat.device
     counts = [len(answer.token_ids) for _, answer in kept]
-    rows = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(counts))
-    columns = torch.cat([torch.arange(count) for count in counts])
-    student = torch.zeros(len(kept), max(counts)).index_put((rows, columns), flat)  # [N, K], 0 where no candidate
-    expert = torch.full((len(kept), max(counts)), -math.inf)  # probability 0 where no candidate
-    expert[rows, columns] = torch.from_numpy(np.concatenate([answer.logprobs for _, answer in kept]))
+    rows = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(counts)).to(device)
+    columns = torch.cat([torch.arange(count) for count in counts]).to(device)
+    student = torch.zeros(len(kept), max(counts), device=device).index_put((rows, columns), flat)  # [N, K], 0 where none
+    expert = torch.full((len(kept), max(counts)), -math.inf, device=device)  # probability 0 where no candidate
+    expert[rows, columns] = torch.from_numpy(np.concatenate([answer.logprobs for _, answer in kept])).to(device)
     return candidate_cross_entropy(student, CandidateSet(expert)), len(kept)
-
-
-def rollout_logits(model, rollouts: Rollouts) -> torch.Tensor:
-    """[N, T, V]: the student's next-token logits at every completion position (left padding aware)."""
-    position_ids = (rollouts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, position_ids=position_ids).logits
-    start = rollouts.prompt_length
-    return logits[:, start - 1 : -1, :].float()
 
 
 def distillation_loss(model, rollouts: Rollouts, labels: Sequence[ExpertLabels], objective: str, beta: float = 0.5,
                       average: Literal["token", "sequence"] = "token") -> tuple[torch.Tensor, int]:
     """(loss, number of labelled states). `token`: mean over every labelled state; `sequence`:
     each rollout's sum over its states, averaged over rollouts. No labelled state: (0, 0)."""
-    logits = rollout_logits(model, rollouts)
+    logits = completion_logits(model, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_length)
     rows, columns, ids, logprobs = [], [], [], []
     for row, label in enumerate(labels):
         length = int(rollouts.completion_mask[row].sum())
@@ -87,14 +82,15 @@ def distillation_loss(model, rollouts: Rollouts, labels: Sequence[ExpertLabels],
                 columns.append(column)
         ids.append(torch.from_numpy(label.token_ids[label.valid]))
         logprobs.append(torch.from_numpy(label.logprobs[label.valid]))
-    if not rows:
+    if not rows:  # nothing labelled: a zero loss that still reaches every parameter
         return logits.sum() * 0.0, 0
-    rows_t = torch.tensor(rows)
-    expert = TopKDistribution(torch.cat(ids), torch.cat(logprobs))
-    per_state = per_state_objective(objective, logits[rows_t, torch.tensor(columns)], expert, beta)
+    device = logits.device
+    rows_t = torch.tensor(rows, device=device)
+    expert = TopKDistribution(torch.cat(ids).to(device), torch.cat(logprobs).to(device))
+    per_state = per_state_objective(objective, logits[rows_t, torch.tensor(columns, device=device)], expert, beta)
     if average == "token":
         return per_state.mean(), len(rows)
-    per_sequence = torch.zeros(len(labels)).index_add(0, rows_t, per_state)
+    per_sequence = torch.zeros(len(labels), device=device).index_add(0, rows_t, per_state)
     return per_sequence[rows_t.unique()].mean(), len(rows)
 
 

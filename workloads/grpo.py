@@ -6,10 +6,16 @@ reward). Why not TRL's GRPOTrainer: the rubric reward normalises by the maximum 
 *whole* group, and TRL computes rewards per process on that process's slice of the
 generations before gathering, so one group can be split across data-parallel ranks. Here a
 group never leaves the rank that sampled it. The HF Trainer would also compete with Ray
-Train for checkpoints and the process group (see `pipelines/sft.py`).
+Train for checkpoints and the process group (see `pipelines/sft.py`). Sampling and log-probs
+come from the LM toolkit (`workloads.lm`).
+
+With several data-parallel ranks, a step is skipped only when no rank has a group with reward
+spread; a rank without one still steps, on a zero-advantage row (zero loss, whole graph), so
+the gradient all-reduce always meets every rank.
 
     loss = -(1/|tokens|) sum_tokens min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)
-           + beta KL(pi || pi_ref)      (k3 estimator; beta = 0 by default: no reference model)
+           + beta KL(pi || pi_ref)      (k3 estimator per sampled token; beta = kl_coef, 0 by default
+                                         as in DAPO and the papers; > 0 needs a frozen reference model)
 
 with rho = pi(token) / pi_old(token), token-level averaging (DAPO) and asymmetric clipping
 0.2 / 0.28 by default.
@@ -18,12 +24,13 @@ with rho = pi(token) / pi_old(token), token-level averaging (DAPO) and asymmetri
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from workloads.config import require
+from workloads.distributed import any_rank
+from workloads.lm import Rollouts, completion_logprobs
 
 
 @dataclasses.dataclass
@@ -54,57 +61,6 @@ class GRPOConfig:
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
 
 
-@dataclasses.dataclass
-class Rollouts:
-    """G completions for each of P prompts, rows grouped by prompt (row = prompt * G + j)."""
-
-    input_ids: torch.Tensor  # [P*G, prompt + T]: left-padded prompt, then the completion
-    attention_mask: torch.Tensor  # [P*G, prompt + T]
-    completion_mask: torch.Tensor  # [P*G, T]: completion tokens up to and including eos
-    texts: list[str]
-    truncated: list[bool]  # no eos within max_new_tokens
-
-    @property
-    def prompt_length(self) -> int:
-        return self.input_ids.shape[1] - self.completion_mask.shape[1]
-
-
-@torch.no_grad()
-def sample_groups(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int,
-                  temperature: float = 1.0, generator_seed: int | None = None) -> Rollouts:
-    """Sample `group_size` completions per prompt (bos + prompt, pure sampling: no top-k/top-p)."""
-    model.eval()
-    if generator_seed is not None:
-        torch.manual_seed(generator_seed)
-    enc = tokenizer([tokenizer.bos_token + p for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-    generated = model.generate(
-        **enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, num_return_sequences=group_size,
-        max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    prompt_length = enc["input_ids"].shape[1]
-    completion = generated[:, prompt_length:]
-    is_eos = completion == tokenizer.eos_token_id
-    # Tokens up to and including the first eos count; everything after it is padding.
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    completion_mask = (~after_eos).long()
-    truncated = (~is_eos.any(dim=1)).tolist()
-    attention_mask = torch.cat([enc["attention_mask"].repeat_interleave(group_size, dim=0), completion_mask], dim=1)
-    texts = tokenizer.batch_decode(completion * completion_mask + tokenizer.pad_token_id * (1 - completion_mask),
-                                   skip_special_tokens=True)
-    return Rollouts(generated, attention_mask, completion_mask, texts, truncated)
-
-
-def completion_logprobs(model, rollouts: Rollouts) -> torch.Tensor:
-    """log pi(token) of every completion token, [N, T] (0 where masked)."""
-    position_ids = (rollouts.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding
-    logits = model(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, position_ids=position_ids).logits
-    start = rollouts.prompt_length
-    predicted = logits[:, start - 1 : -1, :].float()
-    tokens = rollouts.input_ids[:, start:]
-    logprobs = torch.gather(F.log_softmax(predicted, dim=-1), 2, tokens[..., None]).squeeze(-1)
-    return logprobs * rollouts.completion_mask
-
-
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """(r - mean_group) / (std_group + eps), population std; rewards [P*G] grouped by prompt."""
     grouped = rewards.view(-1, group_size)
@@ -123,14 +79,33 @@ def grpo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advanta
     return -(torch.minimum(unclipped, clipped) * mask).sum() / mask.sum().clamp(min=1)
 
 
-def k3_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref): exp(ref - pi) - (ref - pi) - 1, averaged over `mask`."""
+def k3_per_token(logprobs: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimate of KL(pi || pi_ref) at tokens sampled from pi:
+    exp(ref - pi) - (ref - pi) - 1 (unbiased, never negative)."""
     delta = reference_logprobs.detach() - logprobs
+    return delta.exp() - delta - 1
+
+
+def k3_kl(logprobs: torch.Tensor, reference_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """k3 averaged over the tokens in `mask`."""
     mask = mask.to(logprobs.dtype)
-    return ((delta.exp() - delta - 1) * mask).sum() / mask.sum().clamp(min=1)
+    return (k3_per_token(logprobs, reference_logprobs) * mask).sum() / mask.sum().clamp(min=1)
+
+
+def frozen_reference(model):
+    """A frozen copy of the policy as it is now: the KL anchor when `kl_coef` > 0."""
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
 
 
 RewardFn = Callable[[Rollouts], torch.Tensor]  # [P*G] rewards, grouped by prompt
+
+
+def rollout_logprobs(model, rollouts: Rollouts) -> torch.Tensor:
+    return completion_logprobs(model, rollouts.input_ids, rollouts.attention_mask, rollouts.completion_mask)
 
 
 def grpo_step(model, optimizer, rollouts: Rollouts, rewards: torch.Tensor, cfg: GRPOConfig,
@@ -139,31 +114,37 @@ def grpo_step(model, optimizer, rollouts: Rollouts, rewards: torch.Tensor, cfg: 
 
     `train_model` is the (possibly DDP-wrapped) module that takes the gradient steps; `model`
     the bare one. Rows whose group had no reward spread (advantage 0) carry no gradient and
-    are dropped before the forward passes."""
+    are dropped before the forward passes; the skip decision is agreed across ranks (module
+    docstring). `reference_model` (`frozen_reference`) is required when `cfg.kl_coef` > 0."""
+    if cfg.kl_coef > 0 and reference_model is None:
+        raise ValueError("grpo.kl_coef > 0 needs a reference model (workloads.grpo.frozen_reference)")
     train_model = train_model or model
-    advantages = group_advantages(rewards, cfg.group_size)
+    advantages = group_advantages(rewards.float(), cfg.group_size)
     informative = advantages.abs() > 0
     stats = {"informative_fraction": float(informative.float().mean())}
-    if not informative.any():
+    if not any_rank(bool(informative.any())):  # no rank has anything to learn: all skip together
         return {**stats, "loss": 0.0, "clip_fraction": 0.0, "kl": 0.0}
-    kept = Rollouts(rollouts.input_ids[informative], rollouts.attention_mask[informative],
-                    rollouts.completion_mask[informative], [], [])
-    advantages = advantages[informative]
+    if not informative.any():  # others learn: step with one zero-advantage row (zero loss, whole graph)
+        informative = torch.zeros_like(informative)
+        informative[0] = True
+    kept = rollouts.select(informative)
     with torch.no_grad():
         model.eval()
-        old_logprobs = completion_logprobs(model, kept)
-        reference = completion_logprobs(reference_model, kept) if cfg.kl_coef > 0 and reference_model is not None else None
+        old_logprobs = rollout_logprobs(model, kept)
+        reference = rollout_logprobs(reference_model, kept) if cfg.kl_coef > 0 else None
+    advantages = advantages[informative].to(old_logprobs.device)
+    mask = kept.completion_mask.to(old_logprobs.device)
     train_model.train()
     for _ in range(cfg.updates_per_batch):
-        logprobs = completion_logprobs(train_model, kept)
-        loss = grpo_policy_loss(logprobs, old_logprobs, advantages, kept.completion_mask, cfg.clip_low, cfg.clip_high)
-        kl = k3_kl(logprobs, reference, kept.completion_mask) if reference is not None else torch.zeros(())
+        logprobs = rollout_logprobs(train_model, kept)
+        loss = grpo_policy_loss(logprobs, old_logprobs, advantages, mask, cfg.clip_low, cfg.clip_high)
+        kl = k3_kl(logprobs, reference, mask) if reference is not None else torch.zeros((), device=loss.device)
         optimizer.zero_grad(set_to_none=True)
         (loss + cfg.kl_coef * kl).backward()
         torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.max_grad_norm)
         optimizer.step()
     with torch.no_grad():
         ratio = (logprobs.detach() - old_logprobs).exp()
-        outside = ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)).float() * kept.completion_mask
-        stats["clip_fraction"] = float(outside.sum() / kept.completion_mask.sum().clamp(min=1))
+        outside = ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)).float() * mask
+        stats["clip_fraction"] = float(outside.sum() / mask.sum().clamp(min=1))
     return {**stats, "loss": float(loss.detach()), "kl": float(kl.detach())}

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +33,43 @@ class PPOConfig:
     desired_kl: float = 0.01  # 0: a fixed learning rate
     min_lr: float = 1e-5
     max_lr: float = 1e-2
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+    """(T, N) blocks of experience from N environments over T steps: numpy arrays as rollout
+    workers write them, torch tensors (`to_torch`) as the learner reads them."""
+
+    obs: Any  # (T, N, obs_dim): the policy's observation at each step
+    critic_obs: Any  # (T, N, critic_dim): the critic's privileged observation
+    actions: Any  # (T, N, action_dim)
+    log_probs: Any  # (T, N): of the actions, under the policy that collected them
+    rewards: Any  # (T, N)
+    terminated: Any  # (T, N) bool: the episode ended (no bootstrapping)
+    truncated: Any  # (T, N) bool: the episode was cut by its time limit (bootstrap from final_critic_obs)
+    final_critic_obs: Any  # (T, N, critic_dim): the last critic observation of episodes that ended at t
+    last_critic_obs: Any  # (N, critic_dim): the critic observation after the last step
+
+    @classmethod
+    def zeros(cls, steps: int, n: int, obs_dim: int, critic_dim: int, action_dim: int) -> "RolloutBatch":
+        f32 = np.float32
+        return cls(np.zeros((steps, n, obs_dim), f32), np.zeros((steps, n, critic_dim), f32),
+                   np.zeros((steps, n, action_dim), f32), np.zeros((steps, n), f32), np.zeros((steps, n), f32),
+                   np.zeros((steps, n), bool), np.zeros((steps, n), bool), np.zeros((steps, n, critic_dim), f32),
+                   np.zeros((n, critic_dim), f32))
+
+    @classmethod
+    def concat(cls, batches: Sequence["RolloutBatch"]) -> "RolloutBatch":
+        """Batches side by side along the environment axis."""
+        return cls(**{f.name: np.concatenate([getattr(b, f.name) for b in batches], axis=0 if f.name == "last_critic_obs" else 1)
+                      for f in dataclasses.fields(cls)})
+
+    def to_torch(self, device: torch.device | str = "cpu") -> "RolloutBatch":
+        return RolloutBatch(**{f.name: torch.as_tensor(getattr(self, f.name)).to(device) for f in dataclasses.fields(self)})
+
+    @property
+    def num_steps(self) -> int:
+        return int(np.prod(self.rewards.shape))
 
 
 class RunningNormalizer(nn.Module):
@@ -152,26 +191,26 @@ def adapt_lr(lr: float, kl: float, config: PPOConfig) -> float:
     return min(config.max_lr, max(config.min_lr, lr))
 
 
-def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: dict[str, torch.Tensor],
+def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: RolloutBatch,
                config: PPOConfig, generator: torch.Generator | None = None,
                average_across_learners: Callable[[list[torch.Tensor]], None] | None = None) -> dict[str, float]:
     """GAE, then `epochs` x `minibatches` clipped PPO steps with the adaptive learning rate, then
     the observation normalisers take in the rollout.
 
-    rollout: obs (T,N,o), critic_obs (T,N,c), actions (T,N,a), log_probs, rewards, terminated,
-    truncated (T,N), final_critic_obs (T,N,c; rows used where truncated), last_critic_obs (N,c).
-    With several learners, `average_across_learners` averages tensors in place across them (the
-    normalisers' statistics, then every minibatch's gradients), so all copies stay identical.
+    `rollout` holds torch tensors (`RolloutBatch.to_torch`). With several learners,
+    `average_across_learners` averages tensors in place across them: every minibatch's gradients,
+    its KL estimate (the learning rate adapts to the mean KL, the same on every learner) and the
+    normalisers' statistics, so all copies stay identical.
     """
     with torch.no_grad():
-        values = policy.value(rollout["critic_obs"])
-        values_next = torch.cat([values[1:], policy.value(rollout["last_critic_obs"])[None]])
-        final_values = policy.value(rollout["final_critic_obs"])
-        after = next_values(values_next, final_values, rollout["terminated"], rollout["truncated"])
-        advantages, returns = gae(rollout["rewards"], values, after, rollout["terminated"] | rollout["truncated"],
+        values = policy.value(rollout.critic_obs)
+        values_next = torch.cat([values[1:], policy.value(rollout.last_critic_obs)[None]])
+        final_values = policy.value(rollout.final_critic_obs)
+        after = next_values(values_next, final_values, rollout.terminated, rollout.truncated)
+        advantages, returns = gae(rollout.rewards, values, after, rollout.terminated | rollout.truncated,
                                   config.gamma, config.lam)
-    flat = {"obs": rollout["obs"], "critic_obs": rollout["critic_obs"], "actions": rollout["actions"],
-            "log_probs": rollout["log_probs"], "advantages": advantages, "returns": returns, "values": values}
+    flat = {"obs": rollout.obs, "critic_obs": rollout.critic_obs, "actions": rollout.actions,
+            "log_probs": rollout.log_probs, "advantages": advantages, "returns": returns, "values": values}
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in flat.items()}
     size = flat["obs"].shape[0]
     stats: dict[str, list[float]] = {}
@@ -186,14 +225,19 @@ def ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, rollout: d
                 average_across_learners([p.grad for p in policy.parameters() if p.grad is not None])
             nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
             optimizer.step()
+            kl = step_stats["approx_kl"]
+            if average_across_learners:  # one learning rate for all learners: adapted to their mean KL
+                kl_tensor = torch.tensor([kl], device=loss.device)
+                average_across_learners([kl_tensor])
+                kl = float(kl_tensor.item())
             for group in optimizer.param_groups:
-                group["lr"] = adapt_lr(group["lr"], step_stats["approx_kl"], config)
+                group["lr"] = adapt_lr(group["lr"], kl, config)
             for key, value in step_stats.items():
                 stats.setdefault(key, []).append(value)
     # The normalisers move after the update: the update then sees the policy that collected the
     # rollout (moving them first shifts every action's log-probability and fakes a large KL).
-    policy.obs_norm.update(rollout["obs"])
-    policy.critic_norm.update(rollout["critic_obs"])
+    policy.obs_norm.update(rollout.obs)
+    policy.critic_norm.update(rollout.critic_obs)
     if average_across_learners:
         average_across_learners([policy.obs_norm.mean, policy.obs_norm.var, policy.critic_norm.mean, policy.critic_norm.var])
     summary = {key: sum(values) / len(values) for key, values in stats.items()}

@@ -1,5 +1,5 @@
 """Supervised fine-tuning pieces in plain torch: tokenised examples, a deterministic batch
-order, the masked loss, one optimiser step and greedy evaluation.
+order, the masked loss and one optimiser step (generation lives in `workloads.lm`).
 
 The batch for global step `s` on rank `r` is a pure function of (seed, s, r): resuming at
 step `s` therefore continues at exactly the same data position.
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from workloads.lm import encode_text, forward_logits, pad
 
 IGNORE_INDEX = -100
 
@@ -28,21 +30,17 @@ class TokenizedExamples:
 
 
 def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int) -> TokenizedExamples:
-    """bos + prompt + target + eos, loss on the target and eos only; cut at `max_length` tokens
-    (0: as long as the longest example)."""
-    encoded = [([tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False),
-                tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id])
+    """[bos] + prompt + target + eos (`encode_text`: bos only where the tokenizer has one), loss
+    on the target and eos only, right-padded; cut at `max_length` tokens (0: the longest example).
+    Prompts are already formatted (`workloads.lm.format_prompt`)."""
+    encoded = [(encode_text(tokenizer, prompt), tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id])
                for prompt, target in zip(prompts, targets)]
     max_length = max_length or max((len(p) + len(t) for p, t in encoded), default=1)
-    rows, masks, labels = [], [], []
-    for prompt_ids, target_ids in encoded:
-        ids = (prompt_ids + target_ids)[:max_length]
-        label = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
-        pad = max_length - len(ids)
-        rows.append(ids + [tokenizer.pad_token_id] * pad)
-        masks.append([1] * len(ids) + [0] * pad)
-        labels.append(label + [IGNORE_INDEX] * pad)
-    return TokenizedExamples(torch.tensor(rows), torch.tensor(masks), torch.tensor(labels))
+    sequences = [(prompt_ids + target_ids)[:max_length] for prompt_ids, target_ids in encoded]
+    label_rows = [([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length] for prompt_ids, target_ids in encoded]
+    ids, mask = pad(sequences, tokenizer.pad_token_id, side="right", width=max_length)
+    labels, _ = pad(label_rows, IGNORE_INDEX, side="right", width=max_length)
+    return TokenizedExamples(ids, mask, labels)
 
 
 def batch_indices(step: int, batch_size: int, world_size: int, rank: int, num_examples: int, seed: int) -> torch.Tensor:
@@ -87,32 +85,13 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -
 
 
 def train_step(model, optimizer, scheduler, batch: dict[str, torch.Tensor], max_grad_norm: float = 1.0) -> float:
+    """One optimiser step on `batch` (moved to the model's device)."""
     model.train()
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = masked_token_cross_entropy(logits, batch["labels"])
+    logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+    loss = masked_token_cross_entropy(logits, batch["labels"].to(logits.device))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
     return float(loss.detach())
-
-
-@torch.no_grad()
-def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 100) -> list[str]:
-    """Greedy continuations of `prompts` (bos-prefixed, left-padded), decoded without specials."""
-    model.eval()
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [tokenizer.bos_token + p for p in prompts[start : start + batch_size]]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        generated = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new_tokens = generated[:, enc["input_ids"].shape[1] :]
-        outputs.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    return outputs

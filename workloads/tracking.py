@@ -7,14 +7,12 @@ plain-file store) it supports the model registry.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -71,15 +69,6 @@ def git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-
-
-def data_hash(records: Iterable[Any]) -> str:
-    """sha256 over the JSON of every record: the tag that says which data a run saw."""
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
 
 
 class Run:

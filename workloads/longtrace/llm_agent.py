@@ -44,19 +44,15 @@ def openai_completions(base_url: str, model: str, max_tokens: int, timeout_s: fl
 
 def hf_generate(model_path: str, max_tokens: int) -> Generate:
     """Greedy continuation with a local causal LM (any directory or hub id)."""
-    import torch
-
-    from workloads.tiny_lm import load_lm
+    from workloads.lm import completion_mask, encode_text, generate_ids, load_lm
 
     model, tokenizer = load_lm(model_path)
-    model.eval()
 
     def generate(prompt: str) -> str:
-        enc = tokenizer([prompt], return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, stop_strings=STOP,
-                                 tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
-        return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        _, _, completion = generate_ids(model, tokenizer, [encode_text(tokenizer, prompt)], max_tokens, 0.0,
+                                        stop_strings=STOP)
+        kept = int(completion_mask(completion, tokenizer.eos_token_id)[0].sum())
+        return tokenizer.decode(completion[0, :kept], skip_special_tokens=True)
 
     return generate
 

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
+from workloads.lm import format_prompt, greedy_complete, sample_groups
 from workloads.longtrace.reward import answer_content, group_rewards, rubric_score
 
 RESPONSE_CUE = "\nResponse: "
@@ -34,9 +35,7 @@ class ReaderExample:
 
 
 def reader_prompt(tokenizer, messages: Sequence[dict]) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return "\n\n".join(m["content"] for m in messages) + RESPONSE_CUE
+    return format_prompt(tokenizer, messages, plain_suffix=RESPONSE_CUE)
 
 
 def load_examples(directory: str | Path, tokenizer) -> list[ReaderExample]:
@@ -76,8 +75,6 @@ def score_responses(responses: Sequence[str], examples: Sequence[ReaderExample],
 
 def greedy_scores(model, tokenizer, examples: Sequence[ReaderExample], max_new_tokens: int,
                   judge: str = "exact") -> tuple[dict[str, float], list[str]]:
-    from workloads.sft import greedy_complete
-
     responses = greedy_complete(model, tokenizer, [e.prompt for e in examples], max_new_tokens, batch_size=32)
     return score_responses(responses, examples, judge), responses
 
@@ -85,8 +82,6 @@ def greedy_scores(model, tokenizer, examples: Sequence[ReaderExample], max_new_t
 def sampled_accuracy(model, tokenizer, examples: Sequence[ReaderExample], samples: int, max_new_tokens: int,
                      temperature: float, seed: int, judge: str = "exact", chunk: int = 8) -> float:
     """Mean accuracy of `samples` sampled responses per example: what the policy does, not its mode."""
-    from workloads.grpo import sample_groups
-
     correct = 0.0
     for start in range(0, len(examples), chunk):
         batch = list(examples[start : start + chunk])

@@ -31,7 +31,28 @@ from workloads.config import ConfigError, require
 # Per-shard progress bars for a 3 MB model are noise in every worker's log.
 transformers_logging.disable_progress_bar()
 
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+# ChatML as Qwen2 writes it (without Qwen's default system message).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerStyle:
+    special_tokens: tuple[str, ...]
+    pad: str
+    eos: str
+    bos: str | None = None
+    chat_template: str | None = None
+
+
+TOKENIZER_STYLES = {
+    "bytes": TokenizerStyle(("<pad>", "<s>", "</s>"), pad="<pad>", eos="</s>", bos="<s>"),
+    "qwen2": TokenizerStyle(("<|endoftext|>", "<|im_start|>", "<|im_end|>"), pad="<|endoftext|>", eos="<|endoftext|>"),
+    "qwen2-chat": TokenizerStyle(("<|endoftext|>", "<|im_start|>", "<|im_end|>"), pad="<|endoftext|>", eos="<|im_end|>",
+                                 chat_template=CHATML_TEMPLATE),
+}
 PLAIN_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 BYTE_ALPHABET_SIZE = 256
 
@@ -50,6 +71,7 @@ class TinyLMConfig:
     # BPE merges learned on the task text on top of the 256 bytes; 0 = pure byte level,
     # which keeps every digit its own token (arithmetic is learned digit by digit).
     bpe_merges: int = 0
+    tokenizer: Literal["bytes", "qwen2", "qwen2-chat"] = "bytes"  # see the module docstring
 
     section: ClassVar[str] = "model"
 
@@ -58,27 +80,32 @@ class TinyLMConfig:
         require(self.num_heads % self.num_kv_heads == 0, "num_kv_heads", "must divide num_heads")
         require(self.num_layers >= 1, "num_layers", "must be >= 1")
         require(self.bpe_merges >= 0, "bpe_merges", "must be >= 0")
+        require(self.tokenizer in TOKENIZER_STYLES, "tokenizer", f"expected one of {sorted(TOKENIZER_STYLES)}")
 
 
-def build_tokenizer(texts: Iterable[str] = (), bpe_merges: int = 0) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer; `bpe_merges` > 0 learns merges from `texts`."""
+def build_tokenizer(texts: Iterable[str] = (), bpe_merges: int = 0, style: str = "bytes") -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of the given style; `bpe_merges` > 0 learns merges from `texts`."""
+    spec = TOKENIZER_STYLES[style]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=BYTE_ALPHABET_SIZE + len(SPECIAL_TOKENS) + bpe_merges,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=BYTE_ALPHABET_SIZE + len(spec.special_tokens) + bpe_merges,
+        special_tokens=list(spec.special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(texts) or [""], trainer=trainer)
-    return PreTrainedTokenizerFast(
+    wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
+        pad_token=spec.pad,
+        bos_token=spec.bos,
+        eos_token=spec.eos,
         padding_side="left",  # generation appends on the right
     )
+    if spec.chat_template:
+        wrapped.chat_template = spec.chat_template
+    return wrapped
 
 
 def model_config(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerFast):
@@ -101,7 +128,7 @@ def model_config(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerFast):
 
 def tiny_lm(cfg: TinyLMConfig, texts: Iterable[str] = (), seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Tokenizer + randomly initialised model in memory; the same seed gives the same weights."""
-    tokenizer = build_tokenizer(texts, cfg.bpe_merges)
+    tokenizer = build_tokenizer(texts, cfg.bpe_merges, cfg.tokenizer)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(model_config(cfg, tokenizer)), tokenizer
 

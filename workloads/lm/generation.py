@@ -1,0 +1,91 @@
+"""Generation: groups of sampled completions (GRPO, DistIL rollouts, Pass@k), greedy
+completions (evaluation, the Serve app) and raw continuations of token ids (the OpenAI route).
+
+Prompts are text already formatted (`workloads.lm.format_prompt`) or token ids; every batch is
+left-padded on the model's device; sampling is pure (no top-k / top-p) unless greedy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from workloads.lm.tokens import device_of, encode_text, pad
+
+
+@dataclasses.dataclass
+class Rollouts:
+    """G completions for each of P prompts, rows grouped by prompt (row = prompt * G + j)."""
+
+    input_ids: torch.Tensor  # [P*G, prompt + T]: left-padded prompt, then the completion
+    attention_mask: torch.Tensor  # [P*G, prompt + T]
+    completion_mask: torch.Tensor  # [P*G, T]: completion tokens up to and including eos
+    texts: list[str]
+    truncated: list[bool]  # no eos within max_new_tokens
+
+    @property
+    def prompt_length(self) -> int:
+        return self.input_ids.shape[1] - self.completion_mask.shape[1]
+
+    def select(self, rows: torch.Tensor) -> "Rollouts":
+        keep = rows.nonzero().flatten().tolist() if rows.dtype == torch.bool else rows.tolist()
+        return Rollouts(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows],
+                        [self.texts[i] for i in keep], [self.truncated[i] for i in keep])
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, sequences: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
+                 num_return_sequences: int = 1, seed: int | None = None,
+                 stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(left-padded prompt ids, their mask, generated ids [B * n, max_new_tokens] padded after
+    eos), on the CPU; greedy at temperature 0; a sequence also ends after any of `stop_strings`."""
+    model.eval()
+    ids, mask = pad(sequences, tokenizer.pad_token_id, side="left")
+    if seed is not None:
+        torch.manual_seed(seed)
+    sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0
+                else dict(do_sample=False))
+    if stop_strings:
+        sampling.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+    device = device_of(model)
+    generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                               num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id, **sampling)
+    completion = generated[:, ids.shape[1] :].cpu()
+    if completion.shape[1] < max_new_tokens:  # generation stopped early everywhere: pad to the budget
+        completion = torch.cat([completion, torch.full((completion.shape[0], max_new_tokens - completion.shape[1]),
+                                                       tokenizer.pad_token_id)], dim=1)
+    return ids, mask, completion
+
+
+def completion_mask(completion: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on completion tokens up to and including the first eos, 0 after it."""
+    is_eos = completion == eos_token_id
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    return (~after_eos).long()
+
+
+def sample_groups(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int,
+                  temperature: float = 1.0, generator_seed: int | None = None) -> Rollouts:
+    """Sample `group_size` completions per formatted prompt."""
+    ids, mask, completion = generate_ids(model, tokenizer, [encode_text(tokenizer, p) for p in prompts], max_new_tokens,
+                                         temperature, group_size, generator_seed)
+    kept = completion_mask(completion, tokenizer.eos_token_id)
+    truncated = (~(completion == tokenizer.eos_token_id).any(dim=1)).tolist()
+    attention_mask = torch.cat([mask.repeat_interleave(group_size, dim=0), kept], dim=1)
+    input_ids = torch.cat([ids.repeat_interleave(group_size, dim=0), completion], dim=1)
+    texts = tokenizer.batch_decode(completion * kept + tokenizer.pad_token_id * (1 - kept), skip_special_tokens=True)
+    return Rollouts(input_ids, attention_mask, kept, texts, truncated)
+
+
+def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 100) -> list[str]:
+    """Greedy continuations of formatted prompts, decoded without special tokens."""
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [encode_text(tokenizer, p) for p in prompts[start : start + batch_size]]
+        _, _, completion = generate_ids(model, tokenizer, chunk, max_new_tokens, temperature=0.0)
+        kept = completion_mask(completion, tokenizer.eos_token_id)
+        outputs.extend(tokenizer.batch_decode(completion * kept + tokenizer.pad_token_id * (1 - kept), skip_special_tokens=True))
+    return outputs
