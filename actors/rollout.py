@@ -128,9 +128,9 @@ class RolloutGroup:
 
     def __init__(self, env_id: str, num_workers: int, envs_per_worker: int, seed: int, env_params: dict,
                  spec: PolicySpec, *, timeout_s: float = 300.0, max_replacements: int = 3, pin_threads: bool = True,
-                 cpus_per_worker: float = 1.0):
+                 cpus_per_worker: float = 1.0, say=print):
         self.env_id, self.envs_per_worker, self.seed, self.env_params, self.spec = env_id, envs_per_worker, seed, env_params, spec
-        self.timeout_s, self.max_replacements, self.pin_threads = timeout_s, max_replacements, pin_threads
+        self.timeout_s, self.max_replacements, self.pin_threads, self.say = timeout_s, max_replacements, pin_threads, say
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         # Outside any placement group the caller runs in (a Ray Train worker inside a Tune trial
@@ -176,7 +176,7 @@ class RolloutGroup:
         if self.replacements > self.max_replacements:
             raise WorkerFailed(f"rollout worker {index} failed ({reason}); {self.max_replacements} replacements "
                                "already used; see the Ray logs of the rollout workers")
-        print(f"[rollout] worker {index} failed ({reason}); starting a replacement", flush=True)
+        self.say(f"[rollout] worker {index} failed ({reason}); starting a replacement")
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._start(index, generation=self.replacements)
         return self.workers[index].collect.remote(weights, steps, deterministic), index

@@ -6,6 +6,10 @@
     rayworks serve <app> [--port 8000] [--checkpoint PATH_OR_ID] [--address ADDR]
     rayworks compare <pipeline> --vary FIELD=A,B --seeds N [--metric NAME ...] [--set k=v ...]
     rayworks quickstart [--only PIPELINE ...]
+    rayworks config <pipeline> [--config FILE] [--set k=v ...]
+
+Exit codes: 0 done, 1 the run failed, 2 a config error (the field is named), 3 Ray could not be
+reached. Commands that start a local Ray take `--num-cpus N` (or `RAYWORKS_NUM_CPUS`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ import sys
 import threading
 import time
 
-from cluster.connect import RayUnreachable
 from pipelines import PIPELINES, UnknownPipeline, get_pipeline
-from pipelines.launch import add_run_arguments, print_summaries
+from pipelines.launch import (
+    EXIT_CONFIG_ERROR,
+    add_local_ray_arguments,
+    add_run_arguments,
+    print_summaries,
+    quiet_libraries,
+    report_failure,
+)
 from serving import APPS, UnknownApp, get_app_builder
-from workloads.config import ConfigError, load_config
+from workloads.config import ConfigError, config_yaml, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--config")
     tune.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     tune.add_argument("--address")
+    add_local_ray_arguments(tune)
 
     serve = commands.add_parser("serve", help="start a Ray Serve app; runs until Ctrl-C")
     serve.add_argument("app", help=f"one of: {', '.join(sorted(APPS))}")
@@ -59,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="verifier: sandbox worker processes (default: CPU count)")
     serve.add_argument("--lean-project", help="verifier: Lake project with the Lean REPL built")
     serve.add_argument("--address")
+    add_local_ray_arguments(serve)
 
     compare = commands.add_parser("compare", help="run arms of a pipeline over seeds; mean and 95% CI per arm")
     compare.add_argument("pipeline")
@@ -68,10 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--config")
     compare.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     compare.add_argument("--address")
+    add_local_ray_arguments(compare)
 
     quickstart = commands.add_parser("quickstart", help="run every pipeline's smallest embedded default, locally")
     quickstart.add_argument("--only", nargs="+", choices=list(PIPELINES), metavar="PIPELINE",
                             help=f"just these pipelines ({', '.join(PIPELINES)})")
+    add_local_ray_arguments(quickstart)
+
+    config = commands.add_parser("config", help="print a pipeline's config as YAML, each field's help beside it")
+    config.add_argument("pipeline")
+    config.add_argument("--config", dest="config_file", help="YAML config file to start from")
+    config.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     return parser
 
 
@@ -86,6 +105,10 @@ def cmd_run(args) -> int:
         argv.append("--resume")
     if args.address:
         argv += ["--address", args.address]
+    if args.num_cpus is not None:
+        argv += ["--num-cpus", str(args.num_cpus)]
+    if args.verbose:
+        argv.append("--verbose")
     return module.main(argv)
 
 
@@ -103,7 +126,8 @@ def cmd_tune(args) -> int:
     from pipelines.tuning import load_space, run_search
 
     load_space(args.space, args.pipeline, args.config, args.overrides)  # check before Ray starts
-    connect(args.address)
+    quiet_libraries(args.verbose)
+    connect(args.address, args.num_cpus, log_to_driver=args.verbose)
     outcome = run_search(args.pipeline, args.space, args.num_samples, args.config, args.overrides, args.max_concurrent)
     print(f"best {outcome['metric']} = {outcome['best_value']:.4f} with {outcome['best_params']}")
     print(f"MLflow parent run {outcome['parent_run_id']} ({outcome['num_trials']} trials, {outcome['errors']} errored)")
@@ -113,10 +137,11 @@ def cmd_tune(args) -> int:
 
 def cmd_compare(args) -> int:
     from cluster.connect import connect
-    from pipelines.compare import parse_vary, print_comparison, run_comparison
+    from pipelines.compare import check_comparison, print_comparison, run_comparison
 
-    parse_vary(args.vary)
-    connect(args.address)
+    check_comparison(args.pipeline, args.vary, args.seeds, args.config, args.overrides)  # before Ray starts
+    quiet_libraries(args.verbose)
+    connect(args.address, args.num_cpus, log_to_driver=args.verbose)
     outcome = run_comparison(args.pipeline, args.vary, args.seeds, args.metrics, args.config, args.overrides)
     print_comparison(outcome)
     print("RESULT " + json.dumps(outcome, default=str))
@@ -168,7 +193,7 @@ def cmd_serve(args) -> int:
         application = builder({key: value for key, value in options.items() if value is not None})
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    connect(args.address)
+    connect(args.address, args.num_cpus)
     # Ctrl-C stops the app even when it was started with SIGINT ignored (a background job of a
     # non-interactive shell inherits that, and Python then installs no handler); SIGTERM alike.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -201,7 +226,8 @@ def cmd_quickstart(args) -> int:
 
     names = quickstart_pipelines(args.only)
     configs = {name: load_config(get_pipeline(name).Config, None, get_pipeline(name).QUICKSTART) for name in names}
-    connect(None)
+    quiet_libraries(args.verbose)
+    connect(None, args.num_cpus, log_to_driver=args.verbose)
     summaries, started = [], time.monotonic()
     for index, (name, config) in enumerate(configs.items(), 1):
         print(f"\n=== [{index}/{len(configs)}] {name} ===", flush=True)
@@ -211,7 +237,15 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "submit": cmd_submit, "tune": cmd_tune, "serve": cmd_serve, "compare": cmd_compare, "quickstart": cmd_quickstart}
+def cmd_config(args) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `rayworks config sft | head` ends quietly
+    config = load_config(get_pipeline(args.pipeline).Config, args.config_file, args.overrides)
+    print(f"# rayworks config {args.pipeline}: use with --config FILE; any field also with --set key=value")
+    print(config_yaml(config))
+    return 0
+
+
+COMMANDS = {"config": cmd_config, "run": cmd_run, "submit": cmd_submit, "tune": cmd_tune, "serve": cmd_serve, "compare": cmd_compare, "quickstart": cmd_quickstart}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,13 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except (UnknownPipeline, UnknownApp) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except RayUnreachable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        return report_failure(exc, getattr(args, "verbose", False))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The one place that decides how Ray is reached.
 
-- No address (and no `RAY_ADDRESS`): start a local single-node Ray with `num_cpus` CPUs.
+- No address (and no `RAY_ADDRESS`): start a local single-node Ray with `num_cpus` CPUs
+  (default: `RAYWORKS_NUM_CPUS`, else every core of the machine).
 - An address (`--address` or `RAY_ADDRESS`): `host:port` of a GCS, `ray://host:10001`, or
   `auto`. The address is probed over TCP first, so a dead one fails in seconds with a clear
   message instead of hanging inside `ray.init`.
@@ -22,9 +23,12 @@ from typing import Callable
 from urllib.parse import urlparse
 
 PROBE_TIMEOUT_S = 5.0
-DEFAULT_LOCAL_CPUS = 2
 # Actors running numpy/torch/mujoco side by side must not each spawn a thread per core.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class BadLocalRaySetting(ValueError):
+    """`--num-cpus` or `RAYWORKS_NUM_CPUS` is not a positive whole number."""
 
 
 class RayUnreachable(ConnectionError):
@@ -112,6 +116,18 @@ def own_current_cluster_file() -> tuple[dict[str, str], Callable[[str], None]]:
     return {"RAY_TMPDIR": str(run_dir)}, write
 
 
+def local_cpus(num_cpus: int | None = None) -> int:
+    """CPUs for a local Ray: `num_cpus`, else `RAYWORKS_NUM_CPUS`, else the machine's cores."""
+    if num_cpus is None and os.environ.get("RAYWORKS_NUM_CPUS"):
+        try:
+            num_cpus = int(os.environ["RAYWORKS_NUM_CPUS"])
+        except ValueError:
+            raise BadLocalRaySetting(f"RAYWORKS_NUM_CPUS: expected a whole number, got {os.environ['RAYWORKS_NUM_CPUS']!r}") from None
+    if num_cpus is not None and num_cpus < 1:
+        raise BadLocalRaySetting(f"--num-cpus (or RAYWORKS_NUM_CPUS): must be >= 1, got {num_cpus}")
+    return num_cpus or os.cpu_count() or 1
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True):
     """Initialise Ray for this process (no-op when already initialised); return the address used."""
     import ray
@@ -125,11 +141,11 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
         runtime_env["env_vars"].update(own_file_env)
         ray.init(
             address="local",  # never attach to some other Ray that happens to run here
-            num_cpus=num_cpus or DEFAULT_LOCAL_CPUS,
+            num_cpus=local_cpus(num_cpus),
             runtime_env=runtime_env,
             log_to_driver=log_to_driver,
             configure_logging=True,
-            logging_level="WARNING",
+            logging_level="WARNING" if log_to_driver else "ERROR",  # quiet: the console is for progress
         )
         write_own_file(ray.get_runtime_context().gcs_address)
         return None

@@ -17,7 +17,7 @@ import time
 
 from pipelines import get_pipeline
 from workloads import tracking
-from workloads.config import ConfigError, load_config
+from workloads.config import ConfigError, load_config, refuse_overlap
 
 
 @dataclasses.dataclass
@@ -47,15 +47,24 @@ def parse_vary(vary: str) -> tuple[str, list[str]]:
     return field, arms
 
 
+def check_comparison(pipeline: str, vary: str, seeds: int, config_path: str | None, overrides: list[str]) -> dict:
+    """Every arm's config for every seed, checked before anything runs. The varied field and the
+    seed are the comparison's own: `--set` may not give them too."""
+    module = get_pipeline(pipeline)
+    field, arms = parse_vary(vary)
+    if seeds < 1:
+        raise ConfigError("--seeds: must be >= 1")
+    refuse_overlap(overrides, [field, "seed"], "compare sets")
+    return {(arm, seed): load_config(module.Config, config_path, overrides, values={field: arm, "seed": seed})
+            for arm in arms for seed in range(seeds)}
+
+
 def run_comparison(pipeline: str, vary: str, seeds: int, metrics: list[str], config_path: str | None,
                    overrides: list[str]) -> dict:
     module = get_pipeline(pipeline)
     field, arms = parse_vary(vary)
     metrics = metrics or [module.KEY_METRIC]
-    if seeds < 1:
-        raise ConfigError("--seeds: must be >= 1")
-    configs = {(arm, seed): load_config(module.Config, config_path, overrides, values={field: arm, "seed": seed})
-               for arm in arms for seed in range(seeds)}  # every config checked before anything runs
+    configs = check_comparison(pipeline, vary, seeds, config_path, overrides)
     base = next(iter(configs.values()))
     experiment = base.experiment or f"rayworks-{pipeline}"
     parent = tracking.start_run(experiment, f"compare-{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",

@@ -39,14 +39,17 @@ import torch
 
 from pipelines import sft
 from pipelines.launch import (
+    RunFailed,
     RunFields,
     RunSummary,
     Workers,
     check_ranks_in_sync,
+    ProgressLines,
     ending_run,
     main_for,
     open_run,
     report_with_checkpoint,
+    say,
     storage_path,
     train_run_config,
     train_worker_context,
@@ -73,29 +76,30 @@ ALL_OBJECTIVES = (*OBJECTIVES, "rlvr")
 
 @dataclasses.dataclass
 class Config(RunFields):
+    # distil (forward CE), reverse_kl, jsd, or rlvr (GRPO, no expert)
     objective: Literal["distil", "reverse_kl", "jsd", "rlvr"] = "distil"
     # token: the expert's top-k + tail at every position; step: K = expert.top_k candidate next
     # lines with the expert's log-probs at every line start, forward CE over them
     level: Literal["token", "step"] = "token"
-    jsd_beta: float = 0.5
-    average: Literal["token", "sequence"] = "token"
+    jsd_beta: float = 0.5  # beta of the generalised JSD
+    average: Literal["token", "sequence"] = "token"  # loss average: per labelled token or per sequence
     student_init: str = ""  # a model directory or hub id; empty: the tiny student, SFT-ed briefly
-    student_sft_steps: int = 300
-    iterations: int = 30
-    prompts_per_iteration: int = 48
+    student_sft_steps: int = 300  # SFT steps of the default student (cached)
+    iterations: int = 30  # DAgger iterations
+    prompts_per_iteration: int = 48  # training problems per worker per iteration
     samples_per_prompt: int = 4  # also GRPO's group size for rlvr
-    updates_per_iteration: int = 2
+    updates_per_iteration: int = 2  # optimiser steps per iteration
     lr: float = 2e-4  # a fresh Adam on an SFT-ed student: larger steps (1e-3) undo the SFT
-    warmup_iterations: int = 3
+    warmup_iterations: int = 3  # iterations of linear learning-rate warm-up
     temperature: float = 1.0  # the student's sampling temperature (rollouts and Pass@k)
     max_new_tokens: int = 0  # 0: the task's longest reference solution, its eos and some slack
-    eval_problems: int = 100
+    eval_problems: int = 100  # held-out problems for Pass@k
     eval_samples: int = 8  # N of Pass@N
-    eval_every: int = 10
-    max_expert_failures: int = 3
+    eval_every: int = 10  # iterations between evaluations
+    max_expert_failures: int = 3  # expert failures in a row that stop the run
     kl_coef: float = 0.0  # rlvr: k3 KL to the initial student (0: no reference model, as the papers)
-    register_model: bool = True
-    num_samples_logged: int = 8
+    register_model: bool = True  # register the final student in MLflow's registry
+    num_samples_logged: int = 8  # annotated student samples logged
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     expert: ExpertConfig = dataclasses.field(default_factory=ExpertConfig)
@@ -220,8 +224,8 @@ def train_loop_per_worker(payload: dict) -> None:
     if rank == 0:
         before = evaluate(config, model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
         run.log_metrics({**before, "student_samples": start * per_iteration}, step=start)
-        print(f"[distil] {config.objective}: pass@1 {before['pass_at_1']:.3f} pass@{config.eval_samples} "
-              f"{before['pass_at_n']:.3f} before iteration {start + 1}", flush=True)
+        say(payload, f"[distil] {config.objective}: pass@1 {before['pass_at_1']:.3f} pass@{config.eval_samples} "
+                     f"{before['pass_at_n']:.3f} before iteration {start + 1}")
 
     for iteration in range(start, config.iterations):
         indices = batch_indices(iteration, config.prompts_per_iteration, world_size, rank, len(train_problems), config.seed)
@@ -252,7 +256,8 @@ def train_loop_per_worker(payload: dict) -> None:
                 failures_in_a_row += 1
                 metrics["expert_failures"] = failures_in_a_row
                 reason = next(r for r in gather_objects(str(failure) if failure is not None else "") if r)
-                print(f"[distil] iteration {done}: expert failed ({reason}); update skipped", flush=True)
+                if rank == 0:
+                    say(payload, f"[distil] iteration {done}: expert failed ({reason}); update skipped")
                 labels = None
                 if any_rank(isinstance(failure, ConfigError)) or failures_in_a_row >= config.max_expert_failures:
                     stopped = f"expert.{'endpoint' if config.expert.kind == 'openai' else 'kind'}: {reason}"
@@ -287,8 +292,8 @@ def train_loop_per_worker(payload: dict) -> None:
                 evaluation = evaluate(config, model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
-                print(f"[distil] iteration {done}/{config.iterations}  pass@1 {evaluation['pass_at_1']:.3f}  "
-                      f"pass@{config.eval_samples} {evaluation['pass_at_n']:.3f}", flush=True)
+                say(payload, f"[distil] iteration {done}/{config.iterations}  pass@1 {evaluation['pass_at_1']:.3f}  "
+                      f"pass@{config.eval_samples} {evaluation['pass_at_n']:.3f}")
             if stopped:
                 metrics["stopped"] = stopped
             report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(),
@@ -315,19 +320,20 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         run_record.set_tags({"student": student})
         experts = ExpertPool(config.expert, lm_expert_builder(config.expert, student)) if config.objective != "rlvr" else None
         checker = TaskChecker(config.task)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": to_dict(config), "student": student, "experts": experts, "checker": checker,
-                               "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
-            scaling_config=config.train.scaling_config(),
-            run_config=train_run_config(config, run_name, train_callbacks),
-        )
-        result = trainer.fit()
+        with ProgressLines() as lines:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_dict(config), "student": student, "experts": experts, "checker": checker,
+                                   "progress": lines.queue, "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+                scaling_config=config.train.scaling_config(),
+                run_config=train_run_config(config, run_name, train_callbacks),
+            )
+            result = trainer.fit()
         totals = {**(experts.stats() if experts is not None else {}), **checker.stats()}
         if totals:
             run_record.log_metrics({f"total_{k}": v for k, v in totals.items()}, step=config.iterations)
         if result.metrics and result.metrics.get("stopped"):
-            raise ConfigError(f"{result.metrics['stopped']} (stopped after iteration {result.metrics['iteration']}; "
+            raise RunFailed(f"{result.metrics['stopped']} (stopped after iteration {result.metrics['iteration']}; "
                               "its checkpoint is kept: fix the expert and pass --resume)")
         summary = log_outcome(config, run_record, result.checkpoint, student)
     return summary
@@ -351,7 +357,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, student: s
     return RunSummary(PIPELINE, KEY_METRIC, final, run_record.run_id, run_record.artifact_uri,
                       extra={"objective": config.objective, "student": student, "pass_at_1_before": start,
                              "pass_at_n_before": history["pass_at_n"][0][1], "pass_at_n": history["pass_at_n"][-1][1],
-                             "registered_version": version})
+                             "registered_version": version}, before=start)
 
 
 def main(argv: list[str] | None = None) -> int:

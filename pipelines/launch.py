@@ -11,37 +11,45 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from cluster.connect import AuthTokenMissing, RayUnreachable, connect, ray_job_submission_id
+from cluster.connect import AuthTokenMissing, BadLocalRaySetting, RayUnreachable, connect, ray_job_submission_id
 from workloads import tracking
 from workloads.config import ConfigError, load_config, require, to_dict
 
 RUN_NAME_TAG = "rayworks.run_name"
 PIPELINE_TAG = "rayworks.pipeline"
 
+# Exit codes of `rayworks` and `python -m pipelines.<name>`.
+EXIT_RUN_FAILED, EXIT_CONFIG_ERROR, EXIT_NO_RAY = 1, 2, 3
+
+
+class RunFailed(RuntimeError):
+    """The run started and failed (an expert that stayed down, workers that kept dying): not a
+    config error; what it kept (its last checkpoint) is said in the message."""
+
 
 @dataclasses.dataclass
 class RunFields:
     """The fields every pipeline's Config starts with."""
 
-    seed: int = 0
+    seed: int = 0  # seeds data splits, initial weights and sampling
     run_name: str = ""  # empty: a fresh timestamped name
     experiment: str = ""  # empty: rayworks-<pipeline>
-    storage_path: str = "./ray_results"
+    storage_path: str = "./ray_results"  # checkpoints and caches (a shared filesystem or s3:// on a cluster)
 
 
 @dataclasses.dataclass
 class Workers:
-    """The Ray Train workers of a training pipeline: its `train` section (one name everywhere:
-    `--set train.num_workers=4 train.use_gpu=true`)."""
+    """The Ray Train workers of a training pipeline (`--set train.num_workers=4 train.use_gpu=true`)."""
 
-    num_workers: int = 1
+    num_workers: int = 1  # data-parallel Ray Train workers (ranks)
     use_gpu: bool = False  # one GPU per worker; models and batches follow it
-    cpus_per_worker: int = 1
+    cpus_per_worker: int = 1  # CPUs Ray reserves for each worker
 
     section: ClassVar[str] = "train"
 
@@ -112,6 +120,59 @@ def train_worker_context(payload: dict) -> tuple[int, int, tracking.Run | None]:
     return rank, world_size, tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
 
 
+class ProgressLines:
+    """Progress lines from the training workers to the console of the driver that started them.
+
+    Ray forwards every worker's whole output to the driver (its own internals, library
+    warnings, each line once per process that prints it); by default the CLI turns that off
+    (`--verbose` turns it back on) and the workers send just their progress lines here,
+    through a Ray queue that a thread of the driver prints from. Use as a context manager
+    around the run; put `lines.queue` in the workers' payload and call `say(payload, line)`."""
+
+    def __enter__(self) -> "ProgressLines":
+        import threading
+
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        # Outside the placement group a Tune trial runs in (its bundle has no room for actors).
+        self.queue = Queue(actor_options={"num_cpus": 0,
+                                          "scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=None)})
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._print_lines, daemon=True)
+        self.thread.start()
+        return self
+
+    def _print_lines(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                print(self.queue.get(timeout=0.5), flush=True)
+            except Empty:
+                if self.done.is_set():
+                    return
+            except Exception:  # the queue's actor is gone (Ray shut down)
+                return
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+        self.queue.shutdown(force=True)
+
+
+def say(payload: dict, line: str) -> None:
+    """A progress line for the driver's console (see `ProgressLines`); printed here without one."""
+    queue = payload.get("progress")
+    if queue is None:
+        print(line, flush=True)
+        return
+    try:
+        queue.put_nowait(line)
+    except Exception:  # a full or vanished queue must not stop training
+        print(line, flush=True)
+
+
 def report_with_checkpoint(metrics: dict, rank: int, model, tokenizer, trainer_state: dict | None = None) -> None:
     """`ray.train.report` with a checkpoint written by rank 0: `model/` (weights + tokenizer,
     loadable by `load_lm`) and, when given, `trainer_state.pt`. Every rank must call it."""
@@ -135,10 +196,11 @@ def report_with_checkpoint(metrics: dict, rank: int, model, tokenizer, trainer_s
 class RunSummary:
     pipeline: str
     metric: str
-    value: float
+    value: float  # the key metric after training
     run_id: str
     artifacts: str
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    before: float | None = None  # the key metric before training (None: nothing is trained)
 
 
 def parser(pipeline: str) -> argparse.ArgumentParser:
@@ -153,32 +215,64 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="override config fields, e.g. --set train.lr=1e-3 train.max_steps=200")
     p.add_argument("--resume", action="store_true", help="continue run_name (or the newest run) from its last checkpoint")
     p.add_argument("--address", help="Ray address (host:6379, ray://host:10001, auto); default: local Ray or RAY_ADDRESS")
+    add_local_ray_arguments(p)
+
+
+def add_local_ray_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="CPUs of the local Ray this command starts (default: RAYWORKS_NUM_CPUS, else every core)")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's worker logs, library messages and the traceback of a failed run")
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep the driver's console to progress lines and results: Ray Data's progress bars and
+    Ray's and MLflow's informational logs only with `--verbose`."""
+    import logging
+
+    if verbose:
+        return
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "mlflow", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def report_failure(exc: BaseException, verbose: bool) -> int:
+    """Print what went wrong, once and plainly, and return the exit code for it."""
+    if isinstance(exc, (ConfigError, BadLocalRaySetting)):
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if isinstance(exc, (RayUnreachable, AuthTokenMissing)):
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_RAY
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    detail = str(exc) if isinstance(exc, RunFailed) else f"{type(exc).__name__}: {exc}"
+    print(f"run failed: {detail}" + ("" if verbose else " (--verbose shows the traceback)"), file=sys.stderr)
+    return EXIT_RUN_FAILED
 
 
 def main_for(pipeline: str, config_cls: type, run: Callable[..., RunSummary], argv: list[str] | None = None) -> int:
     args = parser(pipeline).parse_args(argv)
     try:
         config = load_config(config_cls, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        connect(args.address)
-    except (RayUnreachable, AuthTokenMissing) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    try:
+        quiet_libraries(args.verbose)
+        connect(args.address, args.num_cpus, log_to_driver=args.verbose)
         summary = run(config, resume=args.resume)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        return report_failure(exc, args.verbose)
     print_summaries([summary])
     return 0
 
 
 def print_summaries(summaries: list[RunSummary]) -> None:
-    rows = [("pipeline", "metric", "value", "MLflow run", "artifacts")]
-    rows += [(s.pipeline, s.metric, f"{s.value:.4f}", s.run_id, s.artifacts) for s in summaries]
+    rows = [("pipeline", "metric", "before", "after", "MLflow run", "artifacts")]
+    rows += [(s.pipeline, s.metric, "-" if s.before is None else f"{s.before:.4f}", f"{s.value:.4f}", s.run_id, s.artifacts)
+             for s in summaries]
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
@@ -218,6 +312,7 @@ def open_run(pipeline: str, config, *, resume: bool, parent_run_id: str | None, 
             PIPELINE_TAG: pipeline,
             "git_revision": tracking.git_revision(),
             "ray_job_id": ray_job_submission_id() or _ray_job_id(),
+            "ray_cluster_cpus": _ray_cluster_cpus(),
             "data_hash": data_hash,
         },
     )
@@ -230,6 +325,12 @@ def _ray_job_id() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_job_id() if ray.is_initialized() else None
+
+
+def _ray_cluster_cpus() -> str:
+    import ray
+
+    return str(int(ray.cluster_resources().get("CPU", 0))) if ray.is_initialized() else ""
 
 
 def _runs_named(experiment: str, run_name: str | None):

@@ -34,10 +34,12 @@ from pipelines.launch import (
     RunSummary,
     Workers,
     check_ranks_in_sync,
+    ProgressLines,
     ending_run,
     main_for,
     open_run,
     report_with_checkpoint,
+    say,
     storage_path,
     train_run_config,
     train_worker_context,
@@ -79,11 +81,13 @@ def default_data() -> longtrace_data.Config:
 
 @dataclasses.dataclass
 class SFTStage:
-    steps: int = 500
-    batch_size: int = 8
-    lr: float = 3e-3
-    warmup_steps: int = 30
-    weight_decay: float = 0.01
+    """The reader's SFT on the QA format, before GRPO."""
+
+    steps: int = 500  # SFT steps of the reader (cached)
+    batch_size: int = 8  # examples per step
+    lr: float = 3e-3  # AdamW peak learning rate
+    warmup_steps: int = 30  # linear warm-up, then cosine decay
+    weight_decay: float = 0.01  # AdamW weight decay
     section: ClassVar[str] = "sft"
 
     def validate(self) -> None:
@@ -96,17 +100,17 @@ class SFTStage:
 class Config(RunFields):
     data_dir: str = ""  # longtrace_data output; empty: build the `data` section (cached)
     model_init: str = ""  # a reader to start from (directory or hub id); empty: the tiny reader
-    reward: Literal["rubric", "outcome"] = "rubric"
+    reward: Literal["rubric", "outcome"] = "rubric"  # rubric (eta-weighted rubric hits) or outcome (0/1)
     eta: float = 0.3  # rubric weight inside correct answers (training); evaluation uses 0
     judge: str = "exact"  # exact | f1 | llm (an OpenAI-compatible endpoint: judge_endpoint, judge_model)
-    judge_endpoint: str = ""
-    judge_model: str = ""
-    eval_fraction: float = 0.2
+    judge_endpoint: str = ""  # judge=llm: the endpoint's base URL
+    judge_model: str = ""  # judge=llm: the served model's name
+    eval_fraction: float = 0.2  # questions held out for evaluation
     grpo_prompts: int = 16  # GRPO draws its prompts from this many training questions (0: all)
-    eval_every: int = 10
+    eval_every: int = 10  # GRPO steps between evaluations
     probe_samples: int = 4  # sampled responses per question in the sampled-accuracy probes
-    register_model: bool = True
-    num_samples_logged: int = 12
+    register_model: bool = True  # register the final reader in MLflow's registry
+    num_samples_logged: int = 12  # held-out responses logged as samples.jsonl
     data: longtrace_data.Config = dataclasses.field(default_factory=default_data)
     model: TinyLMConfig = dataclasses.field(default_factory=lambda: TinyLMConfig(max_positions=512))
     sft: SFTStage = dataclasses.field(default_factory=SFTStage)
@@ -188,7 +192,7 @@ def reader_and_tokenizer(config: Config, data_dir: Path):
     return AutoModelForCausalLM.from_config(model_config(config.model, tokenizer)), tokenizer
 
 
-def sft_reader(config: Config, model, tokenizer, splits: Splits, run) -> None:
+def sft_reader(config: Config, model, tokenizer, splits: Splits, run, payload: dict) -> None:
     """Teach the reader the QA format (in place); rank 0 logs the loss."""
     stage = config.sft
     max_length = max(len(tokenizer.encode(e.prompt + " " + e.chain_target)) for e in splits.sft) + 2
@@ -199,7 +203,7 @@ def sft_reader(config: Config, model, tokenizer, splits: Splits, run) -> None:
         loss = train_step(model, optimizer, scheduler, batch_at(data, batch_indices(step, stage.batch_size, 1, 0, len(data), config.seed)))
         if run is not None and ((step + 1) % 25 == 0 or step + 1 == stage.steps):
             run.log_metrics({"sft_loss": loss}, step=step + 1)
-            print(f"[longtrace] sft step {step + 1}/{stage.steps}  loss {loss:.4f}", flush=True)
+            say(payload, f"[longtrace] sft step {step + 1}/{stage.steps}  loss {loss:.4f}")
 
 
 def evaluate(config: Config, model, tokenizer, splits: Splits, seed: int) -> dict[str, float]:
@@ -253,7 +257,7 @@ def train_loop_per_worker(payload: dict) -> None:
         if run:
             run.set_tags({"reader_sft": f"cached {reader_cache}"})
     elif config.sft.steps:
-        sft_reader(config, model, tokenizer, splits, run)  # every rank: same data, same seed, same weights
+        sft_reader(config, model, tokenizer, splits, run, payload)  # every rank: same data, same seed, same weights
         if rank == 0 and reader_cache:
             cached_directory(reader_cache, lambda staging: (model.save_pretrained(staging), tokenizer.save_pretrained(staging)))
 
@@ -265,8 +269,8 @@ def train_loop_per_worker(payload: dict) -> None:
         run.log_metrics({**before, "grpo_step": start_step}, step=start_step)
         if start_step == 0:
             run.log_metrics({f"before_grpo/{k}": v for k, v in before.items()}, step=0)
-        print(f"[longtrace] before GRPO: tiered {before['eval_accuracy_tiered']:.3f} "
-              f"random {before.get('eval_accuracy_random', float('nan')):.3f}", flush=True)
+        say(payload, f"[longtrace] before GRPO: tiered {before['eval_accuracy_tiered']:.3f} "
+                     f"random {before.get('eval_accuracy_random', float('nan')):.3f}")
 
     for step in range(start_step, g.steps):
         indices = batch_indices(step, g.prompts_per_step, world_size, rank, len(splits.grpo), config.seed)
@@ -286,8 +290,8 @@ def train_loop_per_worker(payload: dict) -> None:
                 evaluation = evaluate(config, model, tokenizer, splits, eval_seed)
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
-                print(f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
-                      f"eval tiered {metrics['eval_accuracy_tiered']:.3f}", flush=True)
+                say(payload, f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
+                             f"eval tiered {metrics['eval_accuracy_tiered']:.3f}")
             report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(), "step": done})
     if g.steps == 0 or start_step >= g.steps:  # nothing left to train: the reader as it is
         report_with_checkpoint({"grpo_step": start_step, "step": start_step}, rank, model, tokenizer)
@@ -309,14 +313,15 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
             cache_root.mkdir(parents=True, exist_ok=True)
             reader_cache = str(cache_root / key)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": to_dict(config), "data_dir": str(data_dir), "reader_cache": reader_cache,
-                               "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
-            scaling_config=config.train.scaling_config(),
-            run_config=train_run_config(config, run_name, train_callbacks),
-        )
-        result = trainer.fit()
+        with ProgressLines() as lines:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_dict(config), "data_dir": str(data_dir), "reader_cache": reader_cache,
+                                   "progress": lines.queue, "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+                scaling_config=config.train.scaling_config(),
+                run_config=train_run_config(config, run_name, train_callbacks),
+            )
+            result = trainer.fit()
         summary = log_outcome(config, run_record, result.checkpoint, data_dir)
     return summary
 
@@ -351,7 +356,8 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, data_dir: 
                              "before_grpo": {k: start.get(k) for k in ("eval_accuracy_tiered", "eval_accuracy_random",
                                                                        "grpo_prompts_sampled_accuracy")},
                              "after_grpo": {k: final.get(k) for k in ("eval_accuracy_tiered", "eval_accuracy_random",
-                                                                      "grpo_prompts_sampled_accuracy")}})
+                                                                      "grpo_prompts_sampled_accuracy")}},
+                      before=start["eval_accuracy_tiered"])
 
 
 def main(argv: list[str] | None = None) -> int:

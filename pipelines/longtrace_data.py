@@ -44,13 +44,15 @@ QUICKSTART = ["kg.num_questions=100", "num_actors=2"]
 
 @dataclasses.dataclass
 class Config(RunFields):
-    output_dir: str = "./longtrace_data"
+    """LongTraceRL data construction: knowledge graph, search agent, tiered contexts."""
+
+    output_dir: str = "./longtrace_data"  # where the Parquet rows and the tokenizer go
     # The reader's tokenizer (path or hub id) that measures the token budget; empty: a byte-level
     # BPE with `tokenizer_merges` merges learned on the corpus, saved to output_dir/tokenizer
     # for the tiny reader that `pipelines.longtrace` trains.
     tokenizer: str = ""
-    tokenizer_merges: int = 500
-    num_actors: int = 2
+    tokenizer_merges: int = 500  # BPE merges learned on the corpus
+    num_actors: int = 2  # context-builder actors
     # Questions per actor call (and per Parquet file of each mode), capped for small builds
     # (`workloads.longtrace.format.questions_per_call`). Bigger calls spread Ray Data's per-block costs
     # thinner (`python -m benchmarks.distractor_build` measures it).

@@ -30,20 +30,23 @@ import numpy as np
 import torch
 
 from pipelines.launch import (
+    RunFailed,
     RunFields,
     RunSummary,
     Workers,
     check_ranks_in_sync,
+    ProgressLines,
     ending_run,
     main_for,
     open_run,
+    say,
     train_run_config,
     train_worker_context,
     worker_device,
 )
 from workloads import tracking
 from workloads.caching import stable_hash
-from workloads.config import ConfigError, build_section, from_dict, require, to_dict
+from workloads.config import build_section, from_dict, require, to_dict
 from workloads.distributed import average_in_place
 from workloads.plots import plot_curves
 from workloads.ppo import PPOConfig, ppo_update
@@ -56,20 +59,20 @@ LEARNER_MEMORY = 1024**3
 
 @dataclasses.dataclass
 class Config(RunFields):
-    env: str = "rayworks/PandaReach-v0"
+    env: str = "rayworks/PandaReach-v0"  # a registered rayworks environment id
     env_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the task's knobs, e.g. episode_steps
-    iterations: int = 40
+    iterations: int = 40  # PPO iterations (collect, then update)
     steps_per_iteration: int = 50  # T of each (T, N) block
-    num_rollout_workers: int = 2
-    envs_per_worker: int = 32
-    hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 128])
-    init_std: float = 0.5
+    num_rollout_workers: int = 2  # rollout-worker actors per learner
+    envs_per_worker: int = 32  # environments each worker steps
+    hidden: list[int] = dataclasses.field(default_factory=lambda: [128, 128])  # actor and critic layer sizes
+    init_std: float = 0.5  # initial action standard deviation
     eval_every: int = 10  # report (Tune), checkpoint, and the window of episodes a reported return averages
-    pin_threads: bool = True
-    worker_timeout_s: float = 300.0
-    max_worker_replacements: int = 3
-    render: bool = True
-    render_steps: int = 150
+    pin_threads: bool = True  # pin each rollout worker to one core
+    worker_timeout_s: float = 300.0  # a worker silent this long is replaced
+    max_worker_replacements: int = 3  # replacements before the run fails
+    render: bool = True  # log a rendered rollout GIF
+    render_steps: int = 150  # control steps in the GIF
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     # The learners (each with its own rollout workers); train.use_gpu puts them on GPUs, the
     # rollout workers stay on CPUs. A learner asks for no CPU: it alternates with its workers.
@@ -162,7 +165,7 @@ def train_loop_per_worker(payload: dict) -> None:
     group = RolloutGroup(config.env, config.num_rollout_workers, config.envs_per_worker,
                          config.seed * 10_007 + rank + 1000 * start, config.env_params, spec,
                          timeout_s=config.worker_timeout_s, max_replacements=config.max_worker_replacements,
-                         pin_threads=config.pin_threads)
+                         pin_threads=config.pin_threads, say=lambda line: say(payload, line))
     window: list[float] = []
     try:
         for iteration in range(start, config.iterations):
@@ -183,8 +186,8 @@ def train_loop_per_worker(payload: dict) -> None:
                           "episodes_in_window": len(window)}
                 if rank == 0:
                     run.log_metrics({KEY_METRIC: report[KEY_METRIC], "episodes_in_window": len(window)}, step=done)
-                    print(f"[ppo] {config.env} iteration {done}/{config.iterations}  return {report[KEY_METRIC]:.3f} "
-                          f"({len(window)} episodes)  {metrics['steps_per_second']:.0f} steps/s", flush=True)
+                    say(payload, f"[ppo] {config.env} iteration {done}/{config.iterations}  return {report[KEY_METRIC]:.3f} "
+                                 f"({len(window)} episodes)  {metrics['steps_per_second']:.0f} steps/s")
                 window = []
                 report_policy(report, rank, policy, optimizer, done)
         check_ranks_in_sync(policy, run, config.iterations)
@@ -241,15 +244,16 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
                                     data_hash=stable_hash([config.env, repr(sorted(config.env_params.items()))]))
     with ending_run(run_record):
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": to_dict(config), "spec": spec, "mlflow_run_id": run_record.run_id,
-                               "mlflow_uri": run_record.uri},
-            # The learner asks for memory, not CPUs: it alternates with the rollout workers, which hold the cores.
-            scaling_config=config.train.scaling_config(memory=LEARNER_MEMORY),
-            run_config=train_run_config(config, run_name, train_callbacks),
-        )
-        result = trainer.fit()
+        with ProgressLines() as lines:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_dict(config), "spec": spec, "progress": lines.queue,
+                                   "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+                # The learner asks for memory, not CPUs: it alternates with the rollout workers, which hold the cores.
+                scaling_config=config.train.scaling_config(memory=LEARNER_MEMORY),
+                run_config=train_run_config(config, run_name, train_callbacks),
+            )
+            result = trainer.fit()
         summary = log_outcome(config, run_record, result.checkpoint, spec)
     return summary
 
@@ -258,7 +262,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, spec) -> R
     import ray
 
     if checkpoint is None:
-        raise ConfigError("iterations: the run reported no checkpoint")
+        raise RunFailed("the run reported no checkpoint (see the Ray Train worker logs)")
     with checkpoint.as_directory() as directory:
         policy_state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)["policy"]
     history = run_record.metric_history(KEY_METRIC)
@@ -284,7 +288,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, spec) -> R
     start, final = (returns[0][1], returns[-1][1]) if returns else (float("nan"), float("nan"))
     run_record.log_metrics({"initial_return": start, "final_return": final, "return_gain": final - start}, step=config.iterations)
     return RunSummary(PIPELINE, KEY_METRIC, final, run_record.run_id, run_record.artifact_uri,
-                      extra={"env": config.env, "initial_return": start, "return_gain": final - start})
+                      extra={"env": config.env, "initial_return": start, "return_gain": final - start}, before=start)
 
 
 def main(argv: list[str] | None = None) -> int:

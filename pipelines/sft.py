@@ -31,10 +31,12 @@ from pipelines.launch import (
     RunSummary,
     Workers,
     check_ranks_in_sync,
+    ProgressLines,
     ending_run,
     main_for,
     open_run,
     report_with_checkpoint,
+    say,
     train_run_config,
     train_worker_context,
 )
@@ -54,16 +56,18 @@ QUICKSTART = ["train.max_steps=400", "train.eval_every=100", "train.checkpoint_e
 
 @dataclasses.dataclass
 class TrainConfig(Workers):
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 30
-    max_steps: int = 500
-    max_grad_norm: float = 1.0
+    """Ray Train workers and the SFT optimisation."""
+
+    batch_size: int = 32  # examples per worker per step
+    lr: float = 3e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 30  # linear warm-up, then cosine decay
+    max_steps: int = 500  # optimiser steps
+    max_grad_norm: float = 1.0  # gradient clipping norm
     max_length: int = 0  # tokens per example; 0: the longest example
-    log_every: int = 10
-    eval_every: int = 100
-    checkpoint_every: int = 100
+    log_every: int = 10  # steps between logged losses
+    eval_every: int = 100  # steps between held-out evaluations
+    checkpoint_every: int = 100  # steps between checkpoints
     eval_max_new_tokens: int = 0  # 0: the task's longest reference solution, its eos and some slack
 
     section: ClassVar[str] = "train"
@@ -83,8 +87,8 @@ class TrainConfig(Workers):
 class Config(RunFields):
     # A saved model directory or hub id to start from; empty: build the tiny default.
     model_init: str = ""
-    register_model: bool = True
-    num_samples_logged: int = 20
+    register_model: bool = True  # register the final model in MLflow's registry
+    num_samples_logged: int = 20  # held-out completions logged as samples.jsonl
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -159,7 +163,7 @@ def train_loop_per_worker(payload: dict) -> None:
         evaluating = global_step % train.eval_every == 0 or last
         if rank == 0 and evaluating:
             eval_accuracy = metrics["eval_accuracy"] = evaluate(bare_model, tokenizer, eval_problems, eval_tokens, checker)[0]
-            print(f"[sft] step {global_step}/{train.max_steps}  loss {loss:.4f}  eval_accuracy {eval_accuracy:.3f}", flush=True)
+            say(payload, f"[sft] step {global_step}/{train.max_steps}  loss {loss:.4f}  eval_accuracy {eval_accuracy:.3f}")
         if rank == 0 and (global_step % train.log_every == 0 or evaluating):
             run.log_metrics(metrics, step=global_step)  # per-step curves go straight to MLflow
         # Ray Train hears only at eval and checkpoint steps: a report waits for the controller
@@ -182,18 +186,15 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
     with ending_run(run_record):
         checker = TaskChecker(config.task)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "config": to_dict(config),
-                "checker": checker,
-                "mlflow_run_id": run_record.run_id,
-                "mlflow_uri": run_record.uri,
-            },
-            scaling_config=config.train.scaling_config(),
-            run_config=train_run_config(config, run_name, train_callbacks),
-        )
-        result = trainer.fit()
+        with ProgressLines() as lines:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_dict(config), "checker": checker, "progress": lines.queue,
+                                   "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+                scaling_config=config.train.scaling_config(),
+                run_config=train_run_config(config, run_name, train_callbacks),
+            )
+            result = trainer.fit()
         summary = log_outcome(config, run_record, result.checkpoint, checker)
     return summary
 
@@ -227,6 +228,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, checker) -
         run_id=run_record.run_id,
         artifacts=run_record.artifact_uri,
         extra={"untrained_accuracy": untrained_accuracy, "registered_version": version},
+        before=untrained_accuracy,
     )
 
 

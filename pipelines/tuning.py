@@ -27,7 +27,7 @@ import yaml
 from pipelines import get_pipeline
 from pipelines.launch import storage_path
 from workloads import tracking
-from workloads.config import ConfigError, load_config
+from workloads.config import ConfigError, load_config, refuse_overlap
 
 TRIAL_DRIVER_MEMORY = 256 * 1024**2
 DISTRIBUTIONS = {
@@ -62,6 +62,7 @@ def load_space(path: str | Path, pipeline: str, config_path: str | None, overrid
         if not isinstance(args, list) or not args:
             raise ConfigError(f"search space {path}: space.{field}.{kind}: expected a non-empty list")
         space[field] = (kind, args)
+    refuse_overlap(overrides, space, "the search samples")
     module = get_pipeline(pipeline)
     if not hasattr(module, "step_budget") and not hasattr(module.Config(), "train"):
         raise ConfigError(f"{pipeline}: has no training loop that reports to Tune; tune a training pipeline instead")

@@ -3,9 +3,14 @@
     POST /generate {"prompt": str, "max_new_tokens": int}  ->  {"completion": str, ...}
          (the prompt is formatted as the pipelines format it: through the model's chat template
          when its tokenizer has one, with BOS only where the tokenizer has one)
-    POST /v1/completions   OpenAI-compatible raw text or token ids; with vLLM's `prompt_logprobs`
-         (DistIL's endpoint expert)
+    POST /v1/completions   OpenAI-compatible: raw text or token ids, `n`, `stop`, `seed`, `logprobs`,
+         `echo`, `stream` (server-sent events); with vLLM's `prompt_logprobs` (DistIL's endpoint expert)
+    POST /v1/chat/completions   OpenAI-compatible chat through the tokenizer's chat template:
+         `n`, `stop`, `seed`, `logprobs` + `top_logprobs`, `stream`
+    GET  /v1/models
     GET  /healthz
+
+The real `openai` client works against it (`OpenAI(base_url="http://host:8000/v1", api_key="-")`).
 
 The checkpoint is any local model directory or hub id; with none given, the newest version of
 the `rayworks-sft` model in the MLflow registry; with none registered, the untrained tiny
@@ -17,14 +22,15 @@ default (and a warning in every response). Start it with `rayworks serve generat
 # on the ingress methods to read it from the JSON body.
 import logging
 import tempfile
+import time
 from typing import Annotated, Literal, Optional, Union
 
 import torch
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from ray import serve
 
-from serving.http import json_api
+from serving.http import error_response, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -44,23 +50,68 @@ class GenerateRequest(BaseModel):
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)] = 32
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool = False
+
+
 class CompletionRequest(BaseModel):
-    """The subset of OpenAI's completions request this app implements (no streaming, no echo)."""
+    """The part of OpenAI's completions request this app implements, and vLLM's `prompt_logprobs`."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: Optional[StrictStr] = None
     prompt: Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
-    max_tokens: Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)] = 16
-    temperature: Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=2)] = 1.0
+    max_tokens: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)]] = 16
+    temperature: Optional[Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=2)]] = 1.0
     stop: Union[StrictStr, list[StrictStr], None] = None
     seed: Optional[StrictInt] = None
     prompt_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
-    logprobs: Optional[StrictInt] = None
+    logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] = 1
-    echo: Literal[False] = False
-    stream: Literal[False] = False
+    echo: StrictBool = False
+    stream: StrictBool = False
+    stream_options: Optional[StreamOptions] = None
     user: Optional[StrictStr] = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
+    name: Optional[StrictStr] = None
+
+
+class ChatRequest(BaseModel):
+    """The part of OpenAI's chat completions request this app implements."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Optional[StrictStr] = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)]] = None
+    max_completion_tokens: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)]] = None
+    temperature: Optional[Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=2)]] = 1.0
+    stop: Union[StrictStr, list[StrictStr], None] = None
+    seed: Optional[StrictInt] = None
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] = 1
+    logprobs: StrictBool = False
+    top_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
+    stream: StrictBool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[StrictStr] = None
+
+
+def stop_list(stop) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+def event_stream(chunks) -> StreamingResponse:
+    from workloads.completions import server_sent_events
+
+    return StreamingResponse(server_sent_events(chunks), media_type="text/event-stream")
 
 
 def resolve_checkpoint(checkpoint: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
@@ -89,6 +140,7 @@ class Generator:
             logger.warning(self.warning)
         self.model, self.tokenizer = load_lm(self.source)
         self.model.eval()
+        self.created = int(time.time())
 
     @api.get("/healthz")
     def healthz(self) -> dict:
@@ -105,20 +157,55 @@ class Generator:
             body["warning"] = self.warning
         return body
 
+    @api.get("/v1/models")
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.source, "object": "model", "created": self.created,
+                                            "owned_by": "rayworks", "root": self.source}]}
+
     @api.post("/v1/completions")
     def completions(self, request: CompletionRequest):
-        from workloads.completions import PromptError, completion_response, encode_prompts
+        from workloads.completions import PromptError, completion_response, encode_prompts, stream_chunks
 
-        if request.logprobs:
-            return JSONResponse(status_code=422, content={"error": "logprobs: not supported (use prompt_logprobs)"})
         try:
             sequences = encode_prompts(self.tokenizer, request.prompt, self.model.config.vocab_size,
                                        self.model.config.max_position_embeddings)
         except PromptError as exc:
-            return JSONResponse(status_code=422, content={"error": str(exc)})
-        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        return completion_response(self.model, self.tokenizer, self.source, sequences, request.max_tokens,
-                                   float(request.temperature), stop, request.seed, request.prompt_logprobs, request.n)
+            return error_response(422, [str(exc)], openai_shape=True)
+        max_tokens = 16 if request.max_tokens is None else request.max_tokens
+        temperature = 1.0 if request.temperature is None else float(request.temperature)
+        if request.stream:
+            if request.logprobs is not None or request.prompt_logprobs is not None:
+                return error_response(422, ["stream: not supported with logprobs or prompt_logprobs"], openai_shape=True)
+            return event_stream(stream_chunks(self.model, self.tokenizer, self.source, sequences, request.n, max_tokens,
+                                              temperature, stop_list(request.stop), request.seed, chat=False,
+                                              echo=request.echo))
+        return completion_response(self.model, self.tokenizer, self.source, sequences, max_tokens, temperature,
+                                   stop_list(request.stop), request.seed, request.prompt_logprobs, request.n,
+                                   request.logprobs, request.echo)
+
+    @api.post("/v1/chat/completions")
+    def chat_completions(self, request: ChatRequest):
+        from workloads.completions import PromptError, chat_response, encode_chat, stream_chunks
+
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            sequence = encode_chat(self.tokenizer, messages, self.model.config.vocab_size,
+                                   self.model.config.max_position_embeddings)
+        except PromptError as exc:
+            return error_response(422, [str(exc)], openai_shape=True)
+        limit = request.max_completion_tokens if request.max_completion_tokens is not None else request.max_tokens
+        max_tokens = MAX_NEW_TOKENS // 4 if limit is None else limit
+        temperature = 1.0 if request.temperature is None else float(request.temperature)
+        if request.top_logprobs is not None and not request.logprobs:
+            return error_response(422, ["top_logprobs: needs logprobs=true"], openai_shape=True)
+        if request.stream:
+            if request.logprobs:
+                return error_response(422, ["stream: not supported with logprobs"], openai_shape=True)
+            return event_stream(stream_chunks(self.model, self.tokenizer, self.source, [sequence], request.n, max_tokens,
+                                              temperature, stop_list(request.stop), request.seed, chat=True))
+        top = (request.top_logprobs or 0) if request.logprobs else None
+        return chat_response(self.model, self.tokenizer, self.source, sequence, max_tokens, temperature,
+                             stop_list(request.stop), request.seed, request.n, top)
 
 
 def build_app(args: dict | None = None):

@@ -12,6 +12,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
@@ -209,3 +210,79 @@ def require(condition: bool, field: str, message: str) -> None:
     """For `validate()` methods: fail naming the field."""
     if not condition:
         raise ConfigError(f"{field}: {message}")
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help, read from the comments written beside it in the dataclass's source: the
+    comment at the end of the field's line, else the comment lines right above it. The source
+    is the one place the help lives, so it cannot drift from a separate help table."""
+    import inspect
+    import io
+    import tokenize
+
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        lines = source.splitlines()
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+        names = {f.name for f in dataclasses.fields(klass)}
+        for number, line in enumerate(lines, 1):
+            name = line.strip().split(":", 1)[0]
+            if name not in names or not line.startswith(" ") or ":" not in line:
+                continue
+            if number in comments and not line.strip().startswith("#"):
+                helps[name] = comments[number]
+                continue
+            above, previous = [], number - 1
+            while previous in comments and lines[previous - 1].strip().startswith("#"):
+                above.insert(0, comments[previous])
+                previous -= 1
+            if above:
+                helps[name] = " ".join(above)
+    return helps
+
+
+def section_summary(cls: type) -> str | None:
+    """A section's help: the first paragraph of its class docstring (not dataclasses' generated one)."""
+    doc = cls.__doc__ or ""
+    if not doc or doc.startswith(f"{cls.__name__}("):
+        return None
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def config_yaml(config: Any, indent: int = 0) -> str:
+    """The config as YAML (loadable with `--config`), each field's help as a comment beside it."""
+    helps = field_help(type(config))
+    out = []
+    pad = "  " * indent
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        help_text = helps.get(f.name)
+        if help_text is None and dataclasses.is_dataclass(value):
+            help_text = section_summary(type(value))
+        comment = f"  # {help_text}" if help_text else ""
+        if dataclasses.is_dataclass(value):
+            out.append(f"{pad}{f.name}:{comment}")
+            out.append(config_yaml(value, indent + 1))
+        else:
+            rendered = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            rendered = rendered.removesuffix("\n...").removesuffix("...").strip()
+            out.append(f"{pad}{f.name}: {rendered}{comment}")
+    return "\n".join(out)
+
+
+def refuse_overlap(overrides: list[str] | None, fields: Iterable[str], why: str) -> None:
+    """Refuse a `--set` override of a field the command sets itself (a varied or sampled field),
+    naming it: silently, the override would win and every arm or trial would be the same."""
+    fields = list(fields)
+    for text in overrides or []:
+        key = parse_override(text)[0]
+        for field in fields:
+            if key == field or key.startswith(field + ".") or field.startswith(key + "."):
+                raise ConfigError(f"--set {key}: {why} {field}; remove it from --set")

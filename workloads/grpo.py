@@ -35,17 +35,19 @@ from workloads.lm import Rollouts, completion_logprobs
 
 @dataclasses.dataclass
 class GRPOConfig:
-    group_size: int = 8
-    prompts_per_step: int = 4
-    steps: int = 30
-    lr: float = 2e-4
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    kl_coef: float = 0.0
+    """GRPO: groups of sampled completions, group-normalised rewards, clipped policy steps."""
+
+    group_size: int = 8  # G: completions per prompt
+    prompts_per_step: int = 4  # prompts per worker per step
+    steps: int = 30  # GRPO steps
+    lr: float = 2e-4  # AdamW learning rate
+    clip_low: float = 0.2  # lower ratio clip (1 - clip_low)
+    clip_high: float = 0.28  # upper ratio clip (1 + clip_high)
+    kl_coef: float = 0.0  # k3 KL to a frozen reference (0: no reference model)
     updates_per_batch: int = 2  # policy steps on each sampled batch (the ratio moves off 1 after the first)
-    temperature: float = 1.0
-    max_new_tokens: int = 40
-    max_grad_norm: float = 1.0
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 40  # longest completion
+    max_grad_norm: float = 1.0  # gradient clipping norm
 
     section: ClassVar[str] = "grpo"
 

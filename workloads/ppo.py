@@ -20,19 +20,21 @@ from torch import nn
 
 @dataclasses.dataclass
 class PPOConfig:
-    gamma: float = 0.99
-    lam: float = 0.95
-    clip: float = 0.2
-    value_clip: float = 0.2
-    value_coef: float = 1.0
-    entropy_coef: float = 0.005
-    lr: float = 1e-3
-    epochs: int = 5
-    minibatches: int = 4
-    max_grad_norm: float = 1.0
+    """PPO's update: GAE, clipped surrogate and value losses, adaptive-KL learning rate."""
+
+    gamma: float = 0.99  # discount
+    lam: float = 0.95  # GAE lambda
+    clip: float = 0.2  # policy ratio clip
+    value_clip: float = 0.2  # value clip around the old values
+    value_coef: float = 1.0  # value loss weight
+    entropy_coef: float = 0.005  # entropy bonus weight
+    lr: float = 1e-3  # Adam learning rate (adapted to the KL)
+    epochs: int = 5  # passes over each rollout
+    minibatches: int = 4  # minibatches per pass
+    max_grad_norm: float = 1.0  # gradient clipping norm
     desired_kl: float = 0.01  # 0: a fixed learning rate
-    min_lr: float = 1e-5
-    max_lr: float = 1e-2
+    min_lr: float = 1e-5  # lower bound of the adaptive learning rate
+    max_lr: float = 1e-2  # upper bound of the adaptive learning rate
 
 
 @dataclasses.dataclass

@@ -30,16 +30,18 @@ TaskKind = Literal["arithmetic", "python"]
 
 @dataclasses.dataclass
 class TaskConfig:
-    kind: TaskKind = "arithmetic"
-    min_ops: int = 1
-    max_ops: int = 2
-    max_operand: int = 9
+    """The verifiable task: its kind and problem sizes."""
+
+    kind: TaskKind = "arithmetic"  # arithmetic or python (see workloads/tasks.py)
+    min_ops: int = 1  # fewest operations per problem
+    max_ops: int = 2  # most operations per problem
+    max_operand: int = 9  # largest operand
     max_value: int = 99  # arithmetic: intermediate results stay in [0, max_value]
     # empty: the task's own default (arithmetic "+-", python "+-*/%?"); see each task's OPERATORS
     operators: str = ""
     num_tests: int = 4  # python: test inputs per problem
-    num_train: int = 2000
-    num_eval: int = 200
+    num_train: int = 2000  # training problems
+    num_eval: int = 200  # held-out problems
 
     section: ClassVar[str] = "task"
 

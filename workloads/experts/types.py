@@ -95,19 +95,21 @@ def grouped_candidates(per_state: list[list[tuple[int, ...]]], scores: np.ndarra
 
 @dataclasses.dataclass
 class ExpertConfig:
-    kind: Literal["oracle", "hf", "openai"] = "oracle"
+    """The expert that labels the states the student visits."""
+
+    kind: Literal["oracle", "hf", "openai"] = "oracle"  # oracle, hf (a local model) or openai (an endpoint)
     model: str = ""  # hf: a model directory or hub id; openai: the served model's name
     endpoint: str = ""  # openai: base URL (http://host:8000)
-    api_key: str = ""
-    top_k: int = 8
+    api_key: str = ""  # openai: bearer token, if the endpoint needs one
+    top_k: int = 8  # token level: top-k tokens per state; step level: K candidates
     temperature: float = 1.0  # the expert's distribution is softmax(logits / temperature)
     privileged: bool = True  # pass the reference solution to the expert (the oracle needs it)
-    alignment: Literal["tokens", "text"] = "tokens"
+    alignment: Literal["tokens", "text"] = "tokens"  # tokens (shared tokenizer) or text (hf: align on text)
     batch_size: int = 32  # states per backend call
     cache_size: int = 20000  # labelled states kept in memory per actor
-    timeout_s: float = 30.0
-    retries: int = 2
-    num_actors: int = 1
+    timeout_s: float = 30.0  # per request to the expert
+    retries: int = 2  # retries per request
+    num_actors: int = 1  # expert-query actors (states routed by hash)
     num_gpus: float = 0.0  # per expert actor; an HF expert runs on its GPU when it has one
 
     section: ClassVar[str] = "expert"

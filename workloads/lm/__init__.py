@@ -3,7 +3,14 @@ devices (`tokens`), log-probs and top-k (`scoring`), generation (`generation`). 
 the experts and the Serve `generate` app go through it.
 """
 
-from workloads.lm.generation import Rollouts, completion_mask, generate_ids, greedy_complete, sample_groups
+from workloads.lm.generation import (
+    Rollouts,
+    completion_mask,
+    generate_ids,
+    greedy_complete,
+    sample_groups,
+    stream_tokens,
+)
 from workloads.lm.scoring import (
     completion_logits,
     completion_logprobs,
@@ -29,5 +36,5 @@ __all__ = [
     "Rollouts", "TOKENIZER_STYLES", "TinyLMConfig", "bos_ids", "build_tiny_lm", "build_tokenizer", "completion_logits",
     "completion_logprobs", "completion_mask", "continuation_logprobs", "count_parameters", "device_of", "encode_text",
     "format_prompt", "forward_logits", "generate_ids", "greedy_complete", "load_lm", "load_tokenizer", "model_config",
-    "next_token_logprobs", "pad", "position_ids", "sample_groups", "tiny_lm", "top_k_logprobs", "zero_loss",
+    "next_token_logprobs", "pad", "position_ids", "sample_groups", "stream_tokens", "tiny_lm", "top_k_logprobs", "zero_loss",
 ]

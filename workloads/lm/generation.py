@@ -8,7 +8,8 @@ left-padded on the model's device; sampling is pure (no top-k / top-p) unless gr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import inspect
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -89,3 +90,27 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
         kept = completion_mask(completion, tokenizer.eos_token_id)
         outputs.extend(tokenizer.batch_decode(completion * kept + tokenizer.pad_token_id * (1 - kept), skip_special_tokens=True))
     return outputs
+
+
+@torch.no_grad()
+def stream_tokens(model, sequence: Sequence[int], max_new_tokens: int, temperature: float,
+                  seed: int | None = None) -> Iterator[int]:
+    """Token ids one at a time as they are generated (KV cache, one sequence): what streaming
+    responses and streaming agents read; greedy at temperature 0. The caller stops at eos."""
+    model.eval()
+    device = device_of(model)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed) if seed is not None else generator.seed()
+    # transformers 5 names the cache argument `cache`, 4.x `past_key_values`
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    inputs, cache = torch.tensor([list(sequence)], device=device), None
+    for _ in range(max_new_tokens):
+        out = model(input_ids=inputs, use_cache=True, **({cache_argument: cache} if cache is not None else {}))
+        cache = out.get("cache", out.get("past_key_values"))
+        logits = out.logits[0, -1].float()
+        if temperature > 0:
+            token = int(torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator))
+        else:
+            token = int(logits.argmax())
+        yield token
+        inputs = torch.tensor([[token]], device=device)

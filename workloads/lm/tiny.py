@@ -61,17 +61,18 @@ BYTE_ALPHABET_SIZE = 256
 class TinyLMConfig:
     """Shape of the tiny default model (about 1M parameters at these defaults)."""
 
-    family: Literal["qwen2", "llama"] = "qwen2"
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 384
-    max_positions: int = 256
+    family: Literal["qwen2", "llama"] = "qwen2"  # transformers architecture of the tiny model
+    hidden_size: int = 128  # width of the residual stream
+    num_layers: int = 4  # decoder layers
+    num_heads: int = 4  # attention heads
+    num_kv_heads: int = 2  # key/value heads (grouped-query attention)
+    intermediate_size: int = 384  # MLP width
+    max_positions: int = 256  # longest sequence in tokens
     # BPE merges learned on the task text on top of the 256 bytes; 0 = pure byte level,
     # which keeps every digit its own token (arithmetic is learned digit by digit).
     bpe_merges: int = 0
-    tokenizer: Literal["bytes", "qwen2", "qwen2-chat"] = "bytes"  # see the module docstring
+    # bytes (BOS <s>), qwen2 (no BOS) or qwen2-chat (no BOS, a ChatML chat template): see the module docstring
+    tokenizer: Literal["bytes", "qwen2", "qwen2-chat"] = "bytes"
 
     section: ClassVar[str] = "model"
 

@@ -42,17 +42,19 @@ SYLLABLES = ["ka", "lo", "mi", "ra", "ve", "to", "sa", "ne", "ri", "ba", "du", "
 
 @dataclasses.dataclass
 class KGConfig:
+    """The knowledge graph: TSV files, or a seeded synthetic world; the multi-hop questions drawn from it."""
+
     triples: str = ""  # TSV head<TAB>relation<TAB>tail; empty: the seeded synthetic world
     descriptions: str = ""  # TSV entity<TAB>description
     corpus: str = ""  # JSONL or Parquet with id, title, text; empty: one document per entity
-    num_people: int = 120
-    num_cities: int = 30
-    num_countries: int = 8
-    num_companies: int = 20
-    num_universities: int = 10
-    min_hops: int = 2
-    max_hops: int = 3
-    num_questions: int = 200
+    num_people: int = 120  # synthetic world: people
+    num_cities: int = 30  # synthetic world: cities
+    num_countries: int = 8  # synthetic world: countries
+    num_companies: int = 20  # synthetic world: companies
+    num_universities: int = 10  # synthetic world: universities
+    min_hops: int = 2  # fewest hops per question
+    max_hops: int = 3  # most hops per question
+    num_questions: int = 200  # questions to build
 
     section: ClassVar[str] = "kg"
 

@@ -86,16 +86,18 @@ AGENT_KINDS = ("heuristic", "openai", "hf")
 
 @dataclasses.dataclass
 class AgentConfig:
+    """The search agent whose trajectories tier the distractors."""
+
     kind: str = "heuristic"  # heuristic | openai (OpenAI-compatible completions endpoint) | hf (local model)
-    top_k_shown: int = 8
-    top_k_opened: int = 3
+    top_k_shown: int = 8  # search results shown per query
+    top_k_opened: int = 3  # results the heuristic agent opens per query
     endpoint: str = ""  # openai: base URL, e.g. http://vllm-host:8000
     model: str = ""  # openai: the served model name; hf: a directory or hub id
-    api_key: str = ""
-    max_turns: int = 6
-    max_tokens: int = 128
-    timeout_s: float = 60.0
-    retries: int = 2
+    api_key: str = ""  # llm: bearer token, if the endpoint needs one
+    max_turns: int = 6  # llm: search turns before it must answer
+    max_tokens: int = 128  # llm: tokens per turn
+    timeout_s: float = 60.0  # llm: per request
+    retries: int = 2  # llm: retries per request
     section: ClassVar[str] = "agent"
 
     def validate(self) -> None:
@@ -172,9 +174,11 @@ def parse_agent_output(text: str) -> dict:
 
 @dataclasses.dataclass
 class ContextConfig:
-    budget_tokens: int = 1024
+    """How a training context is filled: token budget, tier shares, filler."""
+
+    budget_tokens: int = 1024  # context length in reader tokens
     tier1_share: float = 0.5  # of the distractor budget
-    tier2_share: float = 0.3
+    tier2_share: float = 0.3  # share of the distractor budget for tier 2 (shown, not opened)
     fill_random: bool = True  # random filler while still under budget
     section: ClassVar[str] = "context"
 
