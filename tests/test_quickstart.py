@@ -16,9 +16,9 @@ LONGEST_FIRST = ["longtrace", "distil", "sft", "ppo", "longtrace_data"]
 
 
 @pytest.mark.parametrize("pipeline", LONGEST_FIRST)
-@pytest.mark.timeout(900)  # the longtrace default takes 5 of the whole quickstart's 10 minutes, more beside other tests
+@pytest.mark.timeout(1260)  # the longtrace default: 5 to 11 minutes beside other tests (688 s and 808 s measured)
 def test_quickstart_pipeline_runs_and_learns(workdir: Path, pipeline: str):
-    proc = rayworks(workdir, "quickstart", "--only", pipeline, timeout=840)
+    proc = rayworks(workdir, "quickstart", "--only", pipeline, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pipeline" in proc.stdout and "MLflow run" in proc.stdout  # the summary table
     (summary,) = result_lines(proc.stdout)
