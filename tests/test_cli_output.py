@@ -69,5 +69,8 @@ def test_a_short_run_prints_each_progress_line_once_and_its_metric_before_and_af
     header = next(line for line in out if line.startswith("pipeline"))
     assert header.split()[:4] == ["pipeline", "metric", "before", "after"]
     (summary,) = result_lines(proc.stdout)
-    assert summary["before"] == 0.0 and summary["value"] >= 0.0  # untrained: nothing right
+    row = next(line for line in out if line.startswith("sft "))
+    assert row.split()[2:4] == [f"{summary['before']:.4f}", f"{summary['value']:.4f}"]  # the table shows both
+    history = mlflow_client(workdir).get_metric_history(summary["run_id"], "eval_accuracy")
+    assert summary["before"] == min(history, key=lambda m: m.step).value  # before = the untrained evaluation
     assert mlflow_client(workdir).get_run(summary["run_id"]).data.tags["ray_cluster_cpus"] == "3"

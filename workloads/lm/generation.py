@@ -40,8 +40,8 @@ class Rollouts:
 def generate_ids(model, tokenizer, sequences: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
                  num_return_sequences: int = 1, seed: int | None = None,
                  stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(left-padded prompt ids, their mask, generated ids [B * n, max_new_tokens] padded after
-    eos), on the CPU; greedy at temperature 0; a sequence also ends after any of `stop_strings`."""
+    """(left-padded prompt ids, their mask, generated ids [B * n, at most max_new_tokens], padded
+    after eos; as long as the longest completion), on the CPU; greedy at temperature 0; a sequence also ends after any of `stop_strings`."""
     model.eval()
     ids, mask = pad(sequences, tokenizer.pad_token_id, side="left")
     if seed is not None:
@@ -54,11 +54,7 @@ def generate_ids(model, tokenizer, sequences: Sequence[Sequence[int]], max_new_t
     generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=tokenizer.eos_token_id, **sampling)
-    completion = generated[:, ids.shape[1] :].cpu()
-    if completion.shape[1] < max_new_tokens:  # generation stopped early everywhere: pad to the budget
-        completion = torch.cat([completion, torch.full((completion.shape[0], max_new_tokens - completion.shape[1]),
-                                                       tokenizer.pad_token_id)], dim=1)
-    return ids, mask, completion
+    return ids, mask, generated[:, ids.shape[1] :].cpu()
 
 
 def completion_mask(completion: torch.Tensor, eos_token_id: int) -> torch.Tensor:
