@@ -19,9 +19,16 @@ import time
 import torch
 
 from workloads.arithmetic import generate_splits
-from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
-from workloads.tasks import TaskConfig
 from workloads.lm import TinyLMConfig, build_tiny_lm, load_lm
+from workloads.sft import (
+    batch_at,
+    batch_indices,
+    tokenize_examples,
+    train_step,
+    warmup_cosine,
+)
+from workloads.strategies import DDPEngine, LocalEngine
+from workloads.tasks import TaskConfig
 
 REPORT_EVERY = 100  # the sft pipeline reports to Ray Train at eval/checkpoint steps (default 100)
 WARMUP_STEPS = 10
@@ -33,19 +40,16 @@ def timed_steps(num_steps: int, report=None) -> float:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as directory:
         model, tokenizer = load_lm(build_tiny_lm(TinyLMConfig(), directory, seed=0))
-    if report is not None:
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(model)
+    # Inside Ray Train: the pipelines' DDP engine (one worker: no wrapper, as Ray's prepare_model).
+    engine = (DDPEngine if report is not None else LocalEngine)(
+        model, lambda parameters: torch.optim.AdamW(parameters, lr=3e-3), schedule=warmup_cosine(30, num_steps))
     train, _ = generate_splits(TaskConfig(), seed=0)
     data = tokenize_examples(tokenizer, [p.prompt for p in train], [p.solution for p in train], 64)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(30, num_steps))
     for step in range(WARMUP_STEPS):
-        train_step(model, optimizer, scheduler, batch_at(data, batch_indices(step, 32, 1, 0, len(data), 0)))
+        train_step(engine, batch_at(data, batch_indices(step, 32, 1, 0, len(data), 0)))
     started = time.perf_counter()
     for step in range(WARMUP_STEPS, WARMUP_STEPS + num_steps):
-        loss = train_step(model, optimizer, scheduler, batch_at(data, batch_indices(step, 32, 1, 0, len(data), 0)))
+        loss = train_step(engine, batch_at(data, batch_indices(step, 32, 1, 0, len(data), 0)))
         if report is not None and (step + 1) % REPORT_EVERY == 0:
             report({"train_loss": loss, "step": step + 1})
     return num_steps / (time.perf_counter() - started)
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from benchmarks.train_overhead import main as importable_main  # Ray pickles by reference
+    from benchmarks.train_overhead import (
+        main as importable_main,  # Ray pickles by reference
+    )
 
     importable_main()

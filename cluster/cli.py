@@ -117,7 +117,8 @@ def cmd_submit(args) -> int:
 
     module = get_pipeline(args.pipeline)
     overrides = submit.config_file_overrides(args.config) + args.overrides
-    load_config(module.Config, None, overrides)  # a bad field fails here, not on the cluster
+    config = load_config(module.Config, None, overrides)  # a bad field fails here, not on the cluster
+    submit.check_storage_path(config.storage_path)
     return submit.main(args.pipeline, args.address, None, overrides, args.resume, not args.no_wait)
 
 

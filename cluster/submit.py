@@ -29,6 +29,22 @@ class SubmitError(RuntimeError):
     pass
 
 
+def check_storage_path(path: str) -> None:
+    """Refuse a `storage_path` that the job's working directory would swallow.
+
+    A submitted job runs in a temporary copy of the project that Ray deletes with the job: a
+    relative path (the default `./ray_results`) resolves inside it, so the job's checkpoints and
+    caches vanish when it ends and a later `--resume` finds nothing. A URI or an absolute path
+    (a filesystem every node mounts) outlives the job."""
+    if "://" in path or (Path(path).is_absolute() and not path.startswith("~")):
+        return
+    raise ConfigError(
+        f"storage_path {path!r} is relative: a submitted job would keep its checkpoints and caches inside its "
+        "temporary working directory, which Ray deletes when the job ends, so --resume could not find them. "
+        "Point it at storage every node reaches, e.g. --set storage_path=s3://my-bucket/rayworks "
+        "or storage_path=/mnt/shared/ray_results (a shared filesystem)")
+
+
 def config_file_overrides(path: str | None) -> list[str]:
     """A local YAML config travels as `--set` overrides, so it need not live in the project."""
     if path is None:

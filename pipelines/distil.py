@@ -38,31 +38,48 @@ from typing import ClassVar, Literal
 import torch
 
 from pipelines import sft
+from pipelines.checkpoints import (
+    latest_checkpoint,
+    report_with_checkpoint,
+    restore_optimizer,
+)
 from pipelines.launch import (
+    ProgressLines,
     RunFailed,
     RunFields,
     RunSummary,
     Workers,
     check_ranks_in_sync,
-    ProgressLines,
     ending_run,
     main_for,
     open_run,
-    report_with_checkpoint,
     say,
     storage_path,
     train_run_config,
     train_worker_context,
+    worker_device,
 )
 from workloads import tracking
 from workloads.caching import cached_directory, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
-from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
+from workloads.dagger import (
+    distillation_loss,
+    pass_at_k,
+    states_from_rollouts,
+    step_candidate_loss,
+    step_states,
+)
 from workloads.distill import OBJECTIVES
 from workloads.distributed import any_rank, gather_objects
 from workloads.experts import ExpertConfig
 from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
-from workloads.lm import TinyLMConfig, format_prompt, greedy_complete, load_lm, sample_groups
+from workloads.lm import (
+    TinyLMConfig,
+    format_prompt,
+    greedy_complete,
+    load_lm,
+    sample_groups,
+)
 from workloads.plots import plot_curves
 from workloads.sft import batch_indices
 from workloads.tasks import TaskConfig, completion_budget, task_for
@@ -188,9 +205,6 @@ def annotated_samples(tokenizer, states, labels, problems, texts, correct, limit
 
 # ---------------------------------------------------------------- training (on every Ray Train worker)
 def train_loop_per_worker(payload: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
     from actors.experts import ExpertUnavailable
 
     config: Config = from_dict(Config, payload["config"])
@@ -202,27 +216,30 @@ def train_loop_per_worker(payload: dict) -> None:
     train_problems, eval_problems = task_for(config.task).splits(config.seed)
     max_new_tokens = config.max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
     eval_problems = eval_problems[: config.eval_problems]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    warmup = max(1, config.warmup_iterations * config.updates_per_iteration)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     grpo = GRPOConfig(group_size=config.samples_per_prompt, lr=config.lr, updates_per_batch=config.updates_per_iteration,
                       temperature=config.temperature, max_new_tokens=max_new_tokens, kl_coef=config.kl_coef)
+    restored = latest_checkpoint()
+    if restored:
+        model.load_state_dict(restored.model_state)
+    # A whole frozen copy on every rank, taken before the strategy shards the model.
+    reference = (frozen_reference(model).to(worker_device(config.train))
+                 if config.objective == "rlvr" and config.kl_coef > 0 else None)
+    warmup = max(1, config.warmup_iterations * config.updates_per_iteration)
+    engine = config.train.engine(model, lambda parameters: torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.0),
+                                 schedule=lambda step: min(1.0, (step + 1) / warmup), max_grad_norm=grpo.max_grad_norm)
     start, failures_in_a_row, stopped = 0, 0, ""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            model.load_state_dict(load_lm(Path(directory) / "model")[0].state_dict())
-            state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start = state["iteration"]
-    train_model = ray.train.torch.prepare_model(model)  # moved to this worker's device (its GPU with train.use_gpu)
-    reference = frozen_reference(model) if config.objective == "rlvr" and config.kl_coef > 0 else None
+    if restored:
+        restore_optimizer(engine, restored, run, payload)
+        start = restored.trainer_state["iteration"]
     per_iteration = config.prompts_per_iteration * config.samples_per_prompt * world_size
     eval_seed = config.seed * 7919 + 1  # the same Pass@k draws at every evaluation
 
+    def evaluate_on_rank0() -> dict[str, float] | None:  # every rank gathers the weights; rank 0 evaluates
+        eval_model = engine.full_model()
+        return evaluate(config, eval_model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens) if rank == 0 else None
+
+    before = evaluate_on_rank0()
     if rank == 0:
-        before = evaluate(config, model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
         run.log_metrics({**before, "student_samples": start * per_iteration}, step=start)
         say(payload, f"[distil] {config.objective}: pass@1 {before['pass_at_1']:.3f} pass@{config.eval_samples} "
                      f"{before['pass_at_n']:.3f} before iteration {start + 1}")
@@ -230,15 +247,14 @@ def train_loop_per_worker(payload: dict) -> None:
     for iteration in range(start, config.iterations):
         indices = batch_indices(iteration, config.prompts_per_iteration, world_size, rank, len(train_problems), config.seed)
         problems = [train_problems[i] for i in indices.tolist() for _ in range(config.samples_per_prompt)]
-        rollouts = sample_groups(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems[:: config.samples_per_prompt]],
+        rollouts = sample_groups(engine.model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems[:: config.samples_per_prompt]],
                                  config.samples_per_prompt, max_new_tokens, config.temperature,
-                                 generator_seed=(config.seed * 100_003 + iteration) * world_size + rank)
+                                 generator_seed=(config.seed * 100_003 + iteration) * world_size + rank, synced=engine.sharded)
         rewards = torch.tensor(checker(problems, rollouts.texts), dtype=torch.float32)
         done = iteration + 1
         metrics = {"iteration": done, "student_samples": done * per_iteration, "rollout_accuracy": float(rewards.mean())}
         if config.objective == "rlvr":
-            metrics.update(grpo_step(model, optimizer, rollouts, rewards, grpo, reference, train_model))
-            scheduler.step()
+            metrics.update(grpo_step(engine, rollouts, rewards, grpo, reference))
         else:
             privileged = [p.solution if config.expert.privileged else "" for p in problems]
             states = states_from_rollouts(rollouts, privileged)
@@ -264,22 +280,18 @@ def train_loop_per_worker(payload: dict) -> None:
             else:
                 failures_in_a_row = 0
             if labels is not None:
-                train_model.train()
+                engine.module.train()
                 for _ in range(config.updates_per_iteration):
                     if config.level == "step":
-                        loss, labelled = step_candidate_loss(train_model, states, labels, tokenizer.pad_token_id)
+                        loss, labelled = step_candidate_loss(engine.module, states, labels, tokenizer.pad_token_id)
                     else:
-                        loss, labelled = distillation_loss(train_model, rollouts, labels, config.objective,
+                        loss, labelled = distillation_loss(engine.module, rollouts, labels, config.objective,
                                                            config.jsd_beta, config.average)
                     # No rank has a labelled state (empty rollouts, an expert that abstained
                     # everywhere): all skip. A rank without one steps on its zero loss otherwise.
                     if not any_rank(labelled > 0):
                         break
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), 1.0)
-                    optimizer.step()
-                    scheduler.step()
+                    engine.step(loss)
                 metrics.update({"loss": float(loss.detach()), "labelled_states": labelled})
                 if rank == 0 and done == config.iterations and config.level == "token":
                     samples = annotated_samples(tokenizer, states, labels, problems, rollouts.texts, rewards.tolist(),
@@ -288,21 +300,20 @@ def train_loop_per_worker(payload: dict) -> None:
         if rank == 0:
             run.log_metrics(metrics, step=done)
         if stopped or done % config.eval_every == 0 or done == config.iterations:
+            evaluation = evaluate_on_rank0()
             if rank == 0:
-                evaluation = evaluate(config, model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
                 say(payload, f"[distil] iteration {done}/{config.iterations}  pass@1 {evaluation['pass_at_1']:.3f}  "
                       f"pass@{config.eval_samples} {evaluation['pass_at_n']:.3f}")
             if stopped:
                 metrics["stopped"] = stopped
-            report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "iteration": done})
+            report_with_checkpoint(metrics, engine, tokenizer, {"iteration": done})
         if stopped:
             return
     if config.iterations == 0 or start >= config.iterations:
-        report_with_checkpoint({"iteration": start}, rank, model, tokenizer)
-    check_ranks_in_sync(model, run, config.iterations)
+        report_with_checkpoint({"iteration": start}, engine, tokenizer, {"iteration": start})
+    check_ranks_in_sync(engine, run, config.iterations)
 
 
 # ---------------------------------------------------------------- the driver
@@ -320,6 +331,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         run_record.set_tags({"student": student})
         experts = ExpertPool(config.expert, lm_expert_builder(config.expert, student)) if config.objective != "rlvr" else None
         checker = TaskChecker(config.task)
+        config.train.prepare_driver()
         with ProgressLines() as lines:
             trainer = TorchTrainer(
                 train_loop_per_worker,

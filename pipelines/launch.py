@@ -17,7 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from cluster.connect import AuthTokenMissing, BadLocalRaySetting, RayUnreachable, connect, ray_job_submission_id
+from cluster.connect import (
+    AuthTokenMissing,
+    BadLocalRaySetting,
+    RayUnreachable,
+    connect,
+    ray_job_submission_id,
+)
 from workloads import tracking
 from workloads.config import ConfigError, load_config, require, to_dict
 
@@ -45,17 +51,26 @@ class RunFields:
 
 @dataclasses.dataclass
 class Workers:
-    """The Ray Train workers of a training pipeline (`--set train.num_workers=4 train.use_gpu=true`)."""
+    """The Ray Train workers of a training pipeline and how they split the model
+    (`--set train.num_workers=4 train.use_gpu=true train.strategy=deepspeed train.zero_stage=3`)."""
 
     num_workers: int = 1  # data-parallel Ray Train workers (ranks)
     use_gpu: bool = False  # one GPU per worker; models and batches follow it
     cpus_per_worker: int = 1  # CPUs Ray reserves for each worker
+    strategy: str = "ddp"  # ddp (whole replicas), fsdp (FSDP2 shards) or deepspeed (ZeRO, stage below)
+    zero_stage: int = 2  # deepspeed only: 1 shards optimizer state, 2 also gradients, 3 also parameters
+    offload: bool = False  # fsdp/deepspeed: keep optimizer state (and shards) in CPU memory
 
     section: ClassVar[str] = "train"
 
     def validate(self) -> None:
+        from workloads.strategies import STRATEGIES, ZERO_STAGES
+
         require(self.num_workers >= 1, "num_workers", "must be >= 1")
         require(self.cpus_per_worker >= 0, "cpus_per_worker", "must be >= 0")
+        require(self.strategy in STRATEGIES, "strategy", f"expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        require(self.zero_stage in ZERO_STAGES, "zero_stage", f"expected one of {ZERO_STAGES}, got {self.zero_stage}")
+        require(not self.offload or self.strategy != "ddp", "offload", "needs strategy fsdp or deepspeed (ddp keeps whole replicas)")
 
     def scaling_config(self, **resources):
         """Ray Train's ScalingConfig: these workers, each with its CPUs (and `resources`)."""
@@ -63,6 +78,21 @@ class Workers:
 
         return ray.train.ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu,
                                        resources_per_worker={"CPU": self.cpus_per_worker, **resources})
+
+    def engine(self, model, make_optimizer, *, schedule=None, max_grad_norm: float = 1.0):
+        """Inside a Ray Train worker: `model` under this strategy (`workloads.strategies`), on
+        this worker's device, with the optimizer `make_optimizer(parameters)` and `schedule`."""
+        from workloads.strategies import build_engine
+
+        return build_engine(self.strategy, model, make_optimizer, schedule=schedule, max_grad_norm=max_grad_norm,
+                            device=worker_device(self), zero_stage=self.zero_stage, offload=self.offload)
+
+    def prepare_driver(self) -> None:
+        """On the driver, before the workers start: DeepSpeed's CPU op compiled once here."""
+        if self.strategy == "deepspeed" and not self.use_gpu:
+            from workloads.strategies import prebuild_deepspeed_ops
+
+            prebuild_deepspeed_ops()
 
 
 def worker_device(workers: Workers):
@@ -73,13 +103,15 @@ def worker_device(workers: Workers):
     return ray.train.torch.get_device() if workers.use_gpu else torch.device("cpu")
 
 
-def check_ranks_in_sync(module, run: tracking.Run | None, step: int) -> list[str]:
-    """Every rank's parameter fingerprint (`workloads.distributed.parameter_fingerprint`), in rank
-    order, logged by rank 0 as the tag `rayworks.rank_fingerprints` and the metric
-    `ranks_in_sync` (1 when all are equal). A collective: every rank must call it."""
+def check_ranks_in_sync(model, run: tracking.Run | None, step: int) -> list[str]:
+    """Every rank's fingerprint of the whole weights it trains (`workloads.distributed.
+    parameter_fingerprint`; of the gathered weights under a sharded strategy), in rank order,
+    logged by rank 0 as the tag `rayworks.rank_fingerprints` and the metric `ranks_in_sync`
+    (1 when all are equal). `model`: a module or a `workloads.strategies.Engine`. A collective."""
     from workloads.distributed import gather_objects, parameter_fingerprint
 
-    fingerprints = gather_objects(parameter_fingerprint(module))
+    state = model.whole_state(everywhere=True) if hasattr(model, "whole_state") else model
+    fingerprints = gather_objects(parameter_fingerprint(state))
     if run is not None:
         in_sync = len(set(fingerprints)) == 1
         run.set_tags({"rayworks.rank_fingerprints": json.dumps(fingerprints)})
@@ -171,25 +203,6 @@ def say(payload: dict, line: str) -> None:
         queue.put_nowait(line)
     except Exception:  # a full or vanished queue must not stop training
         print(line, flush=True)
-
-
-def report_with_checkpoint(metrics: dict, rank: int, model, tokenizer, trainer_state: dict | None = None) -> None:
-    """`ray.train.report` with a checkpoint written by rank 0: `model/` (weights + tokenizer,
-    loadable by `load_lm`) and, when given, `trainer_state.pt`. Every rank must call it."""
-    import tempfile
-
-    import ray.train
-    import torch
-
-    with tempfile.TemporaryDirectory() as directory:
-        checkpoint = None
-        if rank == 0:
-            model.save_pretrained(Path(directory) / "model")
-            tokenizer.save_pretrained(Path(directory) / "model")
-            if trainer_state is not None:
-                torch.save(trainer_state, Path(directory) / "trainer_state.pt")
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 @dataclasses.dataclass

@@ -29,26 +29,37 @@ from typing import ClassVar, Literal
 import torch
 
 from pipelines import longtrace_data
+from pipelines.checkpoints import (
+    latest_checkpoint,
+    report_with_checkpoint,
+    restore_optimizer,
+)
 from pipelines.launch import (
+    ProgressLines,
     RunFields,
     RunSummary,
     Workers,
     check_ranks_in_sync,
-    ProgressLines,
     ending_run,
     main_for,
     open_run,
-    report_with_checkpoint,
     say,
     storage_path,
     train_run_config,
     train_worker_context,
+    worker_device,
 )
 from workloads import tracking
 from workloads.caching import cached_directory, is_complete, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
-from workloads.lm import TinyLMConfig, load_lm, load_tokenizer, model_config, sample_groups
+from workloads.lm import (
+    TinyLMConfig,
+    load_lm,
+    load_tokenizer,
+    model_config,
+    sample_groups,
+)
 from workloads.longtrace.format import contexts_dir
 from workloads.longtrace.kg import KGConfig
 from workloads.longtrace.reader import (
@@ -67,6 +78,7 @@ from workloads.sft import (
     train_step,
     warmup_cosine,
 )
+from workloads.strategies import LocalEngine
 
 PIPELINE = "longtrace"
 REGISTERED_MODEL = "rayworks-longtrace"
@@ -197,10 +209,10 @@ def sft_reader(config: Config, model, tokenizer, splits: Splits, run, payload: d
     stage = config.sft
     max_length = max(len(tokenizer.encode(e.prompt + " " + e.chain_target)) for e in splits.sft) + 2
     data = tokenize_examples(tokenizer, [e.prompt for e in splits.sft], [" " + e.chain_target for e in splits.sft], max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(stage.warmup_steps, stage.steps))
+    engine = LocalEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay),
+                         schedule=warmup_cosine(stage.warmup_steps, stage.steps), device=worker_device(config.train))
     for step in range(stage.steps):
-        loss = train_step(model, optimizer, scheduler, batch_at(data, batch_indices(step, stage.batch_size, 1, 0, len(data), config.seed)))
+        loss = train_step(engine, batch_at(data, batch_indices(step, stage.batch_size, 1, 0, len(data), config.seed)))
         if run is not None and ((step + 1) % 25 == 0 or step + 1 == stage.steps):
             run.log_metrics({"sft_loss": loss}, step=step + 1)
             say(payload, f"[longtrace] sft step {step + 1}/{stage.steps}  loss {loss:.4f}")
@@ -232,9 +244,6 @@ def rollout_rewards(config: Config, rollouts, examples) -> torch.Tensor:
 
 
 def train_loop_per_worker(payload: dict) -> None:
-    import ray.train
-    import ray.train.torch
-
     config: Config = from_dict(Config, payload["config"])
     data_dir, reader_cache = Path(payload["data_dir"]), payload["reader_cache"]
     rank, world_size, run = train_worker_context(payload)
@@ -243,15 +252,9 @@ def train_loop_per_worker(payload: dict) -> None:
     model, tokenizer = reader_and_tokenizer(config, data_dir)
     splits = split_examples(config, data_dir, tokenizer)
     g = config.grpo
-    optimizer = torch.optim.AdamW(model.parameters(), lr=g.lr, weight_decay=0.0)
-    start_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:  # resume inside GRPO
-        with checkpoint.as_directory() as directory:
-            model.load_state_dict(load_lm(Path(directory) / "model")[0].state_dict())
-            state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            start_step = state["step"]
+    restored = latest_checkpoint()
+    if restored:  # resume inside GRPO
+        model.load_state_dict(restored.model_state)
     elif reader_cache and is_complete(reader_cache):
         model.load_state_dict(load_lm(reader_cache)[0].state_dict())
         if run:
@@ -261,11 +264,21 @@ def train_loop_per_worker(payload: dict) -> None:
         if rank == 0 and reader_cache:
             cached_directory(reader_cache, lambda staging: (model.save_pretrained(staging), tokenizer.save_pretrained(staging)))
 
-    ddp_model = ray.train.torch.prepare_model(model)  # moved to this worker's device (its GPU with train.use_gpu)
-    reference = frozen_reference(model) if g.kl_coef > 0 else None
+    # A whole frozen copy on every rank, taken before the strategy shards the model.
+    reference = frozen_reference(model).to(worker_device(config.train)) if g.kl_coef > 0 else None
+    engine = config.train.engine(model, lambda parameters: torch.optim.AdamW(parameters, lr=g.lr, weight_decay=0.0),
+                                 max_grad_norm=g.max_grad_norm)
+    start_step = restored.trainer_state["step"] if restored else 0
+    if restored:
+        restore_optimizer(engine, restored, run, payload)
     eval_seed = config.seed * 7919  # the same sampled probes before and after GRPO, apart from the training draws
+
+    def evaluate_on_rank0() -> dict[str, float] | None:  # every rank gathers the weights; rank 0 evaluates
+        eval_model = engine.full_model()
+        return evaluate(config, eval_model, tokenizer, splits, eval_seed) if rank == 0 else None
+
+    before = evaluate_on_rank0()
     if rank == 0:
-        before = evaluate(config, model, tokenizer, splits, eval_seed)
         run.log_metrics({**before, "grpo_step": start_step}, step=start_step)
         if start_step == 0:
             run.log_metrics({f"before_grpo/{k}": v for k, v in before.items()}, step=0)
@@ -275,10 +288,11 @@ def train_loop_per_worker(payload: dict) -> None:
     for step in range(start_step, g.steps):
         indices = batch_indices(step, g.prompts_per_step, world_size, rank, len(splits.grpo), config.seed)
         examples = [splits.grpo[i] for i in indices.tolist()]
-        rollouts = sample_groups(model, tokenizer, [e.prompt for e in examples], g.group_size, g.max_new_tokens,
-                                 g.temperature, generator_seed=(config.seed * 100_003 + step) * world_size + rank)
+        rollouts = sample_groups(engine.model, tokenizer, [e.prompt for e in examples], g.group_size, g.max_new_tokens,
+                                 g.temperature, generator_seed=(config.seed * 100_003 + step) * world_size + rank,
+                                 synced=engine.sharded)
         rewards = rollout_rewards(config, rollouts, examples)
-        stats = grpo_step(model, optimizer, rollouts, rewards, g, reference, ddp_model)
+        stats = grpo_step(engine, rollouts, rewards, g, reference)
         done = step + 1
         metrics = {"reward": float(rewards.mean()), "truncated": sum(rollouts.truncated) / len(rollouts.truncated),
                    "response_tokens": float(rollouts.completion_mask.sum(dim=1).float().mean()), "grpo_step": done,
@@ -286,16 +300,16 @@ def train_loop_per_worker(payload: dict) -> None:
         if rank == 0:
             run.log_metrics(metrics, step=done)
         if done % config.eval_every == 0 or done == g.steps:
+            evaluation = evaluate_on_rank0()
             if rank == 0:
-                evaluation = evaluate(config, model, tokenizer, splits, eval_seed)
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
                 say(payload, f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
                              f"eval tiered {metrics['eval_accuracy_tiered']:.3f}")
-            report_with_checkpoint(metrics, rank, model, tokenizer, {"optimizer": optimizer.state_dict(), "step": done})
+            report_with_checkpoint(metrics, engine, tokenizer, {"step": done})
     if g.steps == 0 or start_step >= g.steps:  # nothing left to train: the reader as it is
-        report_with_checkpoint({"grpo_step": start_step, "step": start_step}, rank, model, tokenizer)
-    check_ranks_in_sync(model, run, g.steps)
+        report_with_checkpoint({"grpo_step": start_step, "step": start_step}, engine, tokenizer, {"step": start_step})
+    check_ranks_in_sync(engine, run, g.steps)
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
@@ -313,6 +327,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
             cache_root.mkdir(parents=True, exist_ok=True)
             reader_cache = str(cache_root / key)
+        config.train.prepare_driver()
         with ProgressLines() as lines:
             trainer = TorchTrainer(
                 train_loop_per_worker,

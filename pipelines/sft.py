@@ -2,8 +2,8 @@
 
     python -m pipelines.sft [--config FILE] [--set key=value ...] [--resume]
 
-Recipe: config -> MLflow run -> TorchTrainer (one process per worker, DDP over gloo on CPU,
-NCCL on GPU) -> evaluation and checkpoints through `ray.train.report` -> final model logged,
+Recipe: config -> MLflow run -> TorchTrainer (one process per worker over gloo on CPU, NCCL on
+GPU; `train.strategy` ddp, fsdp or deepspeed, `workloads.strategies`) -> evaluation and checkpoints through `ray.train.report` -> final model logged,
 plotted and registered in MLflow. The task (`workloads.tasks`) is multi-step arithmetic by
 default; `task.kind=python` trains on Python programs, and the held-out evaluation runs the
 student's programs in the sandboxed verifier actor (`actors.verifiers.TaskChecker`).
@@ -26,26 +26,37 @@ from typing import ClassVar
 
 import torch
 
+from pipelines.checkpoints import (
+    latest_checkpoint,
+    report_with_checkpoint,
+    restore_optimizer,
+)
 from pipelines.launch import (
+    ProgressLines,
     RunFields,
     RunSummary,
     Workers,
     check_ranks_in_sync,
-    ProgressLines,
     ending_run,
     main_for,
     open_run,
-    report_with_checkpoint,
     say,
     train_run_config,
     train_worker_context,
+    worker_device,
 )
 from workloads import tracking
 from workloads.caching import stable_hash
 from workloads.config import from_dict, require, to_dict
-from workloads.plots import plot_curves
 from workloads.lm import TinyLMConfig, format_prompt, greedy_complete, load_lm, tiny_lm
-from workloads.sft import batch_at, batch_indices, tokenize_examples, train_step, warmup_cosine
+from workloads.plots import plot_curves
+from workloads.sft import (
+    batch_at,
+    batch_indices,
+    tokenize_examples,
+    train_step,
+    warmup_cosine,
+)
 from workloads.tasks import TaskConfig, completion_budget, task_for
 
 PIPELINE = "sft"
@@ -116,7 +127,6 @@ def evaluate(model, tokenizer, problems, max_new_tokens: int, checker) -> tuple[
 def train_loop_per_worker(payload: dict) -> None:
     """Runs on every Ray Train worker; rank 0 evaluates, logs and writes checkpoints."""
     import ray.train
-    import ray.train.torch
 
     config: Config = from_dict(Config, payload["config"])
     rank, world_size, run = train_worker_context(payload)
@@ -128,52 +138,48 @@ def train_loop_per_worker(payload: dict) -> None:
                              [p.solution for p in train_problems], config.train.max_length)
     checker = payload["checker"]
     eval_tokens = config.train.eval_max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.train.warmup_steps, config.train.max_steps))
+    train = config.train
 
-    start_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as directory:
-            restored, _ = load_lm(Path(directory) / "model")
-            model.load_state_dict(restored.state_dict())
-            state = torch.load(Path(directory) / "trainer_state.pt", weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_step = state["step"]
+    restored = latest_checkpoint()
+    if restored:
+        model.load_state_dict(restored.model_state)
+    engine = train.engine(model, lambda parameters: torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay),
+                          schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm)
+    start_step = restored.trainer_state["step"] if restored else 0
+    if restored:
+        restore_optimizer(engine, restored, run, payload)
+    device = worker_device(train)
 
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-    bare_model = model.module if hasattr(model, "module") else model
+    def evaluate_on_rank0() -> float:  # every rank gathers the weights; rank 0 evaluates them
+        eval_model = engine.full_model()
+        return evaluate(eval_model, tokenizer, eval_problems, eval_tokens, checker)[0] if rank == 0 else float("nan")
 
-    eval_accuracy = float("nan")
+    eval_accuracy = evaluate_on_rank0()
     if rank == 0:
-        eval_accuracy = evaluate(bare_model, tokenizer, eval_problems, eval_tokens, checker)[0]
         run.log_metrics({"eval_accuracy": eval_accuracy, "resumed_from_step": start_step}, step=start_step)
 
-    train = config.train
     for step in range(start_step, train.max_steps):
         indices = batch_indices(step, train.batch_size, world_size, rank, len(data), config.seed)
         batch = {k: v.to(device) for k, v in batch_at(data, indices).items()}
-        loss = train_step(model, optimizer, scheduler, batch, train.max_grad_norm)
+        loss = train_step(engine, batch)
         global_step = step + 1
         last = global_step == train.max_steps
-        metrics = {"train_loss": loss, "lr": scheduler.get_last_lr()[0], "step": global_step,
+        metrics = {"train_loss": loss, "lr": engine.lr, "step": global_step,
                    "samples_seen": global_step * train.batch_size * world_size, "eval_accuracy": eval_accuracy}
         evaluating = global_step % train.eval_every == 0 or last
-        if rank == 0 and evaluating:
-            eval_accuracy = metrics["eval_accuracy"] = evaluate(bare_model, tokenizer, eval_problems, eval_tokens, checker)[0]
-            say(payload, f"[sft] step {global_step}/{train.max_steps}  loss {loss:.4f}  eval_accuracy {eval_accuracy:.3f}")
+        if evaluating:
+            eval_accuracy = metrics["eval_accuracy"] = evaluate_on_rank0()
+            if rank == 0:
+                say(payload, f"[sft] step {global_step}/{train.max_steps}  loss {loss:.4f}  eval_accuracy {eval_accuracy:.3f}")
         if rank == 0 and (global_step % train.log_every == 0 or evaluating):
             run.log_metrics(metrics, step=global_step)  # per-step curves go straight to MLflow
         # Ray Train hears only at eval and checkpoint steps: a report waits for the controller
         # to collect the previous one (it polls every ~2 s), so frequent reports stall training.
         if global_step % train.checkpoint_every == 0 or last:
-            report_with_checkpoint(metrics, rank, bare_model, tokenizer,
-                                   {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": global_step})
+            report_with_checkpoint(metrics, engine, tokenizer, {"step": global_step})
         elif evaluating:
             ray.train.report(metrics)
-    check_ranks_in_sync(bare_model, run, train.max_steps)
+    check_ranks_in_sync(engine, run, train.max_steps)
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
@@ -186,6 +192,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id, data_hash=data_hash)
     with ending_run(run_record):
         checker = TaskChecker(config.task)
+        config.train.prepare_driver()
         with ProgressLines() as lines:
             trainer = TorchTrainer(
                 train_loop_per_worker,

@@ -126,3 +126,55 @@ def assert_both_ranks_hold(client, run_id: str, expected: str) -> None:
     fingerprints = json.loads(run.data.tags["rayworks.rank_fingerprints"])
     assert fingerprints == [expected, expected], fingerprints
     assert run.data.metrics["ranks_in_sync"] == 1.0 and run.info.status == "FINISHED"
+
+
+SPAWN_TIMEOUT_S = 180
+
+
+def spawn_ranks(target, tmp_path: Path, *args, world_size: int = 2) -> list:
+    """Run `target(rank, *args)` in `world_size` fresh processes of one gloo group (no Ray);
+    their return values in rank order. A rank that raises fails the test with its traceback; ranks
+    that wait on each other forever (a collective not met) fail it after SPAWN_TIMEOUT_S."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    init = f"file://{tmp_path / f'rendezvous-{time.time_ns()}'}"
+    processes = [context.Process(target=_rank_entry, args=(rank, world_size, init, results, target, args))
+                 for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    out = {}
+    try:
+        for _ in processes:
+            rank, value = results.get(timeout=SPAWN_TIMEOUT_S)
+            out[rank] = value
+    except queue.Empty:
+        raise AssertionError(f"the ranks did not finish within {SPAWN_TIMEOUT_S}s (a collective was not met)") from None
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    for rank, value in out.items():
+        if isinstance(value, str) and value.startswith("Traceback"):
+            raise AssertionError(f"rank {rank} failed:\n{value}")
+    return [out[rank] for rank in range(world_size)]
+
+
+def _rank_entry(rank: int, world_size: int, init: str, results, target, args) -> None:
+    import traceback
+
+    import torch
+
+    os.environ.update(OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    try:
+        torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+        results.put((rank, target(rank, *args)))
+    except BaseException:
+        results.put((rank, traceback.format_exc()))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

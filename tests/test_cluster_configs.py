@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from cluster.submit import check_storage_path
 from pipelines import PIPELINES, get_pipeline
 from serving import APPS
 from workloads.config import load_config
@@ -22,13 +23,13 @@ def _images(node) -> list[str]:
     return []
 
 
-def _check_entrypoint(entrypoint: str) -> None:
+def _check_entrypoint(entrypoint: str):
     words = shlex.split(entrypoint)
     assert words[:2] == ["python", "-m"] and words[2].startswith("pipelines.")
     name = words[2].removeprefix("pipelines.")
     assert name in PIPELINES
     overrides = words[words.index("--set") + 1:] if "--set" in words else []
-    load_config(get_pipeline(name).Config, None, overrides)  # every override is a real, valid field
+    return load_config(get_pipeline(name).Config, None, overrides)  # every override is a real, valid field
 
 
 def _check_serve_config(config: dict) -> None:
@@ -42,7 +43,10 @@ def _check_serve_config(config: dict) -> None:
 def test_rayjob_runs_a_real_pipeline_with_valid_overrides():
     job = yaml.safe_load((ROOT / "cluster/kuberay-rayjob.yaml").read_text())
     assert job["kind"] == "RayJob"
-    _check_entrypoint(job["spec"]["entrypoint"])
+    config = _check_entrypoint(job["spec"]["entrypoint"])
+    check_storage_path(config.storage_path)  # checkpoints on the volume every pod mounts, not in the job's dir
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert any(config.storage_path.startswith(mount["mountPath"]) for mount in head["volumeMounts"])
     assert set(_images(job)) == {IMAGE}
     assert job["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
 
@@ -75,6 +79,7 @@ def test_dockerfile_installs_the_project_and_copies_every_package():
 
 def test_the_full_scale_g1_config_is_a_valid_ppo_config_of_about_200m_steps():
     config = load_config(get_pipeline("ppo").Config, ROOT / "cluster/ppo-g1-full.yaml")
+    check_storage_path(config.storage_path)
     steps = config.iterations * config.steps_per_iteration * config.num_rollout_workers * config.envs_per_worker
     assert config.env == "rayworks/G1Velocity-v0" and config.train.use_gpu and config.env_params["randomize"]
     assert 1.9e8 < steps < 2.2e8

@@ -4,9 +4,17 @@ import pytest
 import torch
 
 from workloads.grpo import (
-    GRPOConfig, frozen_reference, group_advantages, grpo_policy_loss, grpo_step, k3_kl, k3_per_token, rollout_logprobs,
+    GRPOConfig,
+    frozen_reference,
+    group_advantages,
+    grpo_policy_loss,
+    grpo_step,
+    k3_kl,
+    k3_per_token,
+    rollout_logprobs,
 )
 from workloads.lm import TinyLMConfig, sample_groups, tiny_lm
+from workloads.strategies import LocalEngine
 
 
 def test_policy_loss_clips_asymmetrically():
@@ -64,6 +72,10 @@ def test_sampled_groups_mask_after_eos_and_flag_truncation(tiny):
     assert torch.equal(again.input_ids, rollouts.input_ids)  # seeded sampling repeats
 
 
+def adamw(model) -> LocalEngine:
+    return LocalEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=1e-2))
+
+
 def test_a_grpo_step_raises_the_rewarded_completion_and_lowers_the_rest(tiny):
     model, tokenizer = tiny
     model = type(model)(model.config)
@@ -72,8 +84,7 @@ def test_a_grpo_step_raises_the_rewarded_completion_and_lowers_the_rest(tiny):
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     with torch.no_grad():
         before = rollout_logprobs(model, rollouts).sum(dim=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    stats = grpo_step(model, optimizer, rollouts, rewards, GRPOConfig(group_size=4, updates_per_batch=2))
+    stats = grpo_step(adamw(model), rollouts, rewards, GRPOConfig(group_size=4, updates_per_batch=2))
     with torch.no_grad():
         after = rollout_logprobs(model, rollouts).sum(dim=1)
     change = after - before
@@ -85,7 +96,7 @@ def test_a_group_without_reward_spread_changes_nothing(tiny):
     model, tokenizer = tiny
     rollouts = sample_groups(model, tokenizer, ["Q: 7+5\n"], group_size=4, max_new_tokens=4, generator_seed=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stats = grpo_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), rollouts, torch.ones(4), GRPOConfig(group_size=4))
+    stats = grpo_step(adamw(model), rollouts, torch.ones(4), GRPOConfig(group_size=4))
     assert stats["informative_fraction"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -109,13 +120,13 @@ def test_a_grpo_step_with_kl_against_a_frozen_reference(tiny):
     reference = frozen_reference(model)
     assert not any(p.requires_grad for p in reference.parameters())
     rollouts = sample_groups(model, tokenizer, ["Q: 7+5\n"], group_size=4, max_new_tokens=8, generator_seed=1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    engine = adamw(model)
     config = GRPOConfig(group_size=4, updates_per_batch=1, kl_coef=0.5)
-    first = grpo_step(model, optimizer, rollouts, torch.tensor([1.0, 0.0, 0.0, 0.0]), config, reference)
+    first = grpo_step(engine, rollouts, torch.tensor([1.0, 0.0, 0.0, 0.0]), config, reference)
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
     with torch.no_grad():  # the second step measures the policy its first step left
         moved = rollout_logprobs(model, rollouts) - rollout_logprobs(reference, rollouts)
     mask = rollouts.completion_mask.float()
     expected = float((((-moved).exp() + moved - 1) * mask).sum() / mask.sum())  # k3 at the policy's tokens
-    second = grpo_step(model, optimizer, rollouts, torch.tensor([1.0, 0.0, 0.0, 0.0]), config, reference)
+    second = grpo_step(engine, rollouts, torch.tensor([1.0, 0.0, 0.0, 0.0]), config, reference)
     assert second["kl"] > 0 and second["kl"] == pytest.approx(expected, rel=1e-4)

@@ -2,83 +2,37 @@
 to learn still meets the other in the gradient all-reduce, and both end identical; PPO learners
 adapt one learning rate. Without the agreement these runs hang (the join times out)."""
 
-import multiprocessing
-import os
-import queue
-import traceback
-
 import pytest
 import torch
 
-JOIN_TIMEOUT_S = 120
-
-
-def _spawn(target, tmp_path, *args) -> list:
-    """Run `target(rank, *args)` in two processes of one gloo group; their return values by rank."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    init = f"file://{tmp_path / 'rendezvous'}"
-    processes = [context.Process(target=_entry, args=(rank, init, results, target, args)) for rank in range(2)]
-    for process in processes:
-        process.start()
-    out = {}
-    try:
-        for _ in processes:
-            rank, value = results.get(timeout=JOIN_TIMEOUT_S)
-            out[rank] = value
-    except queue.Empty:
-        raise AssertionError(f"the ranks did not finish within {JOIN_TIMEOUT_S}s (a collective was not met)") from None
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    for rank, value in out.items():
-        if isinstance(value, str) and value.startswith("Traceback"):
-            raise AssertionError(f"rank {rank} failed:\n{value}")
-    return [out[0], out[1]]
-
-
-def _entry(rank, init, results, target, args):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    try:
-        torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-        results.put((rank, target(rank, *args)))
-    except BaseException:
-        results.put((rank, traceback.format_exc()))
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+from tests.helpers import spawn_ranks
 
 
 def _grpo_ranks(rank: int, spread_on: tuple[int, ...]):
-    from torch.nn.parallel import DistributedDataParallel
-
     from workloads.distributed import parameter_fingerprint
     from workloads.grpo import GRPOConfig, grpo_step
     from workloads.lm import TinyLMConfig, sample_groups, tiny_lm
+    from workloads.strategies import DDPEngine
 
     model, tokenizer = tiny_lm(TinyLMConfig(tokenizer="qwen2", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
                                             intermediate_size=64), seed=0)
     before = parameter_fingerprint(model)
-    ddp = DistributedDataParallel(model)
+    engine = DDPEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=1e-2))
     rollouts = sample_groups(model, tokenizer, ["Q: 7+5\n"], group_size=4, max_new_tokens=4, generator_seed=rank)
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0]) if rank in spread_on else torch.ones(4)
-    stats = grpo_step(model, torch.optim.AdamW(model.parameters(), lr=1e-2), rollouts, rewards,
-                      GRPOConfig(group_size=4, updates_per_batch=2), train_model=ddp)
+    stats = grpo_step(engine, rollouts, rewards, GRPOConfig(group_size=4, updates_per_batch=2))
     return before, parameter_fingerprint(model), stats["informative_fraction"]
 
 
 def test_grpo_rank_without_reward_spread_still_steps_with_the_other(tmp_path):
-    (before0, after0, informative0), (before1, after1, informative1) = _spawn(_grpo_ranks, tmp_path, (1,))
+    (before0, after0, informative0), (before1, after1, informative1) = spawn_ranks(_grpo_ranks, tmp_path, (1,))
     assert informative0 == 0.0 and informative1 == 1.0
     assert before0 == before1 and after0 == after1  # identical copies, before and after
     assert after0 != before0  # rank 1's groups moved both copies
 
 
 def test_grpo_ranks_skip_together_when_no_rank_has_reward_spread(tmp_path):
-    (before0, after0, _), (before1, after1, _) = _spawn(_grpo_ranks, tmp_path, ())
+    (before0, after0, _), (before1, after1, _) = spawn_ranks(_grpo_ranks, tmp_path, ())
     assert before0 == after0 == before1 == after1
 
 
@@ -102,24 +56,34 @@ def _ppo_ranks(rank: int):
 
 
 def test_ppo_learners_adapt_one_learning_rate_and_stay_identical(tmp_path):
-    (lr0, fingerprint0), (lr1, fingerprint1) = _spawn(_ppo_ranks, tmp_path)
+    (lr0, fingerprint0), (lr1, fingerprint1) = spawn_ranks(_ppo_ranks, tmp_path)
     assert lr0 == lr1 != 1e-3  # adapted, from the mean KL, the same on both
     assert fingerprint0 == fingerprint1
 
 
 def _agreement(rank: int):
-    from workloads.distributed import all_ranks, any_rank, gather_objects, mean_over_ranks
+    from workloads.distributed import (
+        all_ranks,
+        any_rank,
+        gather_objects,
+        mean_over_ranks,
+    )
 
     return any_rank(rank == 1), all_ranks(rank == 1), mean_over_ranks(float(rank)), gather_objects(f"r{rank}")
 
 
 def test_any_all_mean_and_gather_over_two_ranks(tmp_path):
-    for result in _spawn(_agreement, tmp_path):
+    for result in spawn_ranks(_agreement, tmp_path):
         assert result == (True, False, 0.5, ["r0", "r1"])
 
 
 def test_without_a_process_group_every_decision_is_the_rank_s_own():
-    from workloads.distributed import all_ranks, any_rank, gather_objects, mean_over_ranks
+    from workloads.distributed import (
+        all_ranks,
+        any_rank,
+        gather_objects,
+        mean_over_ranks,
+    )
 
     assert any_rank(False) is False and all_ranks(True) is True and mean_over_ranks(3.0) == 3.0
     assert gather_objects("x") == ["x"]
@@ -128,9 +92,10 @@ def test_without_a_process_group_every_decision_is_the_rank_s_own():
 def test_grpo_with_a_kl_coefficient_needs_a_reference():
     from workloads.grpo import GRPOConfig, grpo_step
     from workloads.lm import TinyLMConfig, sample_groups, tiny_lm
+    from workloads.strategies import LocalEngine
 
     model, tokenizer = tiny_lm(TinyLMConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64))
     rollouts = sample_groups(model, tokenizer, ["Q: 1\n"], group_size=2, max_new_tokens=2, generator_seed=0)
     with pytest.raises(ValueError, match="kl_coef > 0 needs a reference model"):
-        grpo_step(model, torch.optim.SGD(model.parameters(), lr=0.1), rollouts, torch.tensor([1.0, 0.0]),
+        grpo_step(LocalEngine(model, lambda parameters: torch.optim.SGD(parameters, lr=0.1)), rollouts, torch.tensor([1.0, 0.0]),
                   GRPOConfig(group_size=2, kl_coef=0.1))

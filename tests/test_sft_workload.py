@@ -5,12 +5,24 @@ import math
 import torch
 
 from workloads.arithmetic import check_answer, generate_splits
-from workloads.sft import (
-    IGNORE_INDEX, batch_at, batch_indices, masked_token_cross_entropy, tokenize_examples,
-    train_step, warmup_cosine,
+from workloads.lm import (
+    TinyLMConfig,
+    build_tiny_lm,
+    build_tokenizer,
+    greedy_complete,
+    load_lm,
 )
+from workloads.sft import (
+    IGNORE_INDEX,
+    batch_at,
+    batch_indices,
+    masked_token_cross_entropy,
+    tokenize_examples,
+    train_step,
+    warmup_cosine,
+)
+from workloads.strategies import LocalEngine
 from workloads.tasks import TaskConfig
-from workloads.lm import TinyLMConfig, build_tiny_lm, build_tokenizer, greedy_complete, load_lm
 
 
 def test_masked_cross_entropy_matches_hand_computation():
@@ -55,9 +67,8 @@ def test_short_plain_loop_learns_arithmetic(tmp_path):
         return sum(check_answer(p, o) for p, o in zip(held_out, outputs)) / len(held_out)
 
     before = accuracy()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(30, 300))
-    losses = [train_step(model, optimizer, scheduler, batch_at(data, batch_indices(s, 32, 1, 0, len(data), 0)))
+    engine = LocalEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=3e-3), schedule=warmup_cosine(30, 300))
+    losses = [train_step(engine, batch_at(data, batch_indices(s, 32, 1, 0, len(data), 0)))
               for s in range(300)]
     after = accuracy()
     assert sum(losses[-20:]) / 20 < 0.25 * sum(losses[:20]) / 20

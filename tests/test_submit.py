@@ -60,32 +60,43 @@ def ray_head(tmp_path_factory):
         head.wait(timeout=30)
 
 
-def test_submit_runs_the_pipeline_as_a_ray_job(ray_head, workdir: Path):
+def test_two_submitted_jobs_are_one_run_through_shared_storage(ray_head, workdir: Path):
+    """The second job resumes the first's checkpoint from storage outside both jobs' working dirs."""
     env = scratch_env(workdir, HOME=str(ray_head["home"]), RAY_AUTH_TOKEN=ray_head["token"],
                       MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     (workdir / "mlruns").mkdir()
-    proc = rayworks(workdir, "submit", "sft", "--address", ray_head["address"],
-                    "--set", "train.max_steps=20", "train.eval_every=20", "train.checkpoint_every=20",
-                    "task.num_eval=20", "register_model=false", f"storage_path={workdir / 'ray_results'}",
-                    env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    job_id = re.search(r"submitted sft as Ray job (\S+)", proc.stdout).group(1)
-    assert "RESULT" in proc.stdout  # the job's own output was streamed here
-    assert f"job {job_id} finished: SUCCEEDED" in proc.stdout
+    shared = workdir / "shared-storage"
+    job_ids = []
+    for max_steps, resume in ((10, []), (20, ["--resume"])):
+        proc = rayworks(workdir, "submit", "sft", "--address", ray_head["address"], *resume,
+                        "--set", f"train.max_steps={max_steps}", "train.eval_every=10", "train.checkpoint_every=10",
+                        "task.num_eval=20", "register_model=false", "run_name=across-jobs", f"storage_path={shared}",
+                        env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        job_ids.append(re.search(r"submitted sft as Ray job (\S+)", proc.stdout).group(1))
+        assert "RESULT" in proc.stdout  # the job's own output was streamed here
+        assert f"job {job_ids[-1]} finished: SUCCEEDED" in proc.stdout
 
     client = mlflow_client(workdir)
     (run,) = client.search_runs([client.get_experiment_by_name("rayworks-sft").experiment_id])
-    assert run.data.tags["ray_job_id"] == job_id
-    assert run.info.status == "FINISHED"
+    assert run.data.tags["ray_job_id"] == job_ids[0] and run.info.status == "FINISHED"
+    assert [int(m.value) for m in client.get_metric_history(run.info.run_id, "resumed_from_step")] == [0, 10]
+    assert len([p for p in (shared / "across-jobs").glob("checkpoint_*") if p.is_dir()]) == 2
+
+
+def test_submit_refuses_storage_the_job_would_delete(workdir: Path):
+    proc = rayworks(workdir, "submit", "sft", "--address", "http://127.0.0.1:1", timeout=60)
+    assert proc.returncode == 2
+    assert "storage_path './ray_results' is relative" in proc.stderr and "s3://" in proc.stderr
 
 
 def test_submit_says_when_the_token_is_missing_or_wrong(ray_head, workdir: Path):
     base = dict(HOME=str(workdir), RAY_AUTH_TOKEN_PATH=str(workdir / "no-token-here"))
-    missing = rayworks(workdir, "submit", "sft", "--address", ray_head["address"],
+    missing = rayworks(workdir, "submit", "sft", "--address", ray_head["address"], "--set", f"storage_path={workdir}",
                        env=scratch_env(workdir, **base), timeout=120)
     assert missing.returncode == 3
     assert "requires a Ray auth token and none was found" in missing.stderr
-    wrong = rayworks(workdir, "submit", "sft", "--address", ray_head["address"],
+    wrong = rayworks(workdir, "submit", "sft", "--address", ray_head["address"], "--set", f"storage_path={workdir}",
                      env=scratch_env(workdir, **base, RAY_AUTH_TOKEN="not-the-token"), timeout=120)
     assert wrong.returncode == 3
     assert "rejected the Ray auth token" in wrong.stderr
@@ -93,7 +104,8 @@ def test_submit_says_when_the_token_is_missing_or_wrong(ray_head, workdir: Path)
 
 def test_submit_to_a_dead_address_fails_fast(workdir: Path):
     started = time.monotonic()
-    proc = rayworks(workdir, "submit", "sft", "--address", "http://127.0.0.1:1", timeout=60)
+    proc = rayworks(workdir, "submit", "sft", "--address", "http://127.0.0.1:1", "--set", f"storage_path={workdir}",
+                    timeout=60)
     assert proc.returncode == 3 and "unreachable" in proc.stderr
     assert time.monotonic() - started < 30
 

@@ -1,6 +1,8 @@
 """Every trainable LM and robot pipeline with two Ray Train workers over gloo, on tokenizers shaped
 like real checkpoints' (Qwen2: no BOS; Qwen2-chat: a chat template): each run finishes, and
-both ranks end with the parameters the run saved. (`sft` with two workers is in test_cli_sft.py.)"""
+both ranks end with the parameters the run saved; distil's rlvr arm shards the student with FSDP
+and longtrace its reader with DeepSpeed ZeRO-3 (rollouts generate in step across ranks). (`sft`
+with two workers: test_cli_sft.py, and under every strategy test_sft_strategies.py.)"""
 
 import json
 from pathlib import Path
@@ -29,9 +31,9 @@ def run_ok(workdir: Path, pipeline: str, *overrides: str, timeout: float = 600) 
     return result
 
 
-def test_distil_token_step_and_rlvr_with_two_workers(workdir: Path):
+def test_distil_token_step_and_rlvr_with_two_workers_the_last_sharded_by_fsdp(workdir: Path):
     client = mlflow_client(workdir)
-    for arm in (["level=token"], ["level=step"], ["objective=rlvr", "kl_coef=0.05"]):
+    for arm in (["level=token"], ["level=step"], ["objective=rlvr", "kl_coef=0.05", "train.strategy=fsdp"]):
         result = run_ok(workdir, "distil", *DISTIL, *arm)  # the SFT-ed student is cached after the first
         assert_both_ranks_hold(client, result["run_id"], saved_model_fingerprint(client, result["run_id"], workdir))
         if "objective=rlvr" in arm:  # the k3 KL to the frozen starting student entered the loss
@@ -40,7 +42,7 @@ def test_distil_token_step_and_rlvr_with_two_workers(workdir: Path):
             assert client.get_run(result["run_id"]).data.metrics["labelled_states"] > 0
 
 
-def test_longtrace_with_two_workers_a_chat_reader_and_reference_kl(workdir: Path):
+def test_longtrace_with_two_workers_under_zero3_a_chat_reader_and_reference_kl(workdir: Path):
     from workloads.lm import TinyLMConfig, build_tiny_lm
 
     reader = build_tiny_lm(TinyLMConfig(tokenizer="qwen2-chat", hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
@@ -48,7 +50,7 @@ def test_longtrace_with_two_workers_a_chat_reader_and_reference_kl(workdir: Path
     result = run_ok(workdir, "longtrace", "data.kg.num_questions=40", "data.context.budget_tokens=60", "sft.steps=10",
                     "grpo.steps=2", "eval_every=2", "probe_samples=1", "grpo.group_size=2", "grpo.prompts_per_step=2",
                     "grpo.max_new_tokens=16", "register_model=false", "data.num_actors=1", "train.num_workers=2",
-                    "grpo.kl_coef=0.1", f"model_init={reader}", timeout=900)
+                    "grpo.kl_coef=0.1", "train.strategy=deepspeed", "train.zero_stage=3", f"model_init={reader}", timeout=900)
     client = mlflow_client(workdir)
     assert_both_ranks_hold(client, result["run_id"], saved_model_fingerprint(client, result["run_id"], workdir))
     samples = client.download_artifacts(result["run_id"], "samples.jsonl", str(workdir))

@@ -60,11 +60,12 @@ def gather_objects(obj) -> list:
     return out
 
 
-def parameter_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over the module's state (parameters and buffers, sorted by name, as float32 bytes
-    on the CPU): equal on two ranks exactly when their copies are identical."""
+def parameter_fingerprint(module: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over a module's state (parameters and buffers, sorted by name, as float32 bytes on
+    the CPU) or over a state dict: equal on two ranks exactly when their copies are identical."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()

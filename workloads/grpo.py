@@ -110,17 +110,16 @@ def rollout_logprobs(model, rollouts: Rollouts) -> torch.Tensor:
     return completion_logprobs(model, rollouts.input_ids, rollouts.attention_mask, rollouts.completion_mask)
 
 
-def grpo_step(model, optimizer, rollouts: Rollouts, rewards: torch.Tensor, cfg: GRPOConfig,
-              reference_model=None, train_model=None) -> dict[str, float]:
+def grpo_step(engine, rollouts: Rollouts, rewards: torch.Tensor, cfg: GRPOConfig, reference_model=None) -> dict[str, float]:
     """`updates_per_batch` clipped policy steps on one sampled batch; returns its statistics.
 
-    `train_model` is the (possibly DDP-wrapped) module that takes the gradient steps; `model`
-    the bare one. Rows whose group had no reward spread (advantage 0) carry no gradient and
-    are dropped before the forward passes; the skip decision is agreed across ranks (module
-    docstring). `reference_model` (`frozen_reference`) is required when `cfg.kl_coef` > 0."""
+    `engine` (`workloads.strategies`) takes the steps (its `max_grad_norm` clips them); old
+    log-probs come from its bare model. Rows whose group had no reward spread (advantage 0)
+    carry no gradient and are dropped before the forward passes; the skip decision is agreed
+    across ranks (module docstring). `reference_model` (`frozen_reference`) is required when
+    `cfg.kl_coef` > 0."""
     if cfg.kl_coef > 0 and reference_model is None:
         raise ValueError("grpo.kl_coef > 0 needs a reference model (workloads.grpo.frozen_reference)")
-    train_model = train_model or model
     advantages = group_advantages(rewards.float(), cfg.group_size)
     informative = advantages.abs() > 0
     stats = {"informative_fraction": float(informative.float().mean())}
@@ -131,20 +130,17 @@ def grpo_step(model, optimizer, rollouts: Rollouts, rewards: torch.Tensor, cfg: 
         informative[0] = True
     kept = rollouts.select(informative)
     with torch.no_grad():
-        model.eval()
-        old_logprobs = rollout_logprobs(model, kept)
+        engine.model.eval()
+        old_logprobs = rollout_logprobs(engine.model, kept)
         reference = rollout_logprobs(reference_model, kept) if cfg.kl_coef > 0 else None
     advantages = advantages[informative].to(old_logprobs.device)
     mask = kept.completion_mask.to(old_logprobs.device)
-    train_model.train()
+    engine.module.train()
     for _ in range(cfg.updates_per_batch):
-        logprobs = rollout_logprobs(train_model, kept)
+        logprobs = rollout_logprobs(engine.module, kept)
         loss = grpo_policy_loss(logprobs, old_logprobs, advantages, mask, cfg.clip_low, cfg.clip_high)
         kl = k3_kl(logprobs, reference, mask) if reference is not None else torch.zeros((), device=loss.device)
-        optimizer.zero_grad(set_to_none=True)
-        (loss + cfg.kl_coef * kl).backward()
-        torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        engine.step(loss + cfg.kl_coef * kl)
     with torch.no_grad():
         ratio = (logprobs.detach() - old_logprobs).exp()
         outside = ((ratio < 1 - cfg.clip_low) | (ratio > 1 + cfg.clip_high)).float() * mask

@@ -84,14 +84,11 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -
     return factor
 
 
-def train_step(model, optimizer, scheduler, batch: dict[str, torch.Tensor], max_grad_norm: float = 1.0) -> float:
-    """One optimiser step on `batch` (moved to the model's device)."""
-    model.train()
-    logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+def train_step(engine, batch: dict[str, torch.Tensor]) -> float:
+    """One optimiser step on `batch` (moved to the model's device) through `engine`
+    (`workloads.strategies`: backward, clipping, optimizer and schedule)."""
+    engine.module.train()
+    logits = forward_logits(engine.module, batch["input_ids"], batch["attention_mask"])
     loss = masked_token_cross_entropy(logits, batch["labels"].to(logits.device))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
+    engine.step(loss)
     return float(loss.detach())

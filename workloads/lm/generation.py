@@ -39,9 +39,11 @@ class Rollouts:
 @torch.no_grad()
 def generate_ids(model, tokenizer, sequences: Sequence[Sequence[int]], max_new_tokens: int, temperature: float,
                  num_return_sequences: int = 1, seed: int | None = None,
-                 stop_strings: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 stop_strings: Sequence[str] = (), synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(left-padded prompt ids, their mask, generated ids [B * n, at most max_new_tokens], padded
-    after eos; as long as the longest completion), on the CPU; greedy at temperature 0; a sequence also ends after any of `stop_strings`."""
+    after eos; as long as the longest completion), on the CPU; greedy at temperature 0; a sequence also ends after any of `stop_strings`.
+    `synced`: every rank generates together (a sharded model's forwards are collectives, so a
+    rank that finished keeps stepping until all have: Hugging Face's `synced_gpus`)."""
     model.eval()
     ids, mask = pad(sequences, tokenizer.pad_token_id, side="left")
     if seed is not None:
@@ -53,7 +55,7 @@ def generate_ids(model, tokenizer, sequences: Sequence[Sequence[int]], max_new_t
     device = device_of(model)
     generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                                num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
-                               eos_token_id=tokenizer.eos_token_id, **sampling)
+                               eos_token_id=tokenizer.eos_token_id, synced_gpus=synced, **sampling)
     return ids, mask, generated[:, ids.shape[1] :].cpu()
 
 
@@ -65,10 +67,10 @@ def completion_mask(completion: torch.Tensor, eos_token_id: int) -> torch.Tensor
 
 
 def sample_groups(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int,
-                  temperature: float = 1.0, generator_seed: int | None = None) -> Rollouts:
-    """Sample `group_size` completions per formatted prompt."""
+                  temperature: float = 1.0, generator_seed: int | None = None, synced: bool = False) -> Rollouts:
+    """Sample `group_size` completions per formatted prompt (`synced`: see `generate_ids`)."""
     ids, mask, completion = generate_ids(model, tokenizer, [encode_text(tokenizer, p) for p in prompts], max_new_tokens,
-                                         temperature, group_size, generator_seed)
+                                         temperature, group_size, generator_seed, synced=synced)
     kept = completion_mask(completion, tokenizer.eos_token_id)
     truncated = (~(completion == tokenizer.eos_token_id).any(dim=1)).tolist()
     attention_mask = torch.cat([mask.repeat_interleave(group_size, dim=0), kept], dim=1)
