@@ -144,7 +144,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
     if target is None:
         own_file_env, write_own_file = own_current_cluster_file()
         runtime_env["env_vars"].update(own_file_env)
-        ray.init(
+        start = dict(
             address="local",  # never attach to some other Ray that happens to run here
             num_cpus=local_cpus(num_cpus),
             runtime_env=runtime_env,
@@ -152,6 +152,15 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
             configure_logging=True,
             logging_level="WARNING" if log_to_driver else "ERROR",  # quiet: the console is for progress
         )
+        try:
+            ray.init(**start)
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; on a machine busy with other work
+            # (two cores, a compile) that can pass. One more try, from a clean slate.
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            ray.init(**start)
         write_own_file(ray.get_runtime_context().gcs_address)
         return None
     if target.startswith(("http://", "https://")):

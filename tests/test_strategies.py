@@ -1,5 +1,5 @@
 """The training strategies over real gloo process groups (no Ray): DDP, FSDP2 and DeepSpeed ZeRO
-1-3 take the same optimiser step as plain single-process AdamW on the ranks' pooled loss; sharded
+1-3 (with and without CPU offload) take the same optimiser step as plain single-process AdamW on the ranks' pooled loss; sharded
 models generate in step across ranks; the optimizer state saved from two ranks loads exactly
 into one and into three; the Hugging Face Trainer accepts the same `train.strategy`."""
 
@@ -8,7 +8,14 @@ import torch
 
 from tests.helpers import spawn_ranks
 
-STRATEGIES = [("ddp", 2), ("fsdp", 2), ("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]
+# (strategy, ZeRO stage, offload); the key names each run's saved file
+STRATEGIES = [("ddp", 2, False), ("fsdp", 2, False), ("fsdp", 2, True), ("deepspeed", 1, False), ("deepspeed", 2, False),
+              ("deepspeed", 3, False), ("deepspeed", 3, True)]
+
+
+def run_key(strategy: str, stage: int, offload: bool) -> str:
+    return f"{strategy}{stage}{'-offload' if offload else ''}"
+
 STEPS, LR, MAX_GRAD_NORM = 3, 1e-2, 0.5
 
 
@@ -36,9 +43,10 @@ def _train_under_each_strategy(rank: int, save_to: str) -> dict:
     from workloads.strategies import build_engine
 
     out = {}
-    for strategy, stage in STRATEGIES:
+    for strategy, stage, offload in STRATEGIES:
         model, tokenizer = tiny_model()
-        engine = build_engine(strategy, model, make_optimizer, schedule=schedule, max_grad_norm=MAX_GRAD_NORM, zero_stage=stage)
+        engine = build_engine(strategy, model, make_optimizer, schedule=schedule, max_grad_norm=MAX_GRAD_NORM, zero_stage=stage,
+                              offload=offload)
         for step in range(STEPS):
             ids = batch(step, rank)
             engine.step(engine.module(input_ids=ids, labels=ids).loss)
@@ -47,8 +55,8 @@ def _train_under_each_strategy(rank: int, save_to: str) -> dict:
                       synced=engine.sharded)
         whole, optimizer = engine.whole_state(), engine.optimizer_state()
         if rank == 0:
-            torch.save({"weights": whole, "optimizer": optimizer}, f"{save_to}/{strategy}{stage}.pt")
-        out[f"{strategy}{stage}"] = parameter_fingerprint(engine.whole_state(everywhere=True))
+            torch.save({"weights": whole, "optimizer": optimizer}, f"{save_to}/{run_key(strategy, stage, offload)}.pt")
+        out[run_key(strategy, stage, offload)] = parameter_fingerprint(engine.whole_state(everywhere=True))
     return out
 
 
@@ -79,26 +87,27 @@ def test_every_strategy_takes_the_pooled_adamw_step(trained):
     directory, _ = trained
     expected = _pooled_adamw_reference()
     initial = tiny_model()[0].state_dict()
-    for strategy, stage in STRATEGIES:
-        weights = torch.load(directory / f"{strategy}{stage}.pt", weights_only=False)["weights"]
+    for strategy, stage, offload in STRATEGIES:
+        weights = torch.load(directory / f"{run_key(strategy, stage, offload)}.pt", weights_only=False)["weights"]
         assert set(weights) == set(expected), strategy
         moved = max(float((weights[k] - initial[k]).abs().max()) for k in expected)
         error = max(float((weights[k] - expected[k]).abs().max()) for k in expected)
         # Reduction order differs between strategies; a rank that missed the all-reduce is off by ~lr.
-        assert moved > 1e-3 and error < 1e-4, (strategy, stage, moved, error)
+        assert moved > 1e-3 and error < 1e-4, (strategy, stage, offload, moved, error)
 
 
 def test_every_strategy_ends_with_both_ranks_holding_the_same_weights(trained):
     _, (rank0, rank1) = trained
-    assert rank0 == rank1 and set(rank0) == {f"{s}{stage}" for s, stage in STRATEGIES}
+    assert rank0 == rank1 and set(rank0) == {run_key(*run) for run in STRATEGIES}
 
 
 def test_the_optimizer_state_is_whole_and_named_by_parameter(trained):
     directory, _ = trained
     names = set(tiny_model()[0].state_dict()) - {"lm_head.weight"}  # tied to the embeddings
     reference = torch.load(directory / "ddp2.pt", weights_only=False)["optimizer"]
-    for strategy, stage in STRATEGIES:
-        saved = torch.load(directory / f"{strategy}{stage}.pt", weights_only=False)["optimizer"]
+    for run in STRATEGIES:
+        saved = torch.load(directory / f"{run_key(*run)}.pt", weights_only=False)["optimizer"]
+        strategy = run[0]
         state = saved["optimizer"]["state"]
         assert saved["strategy"] == strategy and names <= set(state)
         assert all(float(state[name]["step"]) == STEPS for name in names)
@@ -124,10 +133,10 @@ def _load_and_save_again(rank: int, strategy: str, stage: int, path: str, save_t
 def test_optimizer_state_from_two_ranks_resumes_exactly_at_another_worker_count(trained, tmp_path, world_size):
     directory, _ = trained
     for strategy, stage in [("fsdp", 2), ("deepspeed", 2), ("deepspeed", 3)]:
-        saved = torch.load(directory / f"{strategy}{stage}.pt", weights_only=False)["optimizer"]
+        path = directory / f"{run_key(strategy, stage, False)}.pt"
+        saved = torch.load(path, weights_only=False)["optimizer"]
         again = tmp_path / f"{strategy}{stage}-again.pt"
-        lr = spawn_ranks(_load_and_save_again, tmp_path, strategy, stage, str(directory / f"{strategy}{stage}.pt"), str(again),
-                         world_size=world_size)[0]
+        lr = spawn_ranks(_load_and_save_again, tmp_path, strategy, stage, str(path), str(again), world_size=world_size)[0]
         loaded = torch.load(again, weights_only=False)
         assert lr == pytest.approx(LR * schedule(STEPS))  # the schedule resumed at its step
         for name, moments in saved["optimizer"]["state"].items():

@@ -3,11 +3,12 @@ optimizer state that resumes at any worker count.
 
 A pipeline builds an engine once (`build_engine`) and then only calls `engine.module(...)` for
 the training forward, `engine.step(loss)` for backward + clipping + optimizer + schedule,
-`engine.full_model()` for a whole-weights model on rank 0 (evaluation, checkpoints) and
+`engine.full_model()` for a whole-weights model on rank 0 (evaluation, checkpoints),
+`engine.whole_state(everywhere=True)` for the ranks' fingerprints, and
 `engine.optimizer_state()` / `engine.load_optimizer_state(...)` for resumption; it never
 branches on the strategy. Why this small layer rather than one library: Ray Train's
-`prepare_model` covers DDP only, and FSDP2 and DeepSpeed each have their own wrap, step and
-save APIs; the engines below are thin adapters onto exactly those APIs (`fully_shard`,
+`prepare_model` covers DDP and FSDP1 only, and FSDP2 and DeepSpeed each have their own wrap,
+step and save APIs; the engines below are thin adapters onto exactly those APIs (`fully_shard`,
 `torch.distributed.checkpoint.state_dict`, `deepspeed.initialize`, `deepspeed.utils.safe_*`).
 
 Sharded strategies (FSDP, ZeRO-3) make every forward a collective: all ranks must run the same
@@ -26,7 +27,6 @@ through `trainer_arguments`.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -181,7 +181,8 @@ class FSDPEngine(Engine):
     def _wrap(self, model, make_optimizer, zero_stage, offload) -> None:
         from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
-        options = {"offload_policy": CPUOffloadPolicy()} if offload else {}
+        # Pinned host memory speeds copies to a GPU and needs one to exist.
+        options = {"offload_policy": CPUOffloadPolicy(pin_memory=torch.cuda.is_available())} if offload else {}
         for block in transformer_blocks(model):
             fully_shard(block, **options)
         fully_shard(model, **options)
@@ -339,9 +340,11 @@ def deepspeed_config(zero_stage: int, offload: bool, max_grad_norm: float) -> di
         zero["offload_optimizer"] = {"device": "cpu"}
         if zero_stage == 3:
             zero["offload_param"] = {"device": "cpu"}
+    # Offload with our torch AdamW: DeepSpeed would otherwise insist on its own CPU Adam, a C++
+    # op compiled on first use (faster on big GPU jobs; the optimizer factory can return it).
     return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "gradient_clipping": max_grad_norm,
-            "zero_optimization": zero, "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
-            "wall_clock_breakdown": False}
+            "zero_optimization": zero, "zero_allow_untested_optimizer": True, "zero_force_ds_cpu_optimizer": False,
+            "steps_per_print": 10**9, "wall_clock_breakdown": False}
 
 
 def trainer_arguments(strategy: str, zero_stage: int = 2, offload: bool = False, max_grad_norm: float = 1.0) -> dict:
@@ -379,5 +382,4 @@ def prebuild_deepspeed_ops(timeout_s: float = 900.0) -> None:
     lock = Path(_get_build_directory(builder.absolute_name().split(".")[-1], verbose=False)) / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > timeout_s:
         lock.unlink(missing_ok=True)
-    os.environ.setdefault("DS_BUILD_OPS", "0")
     builder.load(verbose=False)
