@@ -19,20 +19,7 @@ import ray
 from workloads.config import ConfigError
 from workloads.tasks import TaskConfig, task_for
 from workloads.verifiers.lean import LeanConfig, LeanReplPool
-from workloads.verifiers.python_sandbox import Limits, PythonJob, PythonSandboxPool
-
-
-def python_job(record: dict, default_limits: Limits = Limits()) -> PythonJob:
-    """A job dict {"code", "tests"?, "entry_point"?, "timeout_s"?, "limits"?} as a PythonJob."""
-    unknown = set(record) - {"code", "tests", "entry_point", "timeout_s", "limits"}
-    if unknown:
-        raise ValueError(f"verify job: unknown field(s) {sorted(unknown)}")
-    if not isinstance(record.get("code"), str):
-        raise ValueError("verify job: 'code' must be a string")
-    limits = dataclasses.replace(default_limits, **(record.get("limits") or {}))
-    if record.get("timeout_s") is not None:
-        limits = dataclasses.replace(limits, timeout_s=float(record["timeout_s"]))
-    return PythonJob(record["code"], record.get("tests") or "", record.get("entry_point"), limits)
+from workloads.verifiers.python_sandbox import PythonSandboxPool, parse_job
 
 
 @ray.remote(num_cpus=1)
@@ -42,13 +29,16 @@ class PythonVerifier:
         self.pool = PythonSandboxPool(num_workers=num_workers, isolation=isolation, **pool_options)
 
     async def verify_batch(self, jobs: list[dict]) -> list[dict]:
-        verdicts = await self.pool.verify_batch([python_job(job, self.pool.default_limits) for job in jobs])
+        """A malformed job gets its own `invalid_request` verdict; the rest are judged."""
+        verdicts = await self.pool.verify_batch([parse_job(job, self.pool.default_limits) for job in jobs])
         return [v.to_dict() for v in verdicts]
 
-    async def verify_steps(self, steps: list[str], step_tests: list[str], timeout_s: float | None = None) -> dict:
+    async def verify_steps(self, steps: list[str], reference_states: list[dict], timeout_s: float | None = None) -> dict:
+        """The first step whose variables differ from `reference_states` (see PythonSandboxPool.verify_steps)."""
         limits = self.pool.default_limits if timeout_s is None else dataclasses.replace(self.pool.default_limits, timeout_s=timeout_s)
-        result = await self.pool.verify_steps(steps, step_tests, limits)
-        return {"steps": [v.to_dict() for v in result.steps], "first_failure": result.first_failure}
+        result = await self.pool.verify_steps(steps, reference_states, limits)
+        return {"steps": [v.to_dict() for v in result.steps], "first_failure": result.first_failure,
+                "status": result.verdict.status}
 
     def stats(self) -> dict:
         return dict(self.pool.stats)

@@ -27,10 +27,10 @@ from typing import Annotated, Literal, Optional, Union
 
 import torch
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
 from ray import serve
 
-from serving.http import error_response, json_api
+from serving.http import Utf8Str, error_response, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -46,7 +46,7 @@ api = json_api("rayworks generate")
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Annotated[StrictStr, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    prompt: Annotated[Utf8Str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     max_new_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)] = 32
 
 
@@ -61,11 +61,11 @@ class CompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Optional[StrictStr] = None
-    prompt: Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
+    model: Optional[Utf8Str] = None
+    prompt: Union[Utf8Str, list[StrictInt], list[Utf8Str], list[list[StrictInt]]]
     max_tokens: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)]] = 16
     temperature: Optional[Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=2)]] = 1.0
-    stop: Union[StrictStr, list[StrictStr], None] = None
+    stop: Union[Utf8Str, list[Utf8Str], None] = None
     seed: Optional[StrictInt] = None
     prompt_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
     logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
@@ -73,15 +73,15 @@ class CompletionRequest(BaseModel):
     echo: StrictBool = False
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[StrictStr] = None
+    user: Optional[Utf8Str] = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: Annotated[StrictStr, Field(max_length=MAX_PROMPT_CHARS)]
-    name: Optional[StrictStr] = None
+    content: Annotated[Utf8Str, Field(max_length=MAX_PROMPT_CHARS)]
+    name: Optional[Utf8Str] = None
 
 
 class ChatRequest(BaseModel):
@@ -89,19 +89,19 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Optional[StrictStr] = None
+    model: Optional[Utf8Str] = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)]] = None
     max_completion_tokens: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_NEW_TOKENS)]] = None
     temperature: Optional[Annotated[Union[StrictFloat, StrictInt], Field(ge=0, le=2)]] = 1.0
-    stop: Union[StrictStr, list[StrictStr], None] = None
+    stop: Union[Utf8Str, list[Utf8Str], None] = None
     seed: Optional[StrictInt] = None
     n: Annotated[StrictInt, Field(ge=1, le=MAX_CHOICES)] = 1
     logprobs: StrictBool = False
     top_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=20)]] = None
     stream: StrictBool = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[StrictStr] = None
+    user: Optional[Utf8Str] = None
 
 
 def stop_list(stop) -> list[str]:

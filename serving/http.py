@@ -1,12 +1,33 @@
-"""What every Serve app's HTTP API shares: FastAPI with request errors that name the field.
+"""What every Serve app's HTTP API shares: FastAPI with request errors that name the field, and
+a cap on request bodies (413 past `MAX_BODY_BYTES`).
 
 Errors are `{"error": "<field>: <problem>", "fields": [...]}`; under OpenAI-compatible routes
 (`/v1/...`) they take OpenAI's shape instead, `{"error": {"message", "type", "param", "code"}}`,
 which the `openai` client reads into its exceptions."""
 
+import json
+from typing import Annotated
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from pydantic import AfterValidator, StrictStr
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not text") from None
+    return text
+
+
+# A JSON string that is real text: JSON may escape lone surrogates, which tokenizers cannot encode.
+Utf8Str = Annotated[StrictStr, AfterValidator(_utf8)]
 
 
 def error_response(status: int, problems: list[str], openai_shape: bool = False) -> JSONResponse:
@@ -30,11 +51,67 @@ def validation_error_response(exc: RequestValidationError, openai_shape: bool = 
     return error_response(422, problems, openai_shape)
 
 
-def json_api(title: str) -> FastAPI:
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `max_bytes` is a 413 naming the limit, read no further
+    (by its Content-Length when it has one, else as it streams in)."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _refuse(self, send, status: int, problem: str) -> None:
+        body = json.dumps({"error": problem, "fields": [problem]}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await self._refuse(send, 400, "content-length: not a number")
+            if int(declared) > self.max_bytes:
+                return await self._refuse(send, 413, f"body: larger than {self.max_bytes} bytes")
+        received, started = 0, False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send, 413, f"body: larger than {self.max_bytes} bytes")
+
+
+def json_api(title: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     api = FastAPI(title=title)
+    api.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @api.exception_handler(RequestValidationError)
     async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return validation_error_response(exc, openai_shape=request.url.path.startswith("/v1/"))
+
+    @api.exception_handler(HTTPException)
+    async def _on_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body it cannot parse, an unknown path or method) in our shape
+        where = "path" if exc.status_code in (404, 405) else "body"
+        return error_response(exc.status_code, [f"{where}: {exc.detail}"], request.url.path.startswith("/v1/"))
 
     return api

@@ -27,6 +27,16 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def loop():
+    """One asyncio event loop for a module's async pools (a sandbox pool lives on one loop)."""
+    import asyncio
+
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+@pytest.fixture(scope="module")
 def local_ray():
     """A local Ray for the tests of one module (2 CPUs, as on the CI machine)."""
     import ray

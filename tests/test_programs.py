@@ -4,12 +4,12 @@ import asyncio
 
 import pytest
 
-from actors.verifiers import TaskChecker, python_job
+from actors.verifiers import TaskChecker
 from workloads.config import ConfigError, from_dict
 from workloads.programs import OPERATIONS, Program
 from workloads.tasks import TaskConfig, completion_budget, task_for
 from workloads.lm import build_tokenizer
-from workloads.verifiers.python_sandbox import PythonSandboxPool
+from workloads.verifiers.python_sandbox import PythonSandboxPool, parse_job
 
 PROGRAM = Program(operators=("+", "*", "?"), operands=(3, 2, 1), test_inputs=(-4, 0, 5))
 
@@ -18,7 +18,7 @@ def run_in_sandbox(jobs: list[dict]) -> list[str]:
     async def verify():
         pool = PythonSandboxPool(num_workers=2)
         try:
-            return [v.status for v in await pool.verify_batch([python_job(job) for job in jobs])]
+            return [v.status for v in await pool.verify_batch([parse_job(job) for job in jobs])]
         finally:
             await pool.close()
 

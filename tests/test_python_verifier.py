@@ -3,7 +3,6 @@ after each the pool is healthy (the next ordinary check passes, nothing is left 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -19,13 +18,6 @@ SHORT = Limits(timeout_s=1.5)
 # pools (the default base, 20000) may be running checks on the other test worker meanwhile.
 UID_BASE = 23000
 HOST_PORT_HOLDER: dict = {}
-
-
-@pytest.fixture(scope="module")
-def loop():
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +151,22 @@ def test_identical_samples_are_checked_once_and_cached(loop, pool):
     assert not other_limits.cached  # limits are part of the key
 
 
-def test_verify_steps_finds_the_first_failing_step(loop, pool):
-    steps = ["a = 2", "b = a * 3", "c = b + 1", "d = c * 2"]
-    step_tests = ["assert a == 2", "assert b == 6", "assert c == 8", "assert d == 14"]
-    result = loop.run_until_complete(pool.verify_steps(steps, step_tests))
-    assert [v.status for v in result.steps] == ["passed", "passed", "failed", "passed"]
-    assert result.first_failure == 2
+def test_verify_steps_compares_each_step_with_the_reference_state(loop, pool):
+    # c is wrong (7, not 8); d is computed from the true value again, so step 3 verifies after the error
+    steps = ["a = 2", "b = a * 3", "c = b + 1", "d = 8 * 2", "e = d +", "g = [d, (1.5, 'x')]"]
+    states = [{"a": 2}, {"b": 6}, {"c": 8}, {"d": 16}, {"e": 17}, {"g": [16, (1.5, "x")]}]
+    result = loop.run_until_complete(pool.verify_steps(steps, states))
+    assert [v.status for v in result.steps] == ["passed", "passed", "failed", "passed", "syntax_error", "passed"]
+    assert result.first_failure == 2 and result.verdict.status == "failed"
+    assert result.steps[2].failed_test == {"mismatches": {"c": {"expected": "8", "got": "7"}}}
+    # a variable that only pretends to be the value is not a value; a type that differs is a mismatch
+    hack = "class Same:\n    def __eq__(self, other):\n        return True\nx = Same()"
+    result = loop.run_until_complete(pool.verify_steps([hack, "y = (1, 2)", "z = 1"], [{"x": 3}, {"y": [1, 2]}, {"q": 1}]))
+    assert [v.status for v in result.steps] == ["failed"] * 3
+    assert result.steps[0].failed_test["mismatches"]["x"]["got"] == "not a value"
+    assert result.steps[2].failed_test["mismatches"]["q"]["got"] == "absent"
+    with pytest.raises(ValueError, match=r"reference_states\[0\]"):
+        loop.run_until_complete(pool.verify_steps(["x = 1"], [{"x": object()}]))
 
 
 def test_zygotes_are_recycled(loop):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import requests
 
+from serving.fuzzing import fuzz_app
 from tests.helpers import start_app, stop_with_ctrl_c, wait_for
 
 PORT = 8127
@@ -73,6 +74,7 @@ def test_generate_serves_the_newest_registered_model_and_validates_requests(work
             assert bad.json()["error"].startswith(field) or f"{field}:" in bad.json()["error"], bad.json()
         not_json = requests.post(f"{url}/generate", data="{not json", headers={"content-type": "application/json"}, timeout=30)
         assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+        assert fuzz_app(url, "generate") == []  # every route: 4xx that names the field, never a 5xx
     finally:
         code = stop_with_ctrl_c(proc)
     assert code == 0

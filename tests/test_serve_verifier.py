@@ -1,4 +1,5 @@
-"""`rayworks serve verifier` in a fresh process, over real HTTP: verdicts, limits, 32 clients."""
+"""`rayworks serve verifier` in a fresh process, over real HTTP: verdicts, limits, the reward-hack
+suite, fuzzed bodies on every route, 32 clients."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import requests
 
+from serving.fuzzing import fuzz_app
 from tests.helpers import start_app, stop_with_ctrl_c, wait_for
+from tests.test_reward_hacks import CHECK, HACKS
 
 PORT = 8129
 URL = f"http://127.0.0.1:{PORT}"
@@ -43,6 +46,18 @@ def test_verifier_endpoint(workdir: Path):
         assert lean.status_code == 503 and "Lean toolchain not found" in lean.json()["error"]
         assert requests.get(f"{URL}/docs", timeout=30).status_code == 200
         assert requests.get(f"{URL}/healthz", timeout=30).json()["python"]["isolation"] == "bubblewrap"
+
+        # the reward-hack suite through the batch route: each its exact verdict; a malformed job its own
+        hacks = [{"code": code, "tests": CHECK, "entry_point": "add", "timeout_s": 2} for code, _ in HACKS.values()]
+        batch = post("/verify/python/batch", {"jobs": [*hacks, {"code": 1}]})
+        assert batch.status_code == 200
+        statuses = [v["status"] for v in batch.json()["verdicts"]]
+        assert statuses == [expected for _, expected in HACKS.values()] + ["invalid_request"]
+        assert batch.json()["verdicts"][-1]["message"] == "jobs[%d].code: required, a string" % len(hacks)
+        in_process = post("/verify/python", {"code": "x = 1", "tests": "assert x == 1", "mode": "in_process"}).json()
+        assert (in_process["status"], in_process["isolation"], in_process["forgeable"]) == ("passed", "in_process", True)
+
+        assert fuzz_app(URL, "verifier") == []
 
         jobs = [{"code": f"n = {i}", "tests": f"assert n * n == {i * i if i % 3 else -1}"} for i in range(96)]
         with ThreadPoolExecutor(32) as clients:

@@ -15,12 +15,11 @@ def test_python_verifier_actor_batches_and_steps(local_ray):
     jobs.append({"code": "while True:\n    pass", "timeout_s": 1.0})
     verdicts = ray.get(verifier.verify_batch.remote(jobs))
     assert [v["status"] for v in verdicts] == ["passed", "failed"] * 3 + ["timeout"]
-    steps = ray.get(verifier.verify_steps.remote(["a = 1", "b = a + 1", "c = b * 5"],
-                                                 ["assert a == 1", "assert b == 3", "assert c == 10"]))
-    assert steps["first_failure"] == 1
-    with pytest.raises(ray.exceptions.RayTaskError, match="unknown field"):
-        ray.get(verifier.verify_batch.remote([{"code": "x = 1", "test": "typo"}]))
-    assert ray.get(verifier.stats.remote())["checks"] >= 10  # the actor survived the bad request
+    steps = ray.get(verifier.verify_steps.remote(["a = 1", "b = a + 1", "c = b * 5"], [{"a": 1}, {"b": 3}, {"c": 10}]))
+    assert steps["first_failure"] == 1 and [s["status"] for s in steps["steps"]] == ["passed", "failed", "passed"]
+    mixed = ray.get(verifier.verify_batch.remote([{"code": "x = 1", "test": "typo"}, {"code": "x = 1", "tests": "assert x"}]))
+    assert [v["status"] for v in mixed] == ["invalid_request", "passed"] and mixed[0]["message"].startswith("test:")
+    assert ray.get(verifier.stats.remote())["checks"] == 9  # 7 + the steps job + 1 (the invalid job is not a check)
     ray.get(verifier.close.remote())
 
 

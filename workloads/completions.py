@@ -56,6 +56,8 @@ def check_ids(ids: list[int], where: str, vocab_size: int, max_positions: int) -
 
 def encode_prompts(tokenizer, prompts, vocab_size: int, max_positions: int) -> list[list[int]]:
     """Normalise the request's `prompt` (str | list[int] | list[str] | list[list[int]]) to id lists."""
+    if isinstance(prompts, list) and not prompts:
+        raise PromptError("prompt: empty list")
     if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
         prompts = [prompts]
     encoded = []
