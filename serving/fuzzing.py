@@ -21,7 +21,7 @@ ROUTES: dict[str, dict[str, dict]] = {
     "verifier": {
         "/verify/python": {"code": "def f(x):\n    return x + 1", "tests": "assert f(1) == 2", "timeout_s": 5},
         "/verify/python/batch": {"jobs": [{"code": "x = 1", "tests": "assert x == 1"}]},
-        "/verify/lean": {"header": "", "proof": "theorem t : True := trivial"},
+        "/verify/lean": {"header": "", "proof": "theorem t : True := trivial", "statement": "theorem t : True"},
     },
     "generate": {
         "/generate": {"prompt": "Q: 1+1", "max_new_tokens": 2},
