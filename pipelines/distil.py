@@ -87,6 +87,12 @@ from workloads.tasks import TaskConfig, completion_budget, task_for
 PIPELINE = "distil"
 REGISTERED_MODEL = "rayworks-distil"
 KEY_METRIC = "pass_at_1"
+# What `rayworks compare` on this pipeline cannot control (printed with every comparison).
+THREATS = (
+    'one synthetic task family per run, whose checker and reference solutions come from the same generator',
+    "the expert's privileged access (the reference answer, the verifier's feedback) is part of the design: "
+    "a result says what this expert teaches, not what any expert would",
+)
 QUICKSTART: list[str] = []
 ALL_OBJECTIVES = (*OBJECTIVES, "rlvr")
 

@@ -83,6 +83,11 @@ from workloads.strategies import LocalEngine
 PIPELINE = "longtrace"
 REGISTERED_MODEL = "rayworks-longtrace"
 KEY_METRIC = "eval_accuracy_tiered"
+# What `rayworks compare` on this pipeline cannot control (printed with every comparison).
+THREATS = (
+    'one synthetic knowledge graph with templated documents: difficulty comes from its generator',
+    'the reader may have seen facts of the same graph in its own training',
+)
 QUICKSTART = ["eval_every=15"]
 
 

@@ -53,6 +53,11 @@ from workloads.ppo import PPOConfig, ppo_update
 
 PIPELINE = "ppo"
 KEY_METRIC = "episode_return"
+# What `rayworks compare` on this pipeline cannot control (printed with every comparison).
+THREATS = (
+    'one simulator (MuJoCo) with its own contact model: no claim transfers to hardware',
+    'episode return mixes reward terms: an arm can gain on one term and lose on another',
+)
 QUICKSTART = ["iterations=20"]
 LEARNER_MEMORY = 1024**3
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 import torch
 import yaml
@@ -38,6 +39,13 @@ def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
             assert f"{arm}/{metric}/mean" in parent.data.metrics
     summary = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "comparison.yaml", str(workdir))).read_text())
     assert all(len(summary["arms"][arm]["pass_at_1"]["values"]) == 1 for arm in summary["arms"])
+    # paired against the first arm, seed by seed; the threats the design leaves open are said
+    assert summary["reference"] == "jsd" and summary["paired"]["rlvr"]["pass_at_1"]["pairs"] == 1
+    rlvr_minus_jsd = summary["arms"]["rlvr"]["pass_at_1"]["values"][0] - summary["arms"]["jsd"]["pass_at_1"]["values"][0]
+    assert summary["paired"]["rlvr"]["pass_at_1"]["differences"] == [pytest.approx(rlvr_minus_jsd)]
+    assert "rlvr-minus-jsd/pass_at_1/mean" in parent.data.metrics
+    assert any("privileged access" in threat for threat in summary["threats"])
+    assert "paired differences, arm - jsd" in proc.stdout and "not controlled by this design" in proc.stdout
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.params["objective"] for c in children) == sorted(ARMS)
     # the student was SFT-ed once (an `sft` child of the first arm) and reused by every objective
