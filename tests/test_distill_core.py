@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from workloads.distill import (
     CandidateSet, DiagonalGaussian, TopKDistribution, candidate_cross_entropy, gaussian_distillation_loss,
-    student_bucket_logprobs, token_objective,
+    per_state_objective, student_bucket_logprobs, token_objective,
 )
 
 
@@ -75,3 +75,28 @@ def test_candidate_sets_and_gaussians():
     student_gauss = DiagonalGaussian(torch.tensor([[1.0, 0.0]], requires_grad=True), torch.zeros(1, 2))
     assert gaussian_distillation_loss(teacher, student_gauss).item() == pytest.approx(0.5)
     assert gaussian_distillation_loss(teacher, teacher).item() == pytest.approx(0.0)
+
+
+def test_on_a_bandit_reverse_kl_and_jsd_raise_a_worse_action_and_forward_ce_does_not():
+    """DistIL's contrast on a 3-armed bandit with a tabular policy and the project's own objectives:
+    the expert (top-2 tokens + tail bucket) puts almost no mass on arm 1, little on arm 2 (the
+    worst), most on arm 0 (the best). One SGD step of each objective from the same student:
+    the mode-seeking objectives move mass off arm 1 and onto the worst arm; forward CE moves it
+    towards the expert and raises the expected reward."""
+    rewards = torch.tensor([1.0, 0.3, 0.0])
+    student = torch.tensor([0.05, 0.5, 0.45])
+    expert = TopKDistribution(token_ids=torch.tensor([[0, 2]]), logprobs=torch.tensor([[0.94, 0.059]]).log())
+    after = {}
+    for objective in ("distil", "reverse_kl", "jsd"):
+        theta = torch.nn.Parameter(student.log().clone()[None])
+        optimizer = torch.optim.SGD([theta], lr=0.5)
+        per_state_objective(objective, theta, expert, beta=0.5).sum().backward()
+        optimizer.step()
+        after[objective] = torch.softmax(theta.detach()[0], dim=-1)
+    worst = 2
+    assert after["distil"][worst] < student[worst] - 0.005
+    assert after["reverse_kl"][worst] > student[worst] + 0.2  # 0.45 -> 0.67
+    assert after["jsd"][worst] > student[worst] + 0.002
+    expected_reward = {name: float(pi @ rewards) for name, pi in after.items()}
+    before = float(student @ rewards)
+    assert expected_reward["distil"] > before + 0.03 and expected_reward["reverse_kl"] < before - 0.05

@@ -20,12 +20,17 @@ def test_content_is_after_the_last_think_and_answer_after_the_last_marker():
     assert answer_content("   ") is None
     assert final_answer("Answer: no\nAnswer: Lyon") == " Lyon"
     assert final_answer("just text") == "just text"
+    assert final_answer("answer: no\nANSWER: Lyon") == " Lyon"  # the marker in any case
+    assert final_answer("Reasoning... final answer: Nice") == " Nice"
 
 
 def test_rubric_score_is_a_substring_match_without_word_boundaries():
     assert rubric_score("the capitalism of Paris", ["capital", "Paris", "Rome"]) == pytest.approx(2 / 3)
     assert rubric_score("anything", []) == 0.0
     assert rubric_score("巴黎是首都", ["巴黎"]) == 1.0
+    # rubrics that normalise to "" ("?!", "é", "") are in every text: they never count, but stay in the count
+    assert rubric_score("Paris", ["?!", "é", "", "paris"]) == pytest.approx(1 / 4)
+    assert rubric_score("Paris", ["...", "  "]) == 0.0
 
 
 def test_group_rewards_hand_computed():

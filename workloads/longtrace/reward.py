@@ -4,9 +4,10 @@
                  CJK character its own token), joined by single spaces
     content      the text after the last closing think tag (the whole response without one);
                  a response that opens a think block and never closes it was truncated
-    answer       the text after the last `Answer:` marker of the content (the whole content
-                 without one)
-    r_rub        #rubrics e with norm(e) a substring of norm(content) / #rubrics; 0 if none
+    answer       the text after the last `Answer:` marker of the content, matched in any case
+                 (the whole content without one)
+    r_rub        #rubrics e with a non-empty norm(e) that is a substring of norm(content) / #rubrics;
+                 0 if none (a rubric that normalises to "" is in every text, so it never counts)
     r_out        judge(answer, label) in {0, 1}: exact (norm equality) or token F1 >= threshold
     r~_rub_i     r_rub_i / max_j r_rub_j over the whole group (wrong answers included) if > 0
     r_i          0 if r_out_i = 0, else (1 - eta) * r_out_i + eta * r~_rub_i
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 _TOKEN = re.compile(r"[a-zA-Z0-9_]+|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_MARKER = "Answer:"
+_ANSWER_MARKER = re.compile(re.escape(ANSWER_MARKER), re.IGNORECASE)
 F1_THRESHOLD = 0.8
 
 
@@ -44,7 +46,8 @@ def answer_content(response: str) -> str | None:
 
 
 def final_answer(content: str) -> str:
-    return content.rsplit(ANSWER_MARKER, 1)[1] if ANSWER_MARKER in content else content
+    """The text after the last `Answer:` marker in any case (`answer:`, `ANSWER:`), else all of it."""
+    return _ANSWER_MARKER.split(content)[-1]
 
 
 def rubric_score(content: str, rubrics: Sequence[str]) -> float:
@@ -52,7 +55,7 @@ def rubric_score(content: str, rubrics: Sequence[str]) -> float:
     if not rubrics:
         return 0.0
     haystack = norm(content)
-    return sum(1 for rubric in rubrics if norm(rubric) in haystack) / len(rubrics)
+    return sum(1 for rubric in rubrics if norm(rubric) and norm(rubric) in haystack) / len(rubrics)
 
 
 def exact_judge(answer: str, label: str) -> float:
