@@ -28,8 +28,10 @@ ARMS = ["jsd", "rlvr"]
 
 
 def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
+    # the recovering oracle labels every state the student visits, after its mistakes too
     proc = rayworks(workdir, "compare", "distil", "--vary", f"objective={','.join(ARMS)}", "--seeds", "1",
-                    "--metric", "pass_at_1", "--metric", "pass_at_n", "--set", *TINY, timeout=900)
+                    "--metric", "pass_at_1", "--metric", "pass_at_n", "--set", *TINY, "expert.kind=recovering_oracle",
+                    timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = mlflow_client(workdir)
     experiment = client.get_experiment_by_name("rayworks-distil")
@@ -48,6 +50,7 @@ def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
     assert "paired differences, arm - jsd" in proc.stdout and "not controlled by this design" in proc.stdout
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.params["objective"] for c in children) == sorted(ARMS)
+    assert {c.data.params["expert.kind"] for c in children} == {"recovering_oracle"}
     # the student was SFT-ed once (an `sft` child of the first arm) and reused by every objective
     students = {c.data.tags["student"] for c in children}
     assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()

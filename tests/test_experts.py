@@ -12,7 +12,8 @@ from workloads.lm import Rollouts, continuation_logprobs
 from workloads.config import ConfigError
 from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
 from workloads.experts import (
-    CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, StepCandidates, StudentState,
+    CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, RecoveringOracle, StepCandidates,
+    StudentState,
     TokenizerMismatch, actual_token_logprobs, parse_prompt_logprobs,
 )
 from workloads.sft import masked_token_cross_entropy, tokenize_examples
@@ -55,6 +56,46 @@ def test_oracle_labels_the_correct_token_until_the_first_mistake(student):
         OracleExpert(tiny_lm(TinyLMConfig(bpe_merges=20), texts=[p.solution for p in PROBLEMS])[1], top_k=4)
     with pytest.raises(ConfigError, match="privileged"):
         OracleExpert(tokenizer, 4).label([StudentState((1,), (5,), "")])
+
+
+SOLUTION = "12+34=46\n46-5=41\nAnswer: 41\n"  # Q: 12+34-5
+
+
+def test_the_recovering_oracle_gives_correct_continuations_from_any_state(student):
+    tokenizer, _ = student
+    oracle = RecoveringOracle(tokenizer, top_k=4)
+    char = lambda c: tokenizer.encode(c, add_special_tokens=False)[0]  # noqa: E731
+    half = {char("1"): 0.5, char("3"): 0.5}  # "12+34=46" or "34+12=46": two correct first steps
+    assert oracle.distribution(SOLUTION, "") == half
+    assert oracle.distribution(SOLUTION, "34+") == {char("1"): 1.0}
+    assert oracle.distribution(SOLUTION, "12+34=47") == {char("\n"): 1.0}  # a wrong line: end it
+    assert oracle.distribution(SOLUTION, "12+34=47\n") == half  # then redo the step from the last correct value
+    assert oracle.distribution(SOLUTION, "34+12=46\n") == {char("4"): 1.0}  # "46-5": subtraction has one order
+    assert oracle.distribution(SOLUTION, "12+34=46\n46-5=41\nAnswer: 4") == {char("1"): 1.0}
+    assert oracle.distribution(SOLUTION, "12+34=46\n46-5=41\nAnswer: 41\n") == {tokenizer.eos_token_id: 1.0}
+
+    # labels along a rollout with a mistake: valid at every position (the plain oracle abstains after
+    # the mistake), a real distribution where two steps are correct, the correction after the wrong line
+    wrong = "12+34=47\n34+12=46\n46-5=41\nAnswer: 41\n"
+    rollouts = rollouts_of(tokenizer, ["Q: 12+34-5\n"], [wrong])
+    (labels,) = oracle.label(states_from_rollouts(rollouts, [SOLUTION]))
+    assert labels.valid.all() and len(labels.valid) == len(wrong) + 1
+    probabilities = np.exp(labels.logprobs)
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    assert sorted(probabilities[0][probabilities[0] > 0].tolist()) == [0.5, 0.5]
+    assert labels.token_ids[7, 0] == char("6")  # at "12+34=4|": the right digit (the student wrote 7)
+    assert labels.token_ids[8, 0] == char("\n")  # at "12+34=47|": the line is wrong, end it
+    nine = len("12+34=47\n")
+    assert set(labels.token_ids[nine, :2].tolist()) == {char("1"), char("3")}
+    assert labels.token_ids[-1, 0] == tokenizer.eos_token_id
+    (plain,) = OracleExpert(tokenizer, top_k=4).label(states_from_rollouts(rollouts, [SOLUTION]))
+    assert not plain.valid[nine:].any()
+
+    (steps,) = oracle.candidates(step_states(states_from_rollouts(rollouts, [SOLUTION]), tokenizer)[:1], k=4)
+    assert sorted(tokenizer.decode(list(s)) for s in steps.token_ids) == ["12+34=46\n", "34+12=46\n"]
+    assert np.allclose(np.exp(steps.logprobs), 0.5)
+    with pytest.raises(ConfigError, match="arithmetic"):
+        oracle.label([StudentState((1,), (char("x"),), "def f(x):\n    return x\n")])
 
 
 def test_distillation_loss_on_the_oracle_path_is_the_sft_loss(student):

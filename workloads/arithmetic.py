@@ -153,6 +153,50 @@ def check_steps(problem: Problem, completion: str) -> StepVerdict:
     return StepVerdict(verdicts, first_failure, check_answer(problem, completion))
 
 
+def _chain(solution: str) -> tuple[int, list[tuple[str, int, int]]]:
+    """(first operand, [(operator, operand, value after it)]) read back from a reference solution."""
+    lines = [line for line in solution.strip().split("\n") if line.strip() and not line.startswith(ANSWER_MARKER)]
+    steps = [_STEP.match(line) for line in lines]
+    if not steps or any(step is None for step in steps):
+        raise ValueError(f"not an arithmetic solution: {solution[:60]!r}")
+    return int(steps[0][1]), [(step[2], int(step[3]), int(step[4])) for step in steps]
+
+
+def correct_next_lines(solution: str, written: str) -> tuple[list[str], str]:
+    """What may correctly follow `written` (a student's completion so far), given the reference
+    `solution`: (the lines that can end the current line, each with its newline, or [""] for
+    "stop now"; the partial line already written).
+
+    Complete lines the student wrote are judged one by one: a line that performs the next step
+    correctly (in either order for + and *) moves on; any other line is a mistake that moves
+    nothing, so what follows it is the correct next step from the student's last correct value,
+    which also corrects the mistake. After the right answer line, only stopping is correct."""
+    first, chain = _chain(solution)
+    done, answered = 0, False
+
+    def targets() -> list[str]:
+        if answered:
+            return [""]
+        if done == len(chain):
+            return [f"{ANSWER_MARKER} {chain[-1][2]}\n"]
+        before = first if done == 0 else chain[done - 1][2]
+        op, operand, after = chain[done]
+        lines = [f"{before}{op}{operand}={after}\n"]
+        if op in "+*" and before != operand:
+            lines.append(f"{operand}{op}{before}={after}\n")
+        return lines
+
+    *complete, partial = written.split("\n")
+    for line in complete:
+        if answered or line + "\n" not in targets():
+            continue
+        if line.startswith(ANSWER_MARKER):
+            answered = True
+        else:
+            done += 1
+    return targets(), partial
+
+
 class ArithmeticTask:
     """The arithmetic task behind `workloads.tasks`: checked in process by the answer's exact match."""
 

@@ -9,6 +9,9 @@ exactly the k + 1 buckets `workloads.distill.TopKDistribution` trains on.
 Experts (one interface: `expert_id`, `top_k`, `label(states)`):
 - `OracleExpert`: the exact distribution over correct next tokens given the reference solution
   (privileged): a point mass on the reference; it abstains once the student has left it.
+- `RecoveringOracle` (arithmetic): from any state, the distribution over correct continuations
+  from that state (the next step from the student's last correct value, the correction of a
+  wrong line, several valid next steps); it never abstains, so DAgger's recovery labels exist.
 - `HFExpert`: a local causal LM (any directory or hub id); one batched forward pass.
 - `EndpointExpert`: an OpenAI-compatible completions endpoint with vLLM's `prompt_logprobs`,
   all states of a batch in one request (the prompt is a list of token-id lists); step
@@ -27,7 +30,7 @@ from __future__ import annotations
 from workloads.experts.cache import CachedExpert
 from workloads.experts.endpoint import EndpointExpert, actual_token_logprobs, parse_prompt_logprobs
 from workloads.experts.hf import HFExpert
-from workloads.experts.oracle import OracleExpert
+from workloads.experts.oracle import OracleExpert, RecoveringOracle
 from workloads.experts.types import (
     Expert,
     ExpertConfig,
@@ -46,6 +49,7 @@ from workloads.experts.types import (
 # kind -> builder(cfg, student tokenizer): a new expert kind is one entry.
 EXPERT_KINDS = {
     "oracle": lambda cfg, tokenizer: OracleExpert(tokenizer, cfg.top_k),
+    "recovering_oracle": lambda cfg, tokenizer: RecoveringOracle(tokenizer, cfg.top_k),
     "hf": lambda cfg, tokenizer: HFExpert(cfg.model, tokenizer, cfg.top_k, cfg.temperature, cfg.alignment),
     "openai": lambda cfg, tokenizer: EndpointExpert(cfg.endpoint, cfg.model, tokenizer, cfg.top_k, cfg.timeout_s,
                                                     cfg.retries, cfg.api_key, cfg.temperature),
@@ -59,7 +63,7 @@ def build_expert(cfg: ExpertConfig, student_tokenizer) -> Expert:
 
 __all__ = [
     "CachedExpert", "EXPERT_KINDS", "EndpointExpert", "Expert", "ExpertConfig", "ExpertLabels", "HFExpert",
-    "MalformedExpertResponse", "OracleExpert", "StepCandidates", "StudentState", "TokenizerMismatch",
+    "MalformedExpertResponse", "OracleExpert", "RecoveringOracle", "StepCandidates", "StudentState", "TokenizerMismatch",
     "actual_token_logprobs", "build_expert", "ends_step", "expert_sequences", "first_step", "grouped_candidates",
     "parse_prompt_logprobs", "privileged_prefix",
 ]

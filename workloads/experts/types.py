@@ -97,7 +97,9 @@ def grouped_candidates(per_state: list[list[tuple[int, ...]]], scores: np.ndarra
 class ExpertConfig:
     """The expert that labels the states the student visits."""
 
-    kind: Literal["oracle", "hf", "openai"] = "oracle"  # oracle, hf (a local model) or openai (an endpoint)
+    # oracle (point mass on the reference), recovering_oracle (arithmetic: correct continuations from any
+    # state), hf (a local model) or openai (an endpoint)
+    kind: Literal["oracle", "recovering_oracle", "hf", "openai"] = "oracle"
     model: str = ""  # hf: a model directory or hub id; openai: the served model's name
     endpoint: str = ""  # openai: base URL (http://host:8000)
     api_key: str = ""  # openai: bearer token, if the endpoint needs one
@@ -115,7 +117,8 @@ class ExpertConfig:
     section: ClassVar[str] = "expert"
 
     def validate(self) -> None:
-        require(self.kind in ("oracle", "hf", "openai"), "kind", "expected oracle, hf or openai")
+        require(self.kind in ("oracle", "recovering_oracle", "hf", "openai"), "kind",
+                "expected oracle, recovering_oracle, hf or openai")
         require(self.kind != "hf" or bool(self.model), "model", "kind=hf needs a model directory or hub id")
         require(self.kind != "openai" or bool(self.endpoint), "endpoint", "kind=openai needs the endpoint's base URL")
         require(self.top_k >= 1, "top_k", "must be >= 1")
