@@ -13,7 +13,9 @@ Recipe:
    tests to decide Pass@k and the rlvr reward) -> the experts label every visited state with
    top-k + tail (seeing the reference solution when `expert.privileged`) -> the student takes
    `updates_per_iteration` steps on `objective` (distil = forward CE, reverse_kl, jsd) or, for
-   `rlvr`, GRPO steps with the 0/1 answer check as reward -> Pass@1 / Pass@N on held-out
+   `rlvr`, GRPO steps with the 0/1 answer check as reward, or, for `self_distil`, forward CE
+   against the student's own distribution when it is shown the privileged feedback (the
+   self-distillation baseline: no outside expert) -> Pass@1 / Pass@N on held-out
    problems every `eval_every` iterations. `level=step` labels every line start of the
    student's completions with K candidate next lines and their expert log-probs instead, and
    trains forward CE over those candidates.
@@ -71,7 +73,7 @@ from workloads.dagger import (
 )
 from workloads.distill import OBJECTIVES
 from workloads.distributed import any_rank, gather_objects
-from workloads.experts import ExpertConfig
+from workloads.experts import ExpertConfig, HFExpert
 from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
 from workloads.lm import (
     TinyLMConfig,
@@ -94,13 +96,15 @@ THREATS = (
     "a result says what this expert teaches, not what any expert would",
 )
 QUICKSTART: list[str] = []
-ALL_OBJECTIVES = (*OBJECTIVES, "rlvr")
+ALL_OBJECTIVES = (*OBJECTIVES, "rlvr", "self_distil")
+WITHOUT_EXPERT = ("rlvr", "self_distil")  # objectives that query no expert actor
 
 
 @dataclasses.dataclass
 class Config(RunFields):
-    # distil (forward CE), reverse_kl, jsd, or rlvr (GRPO, no expert)
-    objective: Literal["distil", "reverse_kl", "jsd", "rlvr"] = "distil"
+    # distil (forward CE), reverse_kl, jsd, rlvr (GRPO, no expert) or self_distil (forward CE to the
+    # student itself shown the privileged feedback, no outside expert)
+    objective: Literal["distil", "reverse_kl", "jsd", "rlvr", "self_distil"] = "distil"
     # token: the expert's top-k + tail at every position; step: K = expert.top_k candidate next
     # lines with the expert's log-probs at every line start, forward CE over them
     level: Literal["token", "step"] = "token"
@@ -269,6 +273,10 @@ def train_loop_per_worker(payload: dict) -> None:
                 if config.level == "step":
                     states = step_states(states, tokenizer)
                     labels = experts.candidates(states, config.expert.top_k)
+                elif config.objective == "self_distil":  # the student, shown the feedback, is its own expert
+                    engine.module.eval()
+                    labels = HFExpert.from_model(engine.model, tokenizer, config.expert.top_k,
+                                                 config.expert.temperature).label(states)
                 else:
                     labels = experts.label(states)
             except (ExpertUnavailable, ConfigError) as exc:
@@ -291,7 +299,8 @@ def train_loop_per_worker(payload: dict) -> None:
                     if config.level == "step":
                         loss, labelled = step_candidate_loss(engine.module, states, labels, tokenizer.pad_token_id)
                     else:
-                        loss, labelled = distillation_loss(engine.module, rollouts, labels, config.objective,
+                        objective = "distil" if config.objective == "self_distil" else config.objective
+                        loss, labelled = distillation_loss(engine.module, rollouts, labels, objective,
                                                            config.jsd_beta, config.average)
                     # No rank has a labelled state (empty rollouts, an expert that abstained
                     # everywhere): all skip. A rank without one steps on its zero loss otherwise.
@@ -335,7 +344,8 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     with ending_run(run_record):
         student = ensure_student(config, run_record.run_id)
         run_record.set_tags({"student": student})
-        experts = ExpertPool(config.expert, lm_expert_builder(config.expert, student)) if config.objective != "rlvr" else None
+        experts = (ExpertPool(config.expert, lm_expert_builder(config.expert, student))
+                   if config.objective not in WITHOUT_EXPERT else None)
         checker = TaskChecker(config.task)
         config.train.prepare_driver()
         with ProgressLines() as lines:

@@ -22,9 +22,10 @@ TINY = ["student_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_ite
 PORT = 8131
 
 
-# Two arms: a divergence against the expert's distributions (jsd) and the sampling path (rlvr). The
-# `distil` objective runs in the quickstart test; every objective's loss has exact unit tests.
-ARMS = ["jsd", "rlvr"]
+# Two arms: a divergence against the expert's distributions (jsd) and self-distillation (the student
+# as its own expert). `distil` runs in the quickstart test and `rlvr` on two ranks; every objective's
+# loss has exact unit tests.
+ARMS = ["jsd", "self_distil"]
 
 
 def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
@@ -42,10 +43,10 @@ def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
     summary = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "comparison.yaml", str(workdir))).read_text())
     assert all(len(summary["arms"][arm]["pass_at_1"]["values"]) == 1 for arm in summary["arms"])
     # paired against the first arm, seed by seed; the threats the design leaves open are said
-    assert summary["reference"] == "jsd" and summary["paired"]["rlvr"]["pass_at_1"]["pairs"] == 1
-    rlvr_minus_jsd = summary["arms"]["rlvr"]["pass_at_1"]["values"][0] - summary["arms"]["jsd"]["pass_at_1"]["values"][0]
-    assert summary["paired"]["rlvr"]["pass_at_1"]["differences"] == [pytest.approx(rlvr_minus_jsd)]
-    assert "rlvr-minus-jsd/pass_at_1/mean" in parent.data.metrics
+    assert summary["reference"] == "jsd" and summary["paired"]["self_distil"]["pass_at_1"]["pairs"] == 1
+    difference = summary["arms"]["self_distil"]["pass_at_1"]["values"][0] - summary["arms"]["jsd"]["pass_at_1"]["values"][0]
+    assert summary["paired"]["self_distil"]["pass_at_1"]["differences"] == [pytest.approx(difference)]
+    assert "self_distil-minus-jsd/pass_at_1/mean" in parent.data.metrics
     assert any("privileged access" in threat for threat in summary["threats"])
     assert "paired differences, arm - jsd" in proc.stdout and "not controlled by this design" in proc.stdout
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")

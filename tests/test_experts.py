@@ -132,6 +132,23 @@ def test_hf_expert_labels_are_the_models_top_k_with_the_tail_left_over(student):
     assert (np.exp(labels.logprobs).sum(axis=1) < 1).all()  # the tail keeps the rest
 
 
+def test_self_distillation_labels_are_the_students_own_with_the_feedback_in_front(student):
+    """The self-distillation expert is the student model itself, reading the privileged feedback
+    before the prompt: the same labels as that model loaded as an HF expert, and not the labels
+    it gives without the feedback."""
+    tokenizer, directory = student
+    loaded = HFExpert(str(directory), tokenizer, top_k=5)
+    itself = HFExpert.from_model(loaded.model, tokenizer, top_k=5)
+    problem = PROBLEMS[0]
+    rollouts = rollouts_of(tokenizer, [problem.prompt], [problem.solution])
+    (with_feedback,) = itself.label(states_from_rollouts(rollouts, [problem.solution]))
+    (reference,) = loaded.label(states_from_rollouts(rollouts, [problem.solution]))
+    (without,) = itself.label(states_from_rollouts(rollouts, [""]))
+    assert with_feedback.token_ids.tolist() == reference.token_ids.tolist()
+    assert np.array_equal(with_feedback.logprobs, reference.logprobs)
+    assert not np.allclose(with_feedback.logprobs, without.logprobs, atol=1e-3)
+
+
 def test_a_tokenizer_mismatch_is_refused_unless_text_alignment_is_on(student, tmp_path):
     tokenizer, _ = student
     other = build_tiny_lm(TinyLMConfig(bpe_merges=30), tmp_path / "bpe-expert", texts=[p.solution for p in PROBLEMS] * 5)

@@ -38,6 +38,16 @@ class HFExpert:
                 f"expert.model: {model_path} uses another tokenizer than the student ({len(self.tokenizer)} vs "
                 f"{len(student_tokenizer)} tokens); labels are token ids, so set expert.alignment=text to align on text")
 
+    @classmethod
+    def from_model(cls, model, tokenizer, top_k: int, temperature: float = 1.0, expert_id: str = "self") -> "HFExpert":
+        """An expert around a model already in memory (self-distillation: the student itself, shown
+        the privileged feedback). Its forward passes are the model's own, so a sharded model labels
+        collectively: every rank must call `label` together."""
+        expert = cls.__new__(cls)
+        expert.model, expert.tokenizer, expert.student = model, tokenizer, tokenizer
+        expert.top_k, expert.temperature, expert.alignment, expert.expert_id = top_k, temperature, "tokens", expert_id
+        return expert
+
     def _top_k(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, log-probs) [B, L, k] of the expert's top-k next tokens at every position of
         `sequences`: computed on the model's device, and only the top-k come back (a full
