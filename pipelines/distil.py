@@ -66,6 +66,7 @@ from workloads.caching import cached_directory, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.dagger import (
     distillation_loss,
+    label_statistics,
     pass_at_k,
     states_from_rollouts,
     step_candidate_loss,
@@ -294,6 +295,7 @@ def train_loop_per_worker(payload: dict) -> None:
             else:
                 failures_in_a_row = 0
             if labels is not None:
+                metrics.update(label_statistics(labels))
                 engine.module.train()
                 for _ in range(config.updates_per_iteration):
                     if config.level == "step":

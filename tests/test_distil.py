@@ -52,6 +52,9 @@ def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.params["objective"] for c in children) == sorted(ARMS)
     assert {c.data.params["expert.kind"] for c in children} == {"recovering_oracle"}
+    # the recovering oracle's labels are a real distribution on the visited states (both orders of a + step)
+    (jsd,) = [c for c in children if c.data.params["objective"] == "jsd"]
+    assert jsd.data.metrics["expert_entropy"] > 0 and jsd.data.metrics["expert_top1_mass"] < 1
     # the student was SFT-ed once (an `sft` child of the first arm) and reused by every objective
     students = {c.data.tags["student"] for c in children}
     assert len(students) == 1 and (Path(students.pop()) / "config.json").is_file()

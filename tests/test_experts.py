@@ -10,10 +10,12 @@ from workloads.arithmetic import generate_splits
 from workloads.completions import completion_response, encode_prompts
 from workloads.lm import Rollouts, continuation_logprobs
 from workloads.config import ConfigError
-from workloads.dagger import distillation_loss, pass_at_k, states_from_rollouts, step_candidate_loss, step_states
+from workloads.dagger import (
+    distillation_loss, label_statistics, pass_at_k, states_from_rollouts, step_candidate_loss, step_states,
+)
 from workloads.experts import (
     CachedExpert, EndpointExpert, HFExpert, MalformedExpertResponse, OracleExpert, RecoveringOracle, StepCandidates,
-    StudentState,
+    StudentState, ExpertLabels,
     TokenizerMismatch, actual_token_logprobs, parse_prompt_logprobs,
 )
 from workloads.sft import masked_token_cross_entropy, tokenize_examples
@@ -355,3 +357,17 @@ def test_a_few_step_level_updates_raise_the_students_probability_of_the_experts_
         optimizer.step()
     after_train, after_held = mean_logprob(train_states, train_answers), mean_logprob(held_states, held_answers)
     assert after_train > before_train + 10.0 and after_held > before_held + 5.0, (before_train, after_train, before_held, after_held)
+
+
+def test_label_statistics_measure_how_spread_the_expert_is():
+    point = ExpertLabels(np.array([[3, 0]]), np.array([[0.0, -math.inf]], np.float32), np.array([True]))
+    spread = ExpertLabels(np.array([[1, 2], [1, 2]]), np.log(np.array([[0.5, 0.25], [0.9, 0.1]], np.float32)),
+                          np.array([True, False]))  # the second position abstains
+    stats = label_statistics([point, spread])
+    # entropies 0 and -(0.5 ln 0.5 + 2 * 0.25 ln 0.25) (the tail bucket holds 0.25); top-1 masses 1 and 0.5
+    assert stats["expert_entropy"] == pytest.approx((0 + 1.5 * math.log(2)) / 2, abs=1e-6)
+    assert stats["expert_top1_mass"] == pytest.approx(0.75, abs=1e-6)
+    steps = label_statistics([StepCandidates([(1,), (2,)], np.log(np.array([0.2, 0.6], np.float32))), StepCandidates.abstain()])
+    assert steps["expert_top1_mass"] == pytest.approx(0.75) and steps["expert_entropy"] == pytest.approx(
+        -(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    assert label_statistics([StepCandidates.abstain()]) == {}

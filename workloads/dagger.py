@@ -94,6 +94,29 @@ def distillation_loss(model, rollouts: Rollouts, labels: Sequence[ExpertLabels],
     return per_sequence[rows_t.unique()].mean(), len(rows)
 
 
+def label_statistics(labels: Sequence[ExpertLabels] | Sequence[StepCandidates]) -> dict[str, float]:
+    """How spread the expert's labels are on the states the student visited: mean entropy (nats)
+    and mean top-1 mass over labelled positions (an expert that is a point mass in practice has
+    entropy 0 and top-1 mass 1). Token level: over the k + 1 buckets (the tail is one bucket, so
+    the entropy is a lower bound of the full distribution's); step level: over the K candidates,
+    renormalised as the loss does. Abstentions are left out; no labelled state: {}."""
+    rows = []
+    for label in labels:
+        if isinstance(label, StepCandidates):
+            if len(label.token_ids):
+                scores = np.asarray(label.logprobs, np.float64)
+                rows.append(np.exp(scores - np.logaddexp.reduce(scores))[None])
+            continue
+        if label.valid.any():
+            top = np.exp(np.asarray(label.logprobs, np.float64)[label.valid])
+            rows.append(np.concatenate([top, np.clip(1.0 - top.sum(axis=1, keepdims=True), 0.0, None)], axis=1))
+    if not rows:
+        return {}
+    entropy = [float(-(p[p > 0] * np.log(p[p > 0])).sum()) for block in rows for p in block]
+    top1 = [float(p.max()) for block in rows for p in block]
+    return {"expert_entropy": float(np.mean(entropy)), "expert_top1_mass": float(np.mean(top1))}
+
+
 def pass_at_k(n: int, correct: int, k: int) -> float:
     """Unbiased estimate of P(at least one of k samples is correct) from n samples, `correct` right:
     1 - C(n - c, k) / C(n, k)."""
