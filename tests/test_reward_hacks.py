@@ -5,7 +5,6 @@ the isolated mode and wrong ones do not."""
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 from pathlib import Path
 
@@ -184,4 +183,3 @@ def test_a_zygote_whose_pipe_closed_is_replaced_not_a_server_error(loop):
         assert verdict.passed and sandbox.stats["zygotes_started"] == 2
     finally:
         loop.run_until_complete(sandbox.close())
-    assert os.path.exists("/proc/self")  # nothing above took the test process down

@@ -458,7 +458,7 @@ def _code_failure(reply):
     message = reply[2] if reply[1] == "SystemExit" else (reply[4] if len(reply) > 4 else f"{reply[1]}: {reply[2]}")
     if reply[2] == "SystemExit(0)":
         message = "SystemExit(0) before the tests finished"
-    return {"status": "runtime_error", "where": "code", "message": str(message)[:EXCERPT_CHARS + 10]}
+    return {"status": "runtime_error", "where": "code", "message": _excerpt(str(message))}
 
 
 def _judge_functions(job, compiled_tests, candidate):
