@@ -2,7 +2,7 @@
 
 `ContextBuilder` is a callable class for `Dataset.map_batches` over an actor pool: each actor
 holds the shared BM25 index (built once by the driver, fetched from the object store), runs
-the heuristic agent on each question and builds its tiered and random-distractor contexts.
+the reading agent (`workloads.longtrace.search.ReadingAgent`) on each question and builds its tiered and random-distractor contexts.
 Each call writes its rows as Parquet, one file per context mode, and returns a small report
 of what it wrote and skipped (with the reason), so one bad question never breaks a batch.
 """
@@ -22,33 +22,44 @@ from workloads.config import from_dict
 from workloads.longtrace.format import MODES, BuildOutcome, contexts_dir, questions_per_call, write_rows
 from workloads.longtrace.kg import Document, Question, Skips
 from workloads.endpoints import EndpointError
-from workloads.longtrace.search import AgentConfig, ContextConfig, build_context, document_section, make_agent
+from workloads.longtrace.search import (
+    AgentConfig,
+    ContextConfig,
+    TokenCounter,
+    Unbuildable,
+    build_context,
+    document_section,
+    make_agent,
+)
 
 SAMPLES_LOGGED = 6  # built rows, with their trajectories, logged to MLflow
 
 
-def section_tokens(documents: list[Document], tokenizer_path: str) -> dict[str, int]:
-    """Every document's context-section length in the reader's tokens (a saved directory or hub
-    id), measured once per corpus by the driver: the builders share it with the index instead of
-    each re-tokenising the documents it meets (with random filler, nearly all of them).
-
-    A saved fast tokenizer (`tokenizer.json`) is read by the `tokenizers` backend directly, one
-    batched call: the same ids as the transformers wrapper, without its per-call overhead."""
+def reader_tokenizer(tokenizer_path: str):
+    """The reader's tokenizer backend (`tokenizers.Tokenizer`) from a saved directory or hub id.
+    A saved fast tokenizer (`tokenizer.json`) is read by the `tokenizers` backend directly: the
+    same ids as the transformers wrapper, without its per-call overhead."""
     saved = Path(tokenizer_path) / "tokenizer.json" if tokenizer_path else None
     if saved is not None and saved.is_file():
         from tokenizers import Tokenizer
 
-        backend = Tokenizer.from_file(str(saved))
-    else:
-        from workloads.lm import build_tokenizer, load_tokenizer
+        return Tokenizer.from_file(str(saved))
+    from workloads.lm import build_tokenizer, load_tokenizer
 
-        backend = (load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()).backend_tokenizer
-    encoded = backend.encode_batch([document_section(d) for d in documents], add_special_tokens=False)
+    return (load_tokenizer(tokenizer_path) if tokenizer_path else build_tokenizer()).backend_tokenizer
+
+
+def section_tokens(documents: list[Document], tokenizer_path: str) -> dict[str, int]:
+    """Every document's context-section length in the reader's tokens, measured once per corpus
+    by the driver in one batched call: the builders share it with the index instead of each
+    re-tokenising the documents it meets (with random filler, nearly all of them)."""
+    encoded = reader_tokenizer(tokenizer_path).encode_batch([document_section(d) for d in documents],
+                                                           add_special_tokens=False)
     return {d.id: len(e.ids) for d, e in zip(documents, encoded)}
 
 
 class ContextBuilder:
-    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, output: str):
+    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, output: str, tokenizer: str):
         """`corpus_refs` is `[index ref, section tokens ref]` (`SearchIndex`, `section_tokens`):
         wrapped in a list so Ray passes the references instead of resolving them, and every
         actor fetches the one shared copy of each from the object store."""
@@ -59,6 +70,7 @@ class ContextBuilder:
         self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
         self.seed, self.output, self.samples_sent = seed, Path(output), 0
+        self.tokens = TokenCounter(reader_tokenizer(tokenizer))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Questions in; their built rows written as one Parquet file per mode
@@ -78,10 +90,11 @@ class ContextBuilder:
                 skipped.extend((f"search agent endpoint failed: {str(exc)[:120]}", question.id) for _ in MODES)
                 continue
             for mode in MODES:
-                row = build_context(question, trajectory, self.documents, self.section_tokens, self.context, self.seed, mode,
-                                    self.doc_ids)
-                if row is None:
-                    skipped.append(("gold documents exceed the token budget", question.id))
+                try:
+                    row = build_context(question, trajectory, self.documents, self.section_tokens, self.context, self.seed,
+                                        mode, self.tokens, self.doc_ids)
+                except Unbuildable as exc:
+                    skipped.append((str(exc), question.id))
                     continue
                 rows[mode].append(row)
                 if self.samples_sent < SAMPLES_LOGGED:
@@ -97,7 +110,7 @@ class ContextBuilder:
 
 
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
-                   seed: int, num_actors: int, batch_size: int, skips: Skips) -> BuildOutcome:
+                   seed: int, num_actors: int, batch_size: int, skips: Skips, tokenizer: str) -> BuildOutcome:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass: the builders write their files as they go, and only their reports come
     back. `corpus_refs`: [index ref, section tokens ref], shared by the builders; `batch_size`
@@ -111,7 +124,7 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
     reports = dataset.map_batches(
         ContextBuilder,
         fn_constructor_kwargs={"corpus_refs": corpus_refs, "agent": agent, "context": context, "seed": seed,
-                               "output": str(output)},
+                               "output": str(output), "tokenizer": tokenizer},
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="pyarrow",
         batch_size=questions_per_call(len(questions), num_actors, batch_size),
     )

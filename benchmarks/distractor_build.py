@@ -33,7 +33,15 @@ import pyarrow.parquet as pq
 
 from workloads.config import to_dict
 from workloads.longtrace.kg import Document, KGConfig, Skips, build_corpus, generate_questions, synthetic_kg
-from workloads.longtrace.search import AgentConfig, ContextConfig, HeuristicAgent, SearchIndex, build_context
+from workloads.longtrace.search import (
+    AgentConfig,
+    ContextConfig,
+    ReadingAgent,
+    SearchIndex,
+    TokenCounter,
+    Unbuildable,
+    build_context,
+)
 
 # A corpus of about 40k documents, so that search costs what it does on real corpora.
 WORLD = KGConfig(num_people=30000, num_cities=3000, num_countries=100, num_companies=5000, num_universities=1000)
@@ -55,25 +63,30 @@ def fastest(runs) -> Measured:
     return max(runs, key=lambda measured: measured.rate)
 
 
-def plain_loop(questions, index: SearchIndex, section_tokens: dict[str, int], output: Path) -> Measured:
+def plain_loop(questions, index: SearchIndex, section_tokens: dict[str, int], tokenizer: str, output: Path) -> Measured:
     """The same job in one process: agent, both contexts, Parquet out."""
-    agent, documents, config = HeuristicAgent(index), {d.id: d for d in index.documents}, ContextConfig()
-    doc_ids = list(documents)
+    from actors.longtrace import reader_tokenizer
+
+    agent, documents, config = ReadingAgent(index), {d.id: d for d in index.documents}, ContextConfig()
+    doc_ids, tokens = list(documents), TokenCounter(reader_tokenizer(tokenizer))
     started = time.perf_counter()
     rows = {"tiered": [], "random": []}
     for question in questions:
         trajectory = agent.run(question)
         for mode in rows:
-            row = build_context(question, trajectory, documents, section_tokens, config, 0, mode, doc_ids)
-            if row is not None:
-                rows[mode].append(row)
+            try:
+                rows[mode].append(build_context(question, trajectory, documents, section_tokens, config, 0, mode, tokens,
+                                                doc_ids))
+            except Unbuildable:
+                pass
     for mode, built in rows.items():
         (output / mode).mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(built), output / mode / "part-0.parquet")
     return Measured(sum(map(len, rows.values())) / (time.perf_counter() - started))
 
 
-def ray_data(questions, index: SearchIndex, section_tokens: dict[str, int], actors: int, output: Path) -> Measured:
+def ray_data(questions, index: SearchIndex, section_tokens: dict[str, int], tokenizer: str, actors: int,
+             output: Path) -> Measured:
     """What `pipelines.longtrace_data` does: the actor pool building and writing partitioned Parquet."""
     import ray
 
@@ -83,7 +96,7 @@ def ray_data(questions, index: SearchIndex, section_tokens: dict[str, int], acto
     corpus_refs = [ray.put(index), ray.put(section_tokens)]
     started = time.perf_counter()
     built = write_contexts(questions, corpus_refs, output, agent=to_dict(AgentConfig()), context=to_dict(ContextConfig()),
-                           seed=0, num_actors=actors, batch_size=Config.batch_size, skips=Skips())
+                           seed=0, num_actors=actors, batch_size=Config.batch_size, skips=Skips(), tokenizer=tokenizer)
     return Measured(sum(built.rows.values()) / (time.perf_counter() - started), built.startup_seconds,
                     built.builder_utilisation)
 
@@ -129,12 +142,13 @@ def main(argv: list[str] | None = None) -> None:
         tokens = section_tokens(documents, tokenizer)  # measured once, like the index: outside every timing
         # Best of --repeats for each: on a shared machine noise only ever slows a run down. The
         # plain loops run before Ray starts, so they do not share the cores with it.
-        plain = fastest(plain_loop(questions, index, tokens, Path(scratch) / f"plain{r}") for r in range(args.repeats))
+        plain = fastest(plain_loop(questions, index, tokens, tokenizer, Path(scratch) / f"plain{r}")
+                        for r in range(args.repeats))
         connect(None, log_to_driver=False)
         one_actor, two_actors = [], []
         for _ in range(args.repeats):
-            one_actor.append(ray_data(questions, index, tokens, 1, Path(scratch) / "one"))
-            two_actors.append(ray_data(questions, index, tokens, 2, Path(scratch) / "two"))
+            one_actor.append(ray_data(questions, index, tokens, tokenizer, 1, Path(scratch) / "one"))
+            two_actors.append(ray_data(questions, index, tokens, tokenizer, 2, Path(scratch) / "two"))
         one_actor, two_actors = fastest(one_actor), fastest(two_actors)
     p50, p99, build_s = bm25_latency(args.corpus_docs)
 

@@ -9,7 +9,8 @@ reference. The parent gets, per arm and metric, `<arm>/<metric>/mean` and `.../c
 per other arm, `<arm>-minus-<reference>/<metric>/mean` and its interval; and
 `comparison.yaml` with every value, the number of seeds and the threats to validity the
 design does not control (generic ones and the pipeline's `THREATS`), which the printed table
-repeats.
+repeats. A metric is read as the run's last logged value; a pipeline that keeps a selected
+checkpoint rather than the last one logs that reader's values as `kept/<metric>`, read first.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def run_comparison(pipeline: str, vary: str, seeds: int, metrics: list[str], con
             summary = module.run(config, parent_run_id=parent.run_id)
             logged = tracking.client().get_run(summary.run_id).data.metrics
             for metric in metrics:
-                values[arm][metric].append(float(logged.get(metric, math.nan)))
+                values[arm][metric].append(float(logged.get(f"kept/{metric}", logged.get(metric, math.nan))))
     except BaseException:
         parent.end("FAILED")
         raise

@@ -135,12 +135,14 @@ def ending_run(run: tracking.Run):
     run.end("FINISHED")
 
 
-def train_run_config(config: RunFields, run_name: str, callbacks=()):
-    """Ray Train's RunConfig for a pipeline run: named like the MLflow run, last two checkpoints kept."""
+def train_run_config(config: RunFields, run_name: str, callbacks=(), keep_best: str | None = None):
+    """Ray Train's RunConfig for a pipeline run: named like the MLflow run, two checkpoints kept:
+    the last two, or with `keep_best` (a reported metric, higher is better) the best two by it."""
     import ray.train
 
     return ray.train.RunConfig(name=run_name, storage_path=storage_path(config.storage_path),
-                               checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2), callbacks=list(callbacks))
+                               checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=keep_best),
+                               callbacks=list(callbacks))
 
 
 def train_worker_context(payload: dict) -> tuple[int, int, tracking.Run | None]:

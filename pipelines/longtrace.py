@@ -5,15 +5,21 @@
 Recipe:
 1. Data: `data_dir` (built by `pipelines.longtrace_data`), or, when empty, the `data` section
    built once into `storage_path/longtrace-data/<config hash>` and reused by later runs.
-2. Split by question id: `eval_fraction` held out (in both modes); the rest trains.
+2. Split by fact: a question whose chain uses one of the `held_out_facts` share of the graph's
+   facts is held out (in both modes); no training target states a held-out fact. Held-out
+   questions are divided once more: validation (model selection) and test (reported).
 3. On Ray Train: SFT the reader on tiered and random contexts of the training questions
    (the chain target of `workloads.longtrace.reader`), cached by everything it depends on,
    so the rubric-versus-outcome comparison SFTs once per seed.
 4. GRPO (`workloads.grpo`) on the tiered training contexts: G samples per prompt, rewards from
    `group_rewards` (rubric: eta; outcome: eta = 0), asymmetric clipping, KL 0 by default.
-5. Evaluations to MLflow: held-out greedy accuracy on tiered versus random contexts of equal
-   length (difficulty), sampled accuracy on held-out questions and on the GRPO prompts,
-   before and after GRPO; the final reader is logged and registered.
+   Every `eval_every` steps a checkpoint with validation accuracy; GRPO stops after `patience`
+   evaluations without a validation gain, and the reader kept is the checkpoint with the best
+   validation accuracy (the SFT reader itself, step 0, included).
+5. Evaluations to MLflow, on the test questions: greedy accuracy on tiered versus random
+   contexts of equal length (difficulty) and closed-book (no documents: what memory alone
+   gives), sampled accuracy, and sampled accuracy on the GRPO prompts, before GRPO and for
+   the kept reader, which is logged and registered.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import functools
 import json
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -50,6 +57,7 @@ from pipelines.launch import (
     worker_device,
 )
 from workloads import tracking
+from workloads.distributed import any_rank
 from workloads.caching import cached_directory, is_complete, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
@@ -63,6 +71,7 @@ from workloads.lm import (
 from workloads.longtrace.format import contexts_dir
 from workloads.longtrace.kg import KGConfig
 from workloads.longtrace.reader import (
+    closed_book,
     greedy_scores,
     is_held_out,
     load_examples,
@@ -82,25 +91,29 @@ from workloads.strategies import LocalEngine
 
 PIPELINE = "longtrace"
 REGISTERED_MODEL = "rayworks-longtrace"
-KEY_METRIC = "eval_accuracy_tiered"
+KEY_METRIC = "eval_accuracy_tiered"  # on the test questions
+TUNE_METRIC = "val_accuracy_tiered"  # what searches select on: the validation questions
 # What `rayworks compare` on this pipeline cannot control (printed with every comparison).
 THREATS = (
     'one synthetic knowledge graph with templated documents: difficulty comes from its generator',
-    'the reader may have seen facts of the same graph in its own training',
+    'held-out facts are kept out of training targets, but training contexts may show them as distractors',
 )
-QUICKSTART = ["eval_every=15"]
+QUICKSTART = ["sft.steps=500", "grpo.steps=20", "eval_every=10"]
+PROBED_GRPO_PROMPTS = 64  # the GRPO prompts whose sampled accuracy is probed (the first ones: a fixed set)
+# Metrics the run's summary gives before and after GRPO.
+SUMMARISED = ("eval_accuracy_tiered", "eval_accuracy_random", "eval_accuracy_closed_book", "grpo_prompts_sampled_accuracy")
 
 
 def default_data() -> longtrace_data.Config:
-    """The embedded world: 400 questions over the synthetic KG, 160-token contexts."""
-    return longtrace_data.Config(kg=KGConfig(num_questions=400), context=ContextConfig(budget_tokens=160))
+    """The embedded world: 800 questions over the synthetic KG, 256-token messages (about 160 of documents)."""
+    return longtrace_data.Config(kg=KGConfig(num_questions=800), context=ContextConfig(budget_tokens=256))
 
 
 @dataclasses.dataclass
 class SFTStage:
     """The reader's SFT on the QA format, before GRPO."""
 
-    steps: int = 500  # SFT steps of the reader (cached)
+    steps: int = 600  # SFT steps of the reader (cached)
     batch_size: int = 8  # examples per step
     lr: float = 3e-3  # AdamW peak learning rate
     warmup_steps: int = 30  # linear warm-up, then cosine decay
@@ -122,9 +135,11 @@ class Config(RunFields):
     judge: str = "exact"  # exact | f1 | llm (an OpenAI-compatible endpoint: judge_endpoint, judge_model)
     judge_endpoint: str = ""  # judge=llm: the endpoint's base URL
     judge_model: str = ""  # judge=llm: the served model's name
-    eval_fraction: float = 0.2  # questions held out for evaluation
+    held_out_facts: float = 0.1  # share of the graph's facts held out; questions using one are evaluated, never trained on
     grpo_prompts: int = 16  # GRPO draws its prompts from this many training questions (0: all)
-    eval_every: int = 10  # GRPO steps between evaluations
+    eval_every: int = 10  # GRPO steps between validation evaluations (each one a checkpoint)
+    patience: int = 3  # evaluations without a validation gain before GRPO stops (0: never early)
+    validation_share: float = 0.5  # of the held-out questions, used to select the checkpoint; the rest is the test set
     probe_samples: int = 4  # sampled responses per question in the sampled-accuracy probes
     register_model: bool = True  # register the final reader in MLflow's registry
     num_samples_logged: int = 12  # held-out responses logged as samples.jsonl
@@ -141,9 +156,11 @@ class Config(RunFields):
         require(0.0 <= self.eta <= 1.0, "eta", "must be in [0, 1]")
         require(self.judge in JUDGES or self.judge == "llm", "judge", f"expected one of {sorted(JUDGES) + ['llm']}")
         require(self.judge != "llm" or bool(self.judge_endpoint), "judge_endpoint", "judge=llm needs the endpoint's base URL")
-        require(0.0 < self.eval_fraction < 1.0, "eval_fraction", "must be in (0, 1)")
+        require(0.0 < self.held_out_facts < 1.0, "held_out_facts", "must be in (0, 1)")
         require(self.grpo_prompts >= 0, "grpo_prompts", "must be >= 0")
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
+        require(self.patience >= 0, "patience", "must be >= 0")
+        require(0.0 < self.validation_share < 1.0, "validation_share", "must be in (0, 1)")
         require(self.probe_samples >= 1, "probe_samples", "must be >= 1")
         require(bool(self.model_init) or self.sft.steps > 0, "sft.steps", "the tiny reader needs SFT steps (or set model_init)")
 
@@ -180,22 +197,28 @@ def ensure_data(config: Config, parent_run_id: str | None) -> Path:
 class Splits:
     sft: list  # tiered + random contexts of the training questions
     grpo: list  # tiered contexts GRPO draws from
-    eval_tiered: list
+    eval_tiered: list  # the test questions
     eval_random: list
+    eval_closed_book: list  # the test questions with no documents
+    val_tiered: list  # the validation questions (checkpoint selection, early stopping)
 
 
 def split_examples(config: Config, data_dir: Path, tokenizer) -> Splits:
     tiered = load_examples(contexts_dir(data_dir, "tiered"), tokenizer)
     random_dir = contexts_dir(data_dir, "random")
     random_rows = load_examples(random_dir, tokenizer) if random_dir.is_dir() else []
-    held = lambda e: is_held_out(e.question_id, config.eval_fraction)  # noqa: E731
+    held = lambda e: is_held_out(e, config.held_out_facts)  # noqa: E731
     grpo = [e for e in tiered if not held(e)]
     grpo = grpo[: config.grpo_prompts] if config.grpo_prompts else grpo
-    splits = Splits([e for e in tiered + random_rows if not held(e)], grpo,
-                    [e for e in tiered if held(e)], [e for e in random_rows if held(e)])
-    if not splits.sft or not splits.eval_tiered:
+    validation = lambda e: zlib.crc32(f"validation-{e.question_id}".encode()) % 1000 < config.validation_share * 1000  # noqa: E731
+    test = lambda e: held(e) and not validation(e)  # noqa: E731
+    eval_tiered = [e for e in tiered if test(e)]
+    splits = Splits([e for e in tiered + random_rows if not held(e)], grpo, eval_tiered,
+                    [e for e in random_rows if test(e)], [closed_book(e, tokenizer) for e in eval_tiered],
+                    [e for e in tiered if held(e) and validation(e)])
+    if not splits.sft or not splits.eval_tiered or not splits.val_tiered:
         raise ConfigError(f"data_dir: {data_dir} holds too few questions to split "
-                          f"({len(tiered)} tiered rows, eval_fraction={config.eval_fraction})")
+                          f"({len(tiered)} tiered rows, held_out_facts={config.held_out_facts})")
     return splits
 
 
@@ -223,7 +246,16 @@ def sft_reader(config: Config, model, tokenizer, splits: Splits, run, payload: d
             say(payload, f"[longtrace] sft step {step + 1}/{stage.steps}  loss {loss:.4f}")
 
 
+def validate(config: Config, model, tokenizer, splits: Splits) -> dict[str, float]:
+    """What GRPO's checkpoints are selected on (validation) and the test curve beside it."""
+    g, judge = config.grpo, judge_for(config)
+    val, _ = greedy_scores(model, tokenizer, splits.val_tiered, g.max_new_tokens, judge)
+    test, _ = greedy_scores(model, tokenizer, splits.eval_tiered, g.max_new_tokens, judge)
+    return {"val_accuracy_tiered": val["accuracy"], "eval_accuracy_tiered": test["accuracy"]}
+
+
 def evaluate(config: Config, model, tokenizer, splits: Splits, seed: int) -> dict[str, float]:
+    """Everything reported on the test questions (before GRPO and for the kept reader)."""
     g = config.grpo
     tiered, _ = greedy_scores(model, tokenizer, splits.eval_tiered, g.max_new_tokens, judge_for(config))
     metrics = {f"eval_{k}_tiered": v for k, v in tiered.items()}
@@ -231,9 +263,11 @@ def evaluate(config: Config, model, tokenizer, splits: Splits, seed: int) -> dic
         random_scores, _ = greedy_scores(model, tokenizer, splits.eval_random, g.max_new_tokens, judge_for(config))
         metrics.update({f"eval_{k}_random": v for k, v in random_scores.items()})
         metrics["difficulty_gap"] = metrics["eval_accuracy_random"] - metrics["eval_accuracy_tiered"]
+    closed, _ = greedy_scores(model, tokenizer, splits.eval_closed_book, g.max_new_tokens, judge_for(config))
+    metrics["eval_accuracy_closed_book"] = closed["accuracy"]
     metrics["eval_sampled_accuracy_tiered"] = sampled_accuracy(model, tokenizer, splits.eval_tiered, config.probe_samples,
                                                                g.max_new_tokens, g.temperature, seed, judge_for(config))
-    metrics["grpo_prompts_sampled_accuracy"] = sampled_accuracy(model, tokenizer, splits.grpo, config.probe_samples,
+    metrics["grpo_prompts_sampled_accuracy"] = sampled_accuracy(model, tokenizer, splits.grpo[:PROBED_GRPO_PROMPTS], config.probe_samples,
                                                                 g.max_new_tokens, g.temperature, seed + 1, judge_for(config))
     return metrics
 
@@ -276,19 +310,26 @@ def train_loop_per_worker(payload: dict) -> None:
     start_step = restored.trainer_state["step"] if restored else 0
     if restored:
         restore_optimizer(engine, restored, run, payload)
-    eval_seed = config.seed * 7919  # the same sampled probes before and after GRPO, apart from the training draws
+    eval_seed = config.seed * 7919  # the same sampled probes before GRPO and for the kept reader, apart from the training draws
 
-    def evaluate_on_rank0() -> dict[str, float] | None:  # every rank gathers the weights; rank 0 evaluates
+    def on_rank0(evaluation) -> dict[str, float] | None:  # every rank gathers the weights; rank 0 evaluates
         eval_model = engine.full_model()
-        return evaluate(config, eval_model, tokenizer, splits, eval_seed) if rank == 0 else None
+        return evaluation(config, eval_model, tokenizer, splits) if rank == 0 else None
 
-    before = evaluate_on_rank0()
-    if rank == 0:
-        run.log_metrics({**before, "grpo_step": start_step}, step=start_step)
-        if start_step == 0:
+    if start_step == 0:  # the SFT reader: the full test evaluation, and checkpoint 0 (GRPO may not beat it)
+        before = on_rank0(lambda *args: {**evaluate(*args, eval_seed), **validate(*args)})
+        if rank == 0:
+            run.log_metrics({**before, "grpo_step": 0}, step=0)
             run.log_metrics({f"before_grpo/{k}": v for k, v in before.items()}, step=0)
-        say(payload, f"[longtrace] before GRPO: tiered {before['eval_accuracy_tiered']:.3f} "
-                     f"random {before.get('eval_accuracy_random', float('nan')):.3f}")
+            say(payload, f"[longtrace] before GRPO: tiered {before['eval_accuracy_tiered']:.3f} "
+                         f"random {before.get('eval_accuracy_random', float('nan')):.3f} "
+                         f"closed book {before['eval_accuracy_closed_book']:.3f}")
+    stopping = EarlyStopping(config.patience, restored.trainer_state.get("early_stopping") if restored else None)
+    if start_step == 0:
+        if rank == 0:
+            stopping.update(before["val_accuracy_tiered"])
+        report_with_checkpoint({**(before or {}), "grpo_step": 0, "step": 0}, engine, tokenizer,
+                               {"step": 0, "early_stopping": stopping.state()})
 
     for step in range(start_step, g.steps):
         indices = batch_indices(step, g.prompts_per_step, world_size, rank, len(splits.grpo), config.seed)
@@ -305,16 +346,46 @@ def train_loop_per_worker(payload: dict) -> None:
         if rank == 0:
             run.log_metrics(metrics, step=done)
         if done % config.eval_every == 0 or done == g.steps:
-            evaluation = evaluate_on_rank0()
+            evaluation = on_rank0(validate)
+            stop = False
             if rank == 0:
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
+                stop = stopping.update(evaluation["val_accuracy_tiered"])
                 say(payload, f"[longtrace] grpo step {done}/{g.steps}  reward {metrics['reward']:.3f}  "
-                             f"eval tiered {metrics['eval_accuracy_tiered']:.3f}")
-            report_with_checkpoint(metrics, engine, tokenizer, {"step": done})
-    if g.steps == 0 or start_step >= g.steps:  # nothing left to train: the reader as it is
-        report_with_checkpoint({"grpo_step": start_step, "step": start_step}, engine, tokenizer, {"step": start_step})
+                             f"validation {evaluation['val_accuracy_tiered']:.3f}  test tiered {evaluation['eval_accuracy_tiered']:.3f}"
+                             + ("  (stopping: no validation gain)" if stop else ""))
+            report_with_checkpoint(metrics, engine, tokenizer, {"step": done, "early_stopping": stopping.state()})
+            if any_rank(stop):
+                break
     check_ranks_in_sync(engine, run, g.steps)
+
+
+class EarlyStopping:
+    """Stop after `patience` evaluations without a gain over the best so far (0: never).
+    Its state travels in the checkpoints, so a resumed run counts on."""
+
+    def __init__(self, patience: int, state: dict | None = None):
+        self.patience = patience
+        self.best, self.stale = (state["best"], state["stale"]) if state else (float("-inf"), 0)
+
+    def update(self, value: float) -> bool:
+        if value > self.best:
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        return self.patience > 0 and self.stale >= self.patience
+
+    def state(self) -> dict:
+        return {"best": self.best, "stale": self.stale}
+
+
+def kept_checkpoint(result):
+    """The checkpoint with the best validation accuracy (the later one on a tie), and its metrics."""
+    scored = [(checkpoint, metrics) for checkpoint, metrics in result.best_checkpoints if "val_accuracy_tiered" in metrics]
+    if not scored:
+        return result.checkpoint, {}
+    return max(scored, key=lambda pair: (pair[1]["val_accuracy_tiered"], pair[1]["grpo_step"]))
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
@@ -328,7 +399,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         run_record.set_tags({"data_dir": str(data_dir)})
         reader_cache = ""
         if not config.model_init and "://" not in config.storage_path:
-            key = stable_hash([str(data_dir), to_dict(config.model), to_dict(config.sft), config.seed, config.eval_fraction])
+            key = stable_hash([str(data_dir), to_dict(config.model), to_dict(config.sft), config.seed, config.held_out_facts])
             cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
             cache_root.mkdir(parents=True, exist_ok=True)
             reader_cache = str(cache_root / key)
@@ -339,19 +410,24 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                 train_loop_config={"config": to_dict(config), "data_dir": str(data_dir), "reader_cache": reader_cache,
                                    "progress": lines.queue, "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
                 scaling_config=config.train.scaling_config(),
-                run_config=train_run_config(config, run_name, train_callbacks),
+                run_config=train_run_config(config, run_name, train_callbacks, keep_best="val_accuracy_tiered"),
             )
             result = trainer.fit()
-        summary = log_outcome(config, run_record, result.checkpoint, data_dir)
+        checkpoint, kept = kept_checkpoint(result)
+        summary = log_outcome(config, run_record, checkpoint, kept, data_dir)
     return summary
 
 
-def log_outcome(config: Config, run_record: tracking.Run, checkpoint, data_dir: Path) -> RunSummary:
+def log_outcome(config: Config, run_record: tracking.Run, checkpoint, kept: dict, data_dir: Path) -> RunSummary:
+    """The kept reader: evaluated in full on the test questions, its samples and curves logged, registered."""
     with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as scratch:
         model_dir = Path(directory) / "model"
         run_record.log_artifact(model_dir, "model")
         model, tokenizer = load_lm(model_dir)
         splits = split_examples(config, data_dir, tokenizer)
+        kept_step = int(kept.get("grpo_step", config.grpo.steps))
+        final = evaluate(config, model, tokenizer, splits, config.seed * 7919)
+        run_record.log_metrics({**{f"kept/{k}": v for k, v in final.items()}, "kept/grpo_step": kept_step}, step=kept_step)
         shown = splits.eval_tiered[: config.num_samples_logged]
         _, responses = greedy_scores(model, tokenizer, shown, config.grpo.max_new_tokens, judge_for(config))
         samples = [{"question_id": e.question_id, "response": r, "label": e.label, "rubrics": e.rubrics,
@@ -359,25 +435,21 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, data_dir: 
                    for e, r in zip(shown, responses)]
         run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")
         history = {key: run_record.metric_history(key) for key in
-                   ("reward", "eval_accuracy_tiered", "eval_accuracy_random", "grpo_prompts_sampled_accuracy", "sft_loss")}
+                   ("reward", "sft_loss", "val_accuracy_tiered", "eval_accuracy_tiered", "grpo_prompts_sampled_accuracy")}
         plot = plot_curves({"GRPO reward (sampled)": {"train": history["reward"]},
-                            "held-out accuracy (greedy)": {"tiered": history["eval_accuracy_tiered"],
-                                                           "random": history["eval_accuracy_random"]},
-                            "GRPO prompts, sampled accuracy": {"probe": history["grpo_prompts_sampled_accuracy"]},
+                            "held-out accuracy (greedy, tiered)": {"validation": history["val_accuracy_tiered"],
+                                                                   "test": history["eval_accuracy_tiered"]},
                             "SFT loss": {"sft": history["sft_loss"]}},
                            Path(scratch) / "learning_curve.png", f"longtrace {config.reward} {run_record.run_id[:8]}")
         run_record.log_artifact(plot)
-    final = {key: values[-1][1] for key, values in history.items() if values}
-    start = {key: values[0][1] for key, values in history.items() if values}
-    run_record.log_metrics({"final_eval_accuracy_tiered": final["eval_accuracy_tiered"]}, step=config.grpo.steps)
+    before = {key: values[0][1] for key in SUMMARISED if (values := run_record.metric_history(f"before_grpo/{key}"))}
+    run_record.log_metrics({"final_eval_accuracy_tiered": final["eval_accuracy_tiered"]}, step=kept_step)
     version = tracking.register_model(run_record, "model", REGISTERED_MODEL) if config.register_model else None
     return RunSummary(PIPELINE, KEY_METRIC, final["eval_accuracy_tiered"], run_record.run_id, run_record.artifact_uri,
                       extra={"reward": config.reward, "data_dir": str(data_dir), "registered_version": version,
-                             "before_grpo": {k: start.get(k) for k in ("eval_accuracy_tiered", "eval_accuracy_random",
-                                                                       "grpo_prompts_sampled_accuracy")},
-                             "after_grpo": {k: final.get(k) for k in ("eval_accuracy_tiered", "eval_accuracy_random",
-                                                                      "grpo_prompts_sampled_accuracy")}},
-                      before=start["eval_accuracy_tiered"])
+                             "kept_grpo_step": kept_step, "before_grpo": before,
+                             "after_grpo": {k: final.get(k) for k in SUMMARISED}},
+                      before=before.get("eval_accuracy_tiered"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 A search space file names dotted config fields and a distribution for each:
 
-    metric: eval_accuracy      # reported by the pipeline; default: the pipeline's key metric
+    metric: eval_accuracy      # reported by the pipeline; default: its TUNE_METRIC, else its key metric
     mode: max
     space:
       train.lr: {loguniform: [1.0e-4, 1.0e-2]}
@@ -76,7 +76,8 @@ def load_space(path: str | Path, pipeline: str, config_path: str | None, overrid
     mode = data.get("mode", "max")
     if mode not in ("max", "min"):
         raise ConfigError(f"search space {path}: mode: expected max or min, got {mode!r}")
-    return SearchSpace(space, data.get("metric", module.KEY_METRIC), mode)
+    # A pipeline with a validation split names it (`TUNE_METRIC`): trials are chosen on it, not on the test metric.
+    return SearchSpace(space, data.get("metric", getattr(module, "TUNE_METRIC", module.KEY_METRIC)), mode)
 
 
 def run_search(pipeline: str, space_path: str, num_samples: int, config_path: str | None,

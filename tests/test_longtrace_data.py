@@ -14,7 +14,8 @@ from workloads.longtrace.format import BuildOutcome, questions_per_call, write_r
 from tests.helpers import mlflow_client, rayworks, result_lines
 from workloads.longtrace.kg import KGConfig, Skips, build_corpus, generate_questions, load_kg, phrase, synthetic_kg
 from workloads.longtrace.search import (
-    AgentConfig, ContextConfig, HeuristicAgent, SearchIndex, build_context, document_section, parse_agent_output, read_fact,
+    INSTRUCTION, AgentConfig, ContextConfig, ReadingAgent, SearchIndex, TokenCounter, Unbuildable, build_context,
+    document_section, parse_agent_output,
 )
 
 SMALL = KGConfig(num_people=40, num_cities=12, num_countries=4, num_companies=8, num_universities=4, num_questions=40)
@@ -27,10 +28,6 @@ def world():
     documents = build_corpus(kg, SMALL, skips)
     questions = generate_questions(kg, documents, SMALL, seed=0, skips=skips)
     return kg, documents, questions
-
-
-def count_words(text: str) -> int:
-    return len(text.split())
 
 
 def test_questions_are_unique_walks_whose_chain_gives_rubrics_label_and_gold_docs(world):
@@ -48,20 +45,85 @@ def test_questions_are_unique_walks_whose_chain_gives_rubrics_label_and_gold_doc
     assert phrase("X", ["likes"]) == "What is the entity that X likes?"  # generic phrasing
 
 
-def test_heuristic_agent_follows_the_chain_and_records_a_trajectory(world):
+def test_reading_agent_finds_the_answer_from_the_question_text_alone(world):
     _, documents, questions = world
-    agent = HeuristicAgent(SearchIndex(documents), AgentConfig(top_k_shown=8, top_k_opened=3))
-    solved = 0
+    agent = ReadingAgent(SearchIndex(documents), AgentConfig(top_k_shown=8, top_k_opened=3))
+    solved, confusable = 0, 0
     for question in questions:
         trajectory = agent.run(question)
-        assert len(trajectory.steps) <= len(question.relations)
+        assert len(trajectory.steps) <= agent.cfg.max_turns
         for step in trajectory.steps:
             assert set(step.opened) <= set(step.shown) and len(step.opened) <= 3
         if trajectory.answer == question.label:
             solved += 1
-            assert set(trajectory.cited) <= set(question.gold_doc_ids)
-    assert solved >= 0.8 * len(questions)
-    assert read_fact("Ana Ko was born in Lyo. Ana Ko works for X Works.", "Ana Ko", "works_for") == "X Works"
+            assert trajectory.cited == question.gold_doc_ids  # it followed the chain, page by page
+        confusable += len(trajectory.opened - set(trajectory.cited))
+    assert solved >= 0.95 * len(questions)
+    assert confusable >= 2 * len(questions)  # it opens look-alikes it then does not use: tier 1 exists
+
+
+def test_reading_agent_never_reads_the_answer(world):
+    """Everything a question knows beyond its id and text, swapped for garbage: the same trajectory."""
+    import dataclasses
+
+    _, documents, questions = world
+    agent = ReadingAgent(SearchIndex(documents))
+    for question in questions[:15]:
+        blind = dataclasses.replace(question, label="?", chain=["?"] * len(question.chain), relations=["likes"],
+                                    gold_doc_ids=["d999999"])
+        assert agent.run(blind) == agent.run(question)
+
+
+def test_reading_agent_needs_no_templates(tmp_path):
+    """A knowledge graph from TSV with relations the project has no template for and free-text
+    descriptions: the agent still follows the hops the question names."""
+    triples = tmp_path / "rivers.tsv"
+    triples.write_text("\n".join([
+        "Ouse\tflows_into\tHumber", "Trent\tflows_into\tHumber", "Humber\tdrains_to\tNorth Sea",
+        "Severn\tflows_into\tBristol Channel", "Bristol Channel\tdrains_to\tCeltic Sea",
+        "Wye\tflows_into\tSevern", "Avon\tflows_into\tSevern", "Aire\tflows_into\tOuse",
+    ]) + "\n")
+    descriptions = tmp_path / "rivers-desc.tsv"
+    descriptions.write_text("Ouse\tA river of Yorkshire, England.\nHumber\tA large tidal estuary on the east coast.\n"
+                            "Severn\tThe longest river in Great Britain.\nNorth Sea\tA sea of the Atlantic Ocean.\n")
+    config = KGConfig(triples=str(triples), descriptions=str(descriptions), min_hops=2, max_hops=3, num_questions=6)
+    skips = Skips()
+    kg = load_kg(config, 0, skips)
+    documents = build_corpus(kg, config, skips)
+    questions = generate_questions(kg, documents, config, 0, skips)
+    assert len(questions) >= 4
+    agent = ReadingAgent(SearchIndex(documents))
+    for question in questions:
+        assert agent.run(question).answer == question.label, question.question
+
+
+def test_a_real_knowledge_graph_from_an_installed_package(workdir: Path):
+    """ISO 3166 (the pycountry wheel) as TSV: subdivision -part_of-> region -in_country-> country.
+    Descriptions are the package's own fields, not the synthetic templates; the reading agent
+    answers from the question text; the data pipeline builds both modes and counts its skips."""
+    from workloads.longtrace.sources import write_tsv
+
+    triples, descriptions = write_tsv("pycountry", workdir / "iso3166")
+    config = KGConfig(triples=str(triples), descriptions=str(descriptions), min_hops=2, max_hops=3, num_questions=60)
+    skips = Skips()
+    kg = load_kg(config, 0, skips)
+    documents = build_corpus(kg, config, skips)
+    questions = generate_questions(kg, documents, config, 0, skips)
+    assert len(kg.triples) > 5000 and len(questions) == 60
+    assert skips["walk shorter than min_hops (dead end or only revisits)"] > 0  # most subdivisions are one hop from a country
+    france = next(d for d in documents if d.title == "France")
+    assert "French Republic" in france.text
+    agent = ReadingAgent(SearchIndex(documents))
+    assert sum(agent.run(q).answer == q.label for q in questions) >= 0.9 * len(questions)
+
+    proc = rayworks(workdir, "run", "longtrace_data", "--set", f"kg.triples={triples}", f"kg.descriptions={descriptions}",
+                    "kg.num_questions=20", "num_actors=1", "context.budget_tokens=400", f"output_dir={workdir / 'iso'}",
+                    timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (summary,) = result_lines(proc.stdout)
+    assert summary["value"] == 20 and summary["extra"]["skipped"]
+    rows = pq.read_table(workdir / "iso" / "mode=tiered").to_pylist()
+    assert {t for r in rows for t in r["metadata"]["doc_tiers"]} >= {"gold", "tier1", "tier2"}
 
 
 def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, tmp_path):
@@ -102,29 +164,66 @@ def test_search_returns_the_k_best_bm25_scores_among_documents_sharing_a_term(wo
     assert index.search("no-such-term", 5) == []
 
 
-def test_tiered_context_has_gold_tier1_tier2_within_budget(world):
+@pytest.fixture(scope="module")
+def reader_tokens(world):
+    """The reader's tokenizer as the builder uses it: byte-level BPE learned on the corpus."""
+    from workloads.lm import build_tokenizer
+
     _, documents, questions = world
+    tokenizer = build_tokenizer([document_section(d) for d in documents] + [q.question for q in questions], 200)
+    return tokenizer, TokenCounter(tokenizer.backend_tokenizer)
+
+
+def test_tiered_context_has_gold_tier1_tier2_and_the_exact_budget(world, reader_tokens):
+    _, documents, questions = world
+    tokenizer, counter = reader_tokens
     by_id = {d.id: d for d in documents}
-    agent = HeuristicAgent(SearchIndex(documents))
+    agent = ReadingAgent(SearchIndex(documents))
     config = ContextConfig(budget_tokens=300, tier1_share=0.5, tier2_share=0.3)
-    tokens = {d.id: count_words(document_section(d)) for d in documents}
+    sections = {d.id: len(tokenizer.encode(document_section(d), add_special_tokens=False)) for d in documents}
     question = questions[0]
     trajectory = agent.run(question)
-    row = build_context(question, trajectory, by_id, tokens, config, seed=0)
+    row = build_context(question, trajectory, by_id, sections, config, 0, "tiered", counter)
     meta = row["metadata"]
     tiers = dict(zip(meta["doc_ids"], meta["doc_tiers"]))
     assert {i for i, t in tiers.items() if t == "gold"} == set(question.gold_doc_ids)
     assert {i for i, t in tiers.items() if t == "tier1"} <= trajectory.opened - set(trajectory.cited)
     assert {i for i, t in tiers.items() if t == "tier2"} <= trajectory.shown - trajectory.opened
-    assert meta["context_tokens"] <= 300
-    assert sum(count_words(document_section(by_id[i])) for i in tiers) == meta["context_tokens"]
     assert row["label"] == question.label and meta["extra_reward_info"]["rubrics"] == question.chain
     content = row["input_messages"][0]["content"]
-    assert "Documents:" in content and content.endswith(f"Question: {question.question}")
-    assert build_context(question, trajectory, by_id, tokens, config, seed=0) == row  # seeded
-    random_row = build_context(question, trajectory, by_id, tokens, config, seed=0, mode="random")
-    assert set(random_row["metadata"]["doc_tiers"]) <= {"gold", "filler"}
-    assert build_context(question, trajectory, by_id, tokens, ContextConfig(budget_tokens=16), seed=0) is None
+    assert content.startswith(INSTRUCTION) and content.endswith(f"Question: {question.question}")
+    for document in (by_id[i] for i, t in tiers.items() if t == "gold"):
+        assert document_section(document) in content  # gold pages whole
+    assert build_context(question, trajectory, by_id, sections, config, 0, "tiered", counter) == row  # seeded
+    random_row = build_context(question, trajectory, by_id, sections, config, 0, "random", counter)
+    assert set(random_row["metadata"]["doc_tiers"]) == {"gold", "filler"}
+    with pytest.raises(Unbuildable, match="gold documents exceed the token budget"):
+        build_context(question, trajectory, by_id, sections, ContextConfig(budget_tokens=40), 0, "tiered", counter)
+
+
+@pytest.mark.parametrize("budget", [250, 301, 411, 517])
+def test_tiered_and_random_messages_have_exactly_the_same_token_length(world, reader_tokens, budget):
+    """Instruction and question included, counted by the reader's own tokenizer on the whole
+    message (merges span section boundaries), for every question that fits."""
+    _, documents, questions = world
+    tokenizer, counter = reader_tokens
+    by_id = {d.id: d for d in documents}
+    agent = ReadingAgent(SearchIndex(documents))
+    sections = {d.id: len(tokenizer.encode(document_section(d), add_special_tokens=False)) for d in documents}
+    built = 0
+    for question in questions:
+        trajectory = agent.run(question)
+        lengths = set()
+        for mode in ("tiered", "random"):
+            try:
+                row = build_context(question, trajectory, by_id, sections, ContextConfig(budget_tokens=budget), 0, mode, counter)
+            except Unbuildable:
+                continue
+            lengths.add(len(tokenizer.encode(row["input_messages"][0]["content"], add_special_tokens=False)))
+        if lengths:
+            built += 1
+            assert lengths == {budget}, question.id
+    assert built >= 0.5 * len(questions)
 
 
 def test_bad_input_is_counted_or_named(tmp_path):
@@ -146,7 +245,8 @@ def test_bad_input_is_counted_or_named(tmp_path):
     with pytest.raises(ValueError, match="corpus: empty"):
         SearchIndex([])
     assert parse_agent_output("<search>q1</search> garbage <answer>Lyon</answer>") == \
-        {"searches": ["q1"], "answer": "Lyon", "malformed": False}
+        {"searches": ["q1"], "opens": [], "answer": "Lyon", "malformed": False}
+    assert parse_agent_output("<open> d000012 </open>")["opens"] == ["d000012"]
     assert parse_agent_output("<search>unclosed")["malformed"] is True
 
 

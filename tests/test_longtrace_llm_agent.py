@@ -30,8 +30,8 @@ from workloads.lm import TinyLMConfig, build_tiny_lm, load_lm
 
 
 class ScriptedCompletions(BaseHTTPRequestHandler):
-    """A completions server whose "model" searches for the question's first entity, then
-    answers with the first document it was shown (or misbehaves, per `mode`)."""
+    """A completions server whose "model" searches for the question's first entity, opens the
+    first two results, then answers with the first (or misbehaves, per `mode`)."""
 
     mode = "agent"
 
@@ -49,9 +49,12 @@ class ScriptedCompletions(BaseHTTPRequestHandler):
         elif "\n<information>\n" not in prompt:  # (the instruction itself names the tag)
             entity = re.search(r"(?:where|that|founded|of|in which) ([A-Z][a-z]+ [A-Z][a-z]+)", prompt)
             body = {"choices": [{"text": f"<search>{entity.group(1) if entity else 'who'} was born in", "finish_reason": "stop"}]}
+        elif prompt.count("<document>") < 2:  # open the first two results, one per turn
+            shown = re.findall(r"\[(d\d+)\]", prompt.rsplit("<information>", 1)[1])
+            body = {"choices": [{"text": f"<open>{shown[prompt.count('<document>')]}", "finish_reason": "stop"}]}
         else:
-            first = re.search(r"\[(d\d+)\] ([^:\n]+)", prompt.rsplit("<information>", 1)[1])
-            body = {"choices": [{"text": f"It is [{first.group(1)}]. <answer>{first.group(2)}", "finish_reason": "stop"}]}
+            opened = re.search(r"<document>\[(d\d+)\] ([^\n]+)\n", prompt)
+            body = {"choices": [{"text": f"It is [{opened.group(1)}]. <answer>{opened.group(2)}", "finish_reason": "stop"}]}
         data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -91,7 +94,7 @@ def test_agent_records_searches_shown_opened_and_cited(completions_server, world
     agent = LLMAgent(index, openai_completions(cfg.endpoint, "m", 64, 5.0, 0), cfg)
     trajectory = agent.run(questions[0])
     (step,) = trajectory.steps
-    assert step.query and len(step.shown) == 5 and step.opened == step.shown[:2]  # 'born' matches many pages
+    assert step.query and len(step.shown) == 5 and step.opened == step.shown[:2]  # 'born' matches many pages; it opened two
     first = next(d for d in index.documents if d.id == step.shown[0])
     assert trajectory.answer == first.title and trajectory.cited == [first.id]
 
@@ -137,7 +140,7 @@ def test_data_pipeline_with_the_endpoint_agent_and_with_it_down(completions_serv
 
     rows = ds.dataset(str(workdir / "built" / "mode=tiered"), format="parquet").to_table().to_pylist()
     tiers = {tier for row in rows for tier in row["metadata"]["doc_tiers"]}
-    assert {"gold", "tier2"} <= tiers  # the agent's shown-but-unopened results became distractors
+    assert {"gold", "tier1", "tier2"} <= tiers  # what it opened and did not cite, and shown-but-unopened results
 
     down = python_module(workdir, "pipelines.longtrace_data", "--set", "kg.num_questions=4", "num_actors=1",
                          "agent.kind=openai", "agent.endpoint=http://127.0.0.1:9", "agent.retries=0",

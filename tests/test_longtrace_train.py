@@ -38,7 +38,7 @@ def test_tune_over_eta_and_tier_ratio(workdir: Path):
                     "--set", *TINY, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (outcome,) = result_lines(proc.stdout)
-    assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and outcome["metric"] == "eval_accuracy_tiered"
+    assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and outcome["metric"] == "val_accuracy_tiered"
 
 
 def test_bad_input_names_the_field(workdir: Path):

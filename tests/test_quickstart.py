@@ -16,7 +16,7 @@ LONGEST_FIRST = ["longtrace", "distil", "sft", "ppo", "longtrace_data"]
 
 
 @pytest.mark.parametrize("pipeline", LONGEST_FIRST)
-@pytest.mark.timeout(1260)  # the longtrace default: 5 to 11 minutes beside other tests (688 s and 808 s measured)
+@pytest.mark.timeout(1260)  # the longtrace default: 508 s alone, up to twice that beside other tests
 def test_quickstart_pipeline_runs_and_learns(workdir: Path, pipeline: str):
     proc = rayworks(workdir, "quickstart", "--only", pipeline, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,20 +63,30 @@ def check_sft(workdir: Path, summary: dict) -> None:
 
 def check_longtrace(workdir: Path, summary: dict) -> None:
     """The embedded longtrace default: data built on demand, reader SFT, GRPO with the rubric
-    reward on Ray Train, evaluations in MLflow."""
+    reward on Ray Train, checkpoints selected on validation questions, the kept reader
+    evaluated on test questions whose facts no training target states."""
     before, after = summary["extra"]["before_grpo"], summary["extra"]["after_grpo"]
-    # What GRPO optimises: the sampled accuracy on the prompts it trains on (fixed seed, margin).
-    assert after["grpo_prompts_sampled_accuracy"] >= before["grpo_prompts_sampled_accuracy"] + 0.15, summary
-    # The reader learned the task in SFT at all (untrained: 0).
-    assert before["eval_accuracy_tiered"] >= 0.15
-
+    # The SFT reader reads rather than remembers: with no documents it answers almost none of
+    # the test questions (their facts are in no training target); with documents, far more.
+    # (Measured: tiered 0.237 / 0.169, closed book 0.017 / 0.017, in two runs.)
+    assert before["eval_accuracy_closed_book"] <= 0.05 and after["eval_accuracy_closed_book"] <= 0.05, summary
+    assert before["eval_accuracy_tiered"] >= before["eval_accuracy_closed_book"] + 0.1, summary
+    # The kept reader is the checkpoint with the best validation accuracy, the SFT reader included.
     client = mlflow_client(workdir)
     run = client.get_run(summary["run_id"])
-    for metric in ("eval_accuracy_tiered", "eval_accuracy_random", "difficulty_gap", "eval_rubric_recall_tiered",
-                   "before_grpo/eval_accuracy_tiered", "before_grpo/eval_accuracy_random", "sft_loss", "clip_fraction"):
+    validation = {m.step: m.value for m in client.get_metric_history(summary["run_id"], "val_accuracy_tiered")}
+    kept = summary["extra"]["kept_grpo_step"]
+    assert 0 in validation and validation[kept] == max(validation.values()), validation
+    if kept == 0:  # the SFT reader kept: evaluated again, the same figures (greedy, seeded probes)
+        assert after == before, summary
+    else:  # GRPO moved what it optimises: sampled accuracy on its own prompts (measured 0.22 -> 0.50)
+        assert after["grpo_prompts_sampled_accuracy"] >= before["grpo_prompts_sampled_accuracy"] + 0.1, summary
+    for metric in ("eval_accuracy_tiered", "val_accuracy_tiered", "before_grpo/eval_accuracy_random",
+                   "before_grpo/eval_accuracy_closed_book", "before_grpo/difficulty_gap", "kept/eval_accuracy_tiered",
+                   "kept/eval_accuracy_random", "kept/eval_rubric_recall_tiered", "sft_loss", "clip_fraction"):
         assert metric in run.data.metrics, metric
     rewards = client.get_metric_history(summary["run_id"], "reward")
-    assert sorted(m.step for m in rewards) == list(range(1, 31)) and all(0.0 <= m.value <= 1.0 for m in rewards)
+    assert rewards and all(0.0 <= m.value <= 1.0 for m in rewards)
     assert run.data.params["reward"] == "rubric" and run.data.params["grpo.clip_high"] == "0.28"
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert {"model", "learning_curve.png", "samples.jsonl", "config.yaml"} <= artifacts

@@ -1,6 +1,6 @@
 """Every trainable LM and robot pipeline with two Ray Train workers over gloo, on tokenizers shaped
 like real checkpoints' (Qwen2: no BOS; Qwen2-chat: a chat template): each run finishes, and
-both ranks end with the parameters the run saved; distil's rlvr arm shards the student with FSDP
+both ranks end with the parameters the run saved; distil's rlvr and self_distil arms shard the student with FSDP
 and longtrace its reader with DeepSpeed ZeRO-3 (rollouts generate in step across ranks). (`sft`
 with two workers: test_cli_sft.py, and under every strategy test_sft_strategies.py.)"""
 
@@ -31,9 +31,11 @@ def run_ok(workdir: Path, pipeline: str, *overrides: str, timeout: float = 600) 
     return result
 
 
-def test_distil_token_step_and_rlvr_with_two_workers_the_last_sharded_by_fsdp(workdir: Path):
+def test_distil_token_step_rlvr_and_self_distil_with_two_workers_the_last_two_sharded_by_fsdp(workdir: Path):
     client = mlflow_client(workdir)
-    for arm in (["level=token"], ["level=step"], ["objective=rlvr", "kl_coef=0.05", "train.strategy=fsdp"]):
+    arms = (["level=token", "expert.kind=recovering_oracle"], ["level=step"],
+            ["objective=rlvr", "kl_coef=0.05", "train.strategy=fsdp"], ["objective=self_distil", "train.strategy=fsdp"])
+    for arm in arms:
         result = run_ok(workdir, "distil", *DISTIL, *arm)  # the SFT-ed student is cached after the first
         assert_both_ranks_hold(client, result["run_id"], saved_model_fingerprint(client, result["run_id"], workdir))
         if "objective=rlvr" in arm:  # the k3 KL to the frozen starting student entered the loss
@@ -47,7 +49,7 @@ def test_longtrace_with_two_workers_under_zero3_a_chat_reader_and_reference_kl(w
 
     reader = build_tiny_lm(TinyLMConfig(tokenizer="qwen2-chat", hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
                                         intermediate_size=128, max_positions=1024), workdir / "chat-reader")
-    result = run_ok(workdir, "longtrace", "data.kg.num_questions=40", "data.context.budget_tokens=60", "sft.steps=10",
+    result = run_ok(workdir, "longtrace", "data.kg.num_questions=40", "data.context.budget_tokens=220", "sft.steps=10",
                     "grpo.steps=2", "eval_every=2", "probe_samples=1", "grpo.group_size=2", "grpo.prompts_per_step=2",
                     "grpo.max_new_tokens=16", "register_model=false", "data.num_actors=1", "train.num_workers=2",
                     "grpo.kl_coef=0.1", "train.strategy=deepspeed", "train.zero_stage=3", f"model_init={reader}", timeout=900)

@@ -1,9 +1,10 @@
 """An LLM search agent with Search-R1 tags, over an OpenAI-compatible endpoint or a local HF model.
 
 The agent writes `<search>query</search>`; the tool answers with an `<information>` block
-listing the top `top_k_shown` results (id and title: *shown*) and the full text of the first
-`top_k_opened` (*opened*); the agent ends with `<answer>...</answer>`. Documents it *cites*
-are the opened ones whose id or title it mentions after it stopped searching. Output that
+listing the top `top_k_shown` results (id, title and a snippet: *shown*). The agent decides
+what to read: `<open>id</open>` returns that result's full text (*opened*; at most
+`top_k_opened` per search). It ends with `<answer>...</answer>`. Documents it *cites* are the
+opened ones whose id or title it mentions in its final turn. Output that
 follows none of this (no tag at all, an unclosed tag, an empty answer) ends the episode with
 no answer; the trajectory so far is kept, so its shown/opened documents still tier distractors.
 """
@@ -19,9 +20,12 @@ from workloads.longtrace.search import AgentConfig, SearchIndex, Step, Trajector
 
 AGENT_INSTRUCTION = (
     "Answer the question. To look something up, write <search>query</search> and read the "
-    "<information> that follows. When you know the answer, write <answer>the answer</answer>.\n"
+    "<information> that follows (result ids, titles and snippets). To read a result in full, "
+    "write <open>its id</open>. When you know the answer, write <answer>the answer</answer>.\n"
 )
-STOP = ["</search>", "</answer>"]
+TAGS = ("search", "open", "answer")
+STOP = [f"</{tag}>" for tag in TAGS]
+SNIPPET_CHARS = 80
 
 Generate = Callable[[str], str]  # prompt -> continuation, stopped after a closing tag
 
@@ -36,7 +40,9 @@ def openai_completions(base_url: str, model: str, max_tokens: int, timeout_s: fl
         text = choice["text"]
         # Servers strip the stop string; put the closing tag back so the parser sees it.
         if choice.get("finish_reason") == "stop" and not text.rstrip().endswith(tuple(STOP)):
-            text += "</search>" if "<search>" in text.rsplit("</search>", 1)[-1] else "</answer>"
+            unclosed = max(TAGS, key=lambda tag: text.rfind(f"<{tag}>"))
+            if text.rfind(f"<{unclosed}>") >= 0:
+                text += f"</{unclosed}>"
         return text
 
     return generate
@@ -66,21 +72,37 @@ class LLMAgent:
     def run(self, question: Question) -> Trajectory:
         transcript = f"{AGENT_INSTRUCTION}Question: {question.question}\n"
         steps: list[Step] = []
+        documents = {d.id: d for d in self.index.documents}
         for _ in range(self.cfg.max_turns):
             output = self.generate(transcript)
             transcript += output
             parsed = parse_agent_output(output)
             if parsed["answer"] is not None:
                 return Trajectory(question.id, steps, parsed["answer"] or None, self._cited(steps, output))
+            if parsed["opens"]:
+                transcript += "\n" + self._open(parsed["opens"][-1], steps, documents) + "\n"
+                continue
             if not parsed["searches"]:
-                break  # malformed: neither a search nor an answer
+                break  # malformed: no search, no open, no answer
             query = parsed["searches"][-1]
             hits = [self.index.documents[i] for i in self.index.search(query, self.cfg.top_k_shown)]
-            opened = hits[: self.cfg.top_k_opened]
-            steps.append(Step(query, [d.id for d in hits], [d.id for d in opened]))
-            listing = "\n".join(f"[{d.id}] {d.title}" + (f": {d.text}" if d in opened else "") for d in hits)
+            steps.append(Step(query, [d.id for d in hits], []))
+            listing = "\n".join(f"[{d.id}] {d.title}: {d.text[:SNIPPET_CHARS]}" for d in hits) or "no results"
             transcript += f"\n<information>\n{listing}\n</information>\n"
         return Trajectory(question.id, steps, None, [])
+
+    def _open(self, doc_id: str, steps: list[Step], documents: dict) -> str:
+        """The tool's answer to `<open>`: the full text of a result of the last search."""
+        doc_id = doc_id.strip().strip("[]")
+        if not steps or doc_id not in steps[-1].shown:
+            return f"<document>{doc_id}: not among the last search's results</document>"
+        step = steps[-1]
+        if doc_id not in step.opened:
+            if len(step.opened) >= self.cfg.top_k_opened:
+                return f"<document>at most {self.cfg.top_k_opened} results can be opened per search</document>"
+            step.opened.append(doc_id)
+        document = documents[doc_id]
+        return f"<document>[{document.id}] {document.title}\n{document.text}</document>"
 
     def _cited(self, steps: list[Step], final_output: str) -> list[str]:
         titles = {d.id: d.title for d in self.index.documents}

@@ -28,6 +28,7 @@ class ReaderExample:
     label: str
     rubrics: list[str]
     context_tokens: int
+    question: str = ""
 
     @property
     def chain_target(self) -> str:
@@ -51,13 +52,34 @@ def load_examples(directory: str | Path, tokenizer) -> list[ReaderExample]:
     for row in rows:
         info = row["metadata"]["extra_reward_info"]
         examples.append(ReaderExample(row["metadata"]["question_id"], reader_prompt(tokenizer, row["input_messages"]),
-                                      row["label"], list(info["rubrics"]), int(row["metadata"]["context_tokens"])))
+                                      row["label"], list(info["rubrics"]), int(row["metadata"]["context_tokens"]),
+                                      info["question"]))
     return sorted(examples, key=lambda e: e.question_id)
 
 
-def is_held_out(question_id: str, eval_fraction: float) -> bool:
-    """A stable split by question id (the same question is held out in every mode)."""
-    return zlib.crc32(question_id.encode()) % 1000 < eval_fraction * 1000
+def chain_facts(chain: Sequence[str]) -> list[tuple[str, str]]:
+    """The facts a question's chain walks through, as (head, tail) pairs."""
+    return list(zip(chain, chain[1:]))
+
+
+def is_held_out_fact(fact: tuple[str, str], fraction: float) -> bool:
+    """A stable split of the knowledge graph's facts (the same in every mode and seed)."""
+    return zlib.crc32("\t".join(fact).encode()) % 1000 < fraction * 1000
+
+
+def is_held_out(example: "ReaderExample", held_out_facts: float) -> bool:
+    """A question is held out when its chain uses a held-out fact. The reader's training
+    targets walk the chains of the other questions, so none of them states a held-out fact:
+    a held-out answer cannot come from a memorised training target, only from the context."""
+    return any(is_held_out_fact(fact, held_out_facts) for fact in chain_facts(example.rubrics))
+
+
+def closed_book(example: "ReaderExample", tokenizer) -> "ReaderExample":
+    """The same question with no documents: what the reader knows without reading."""
+    from workloads.longtrace.search import context_content
+
+    prompt = reader_prompt(tokenizer, [{"role": "user", "content": context_content(example.question, [])}])
+    return dataclasses.replace(example, prompt=prompt, context_tokens=0)
 
 
 def score_responses(responses: Sequence[str], examples: Sequence[ReaderExample], judge: str = "exact") -> dict[str, float]:
