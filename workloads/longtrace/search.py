@@ -147,10 +147,10 @@ class ReadingAgent:
     far: results whose titles are named in the text it is following (the question, then the
     sentence that led it on), ranked by how much of the title is named and how many still-
     needed question words the result's snippet holds. In the entity page it follows, it picks
-    the sentence that covers the most question words it has not used yet and names something
-    new, searches for that, and moves to the page whose title the sentence names. It stops
-    when no sentence covers a needed word, answers with the current page's title, and cites
-    the pages it followed. Nothing here knows the relation templates: on a knowledge graph
+    a sentence that covers a question word it has not used yet and names something new
+    (`_next_sentence` says which), searches for that, and moves to the page whose title the
+    sentence names. It stops when no sentence qualifies, answers with the current page's
+    title, and cites the pages it followed. Nothing here knows the relation templates: on a knowledge graph
     from TSV it works the same (word overlap between the question and the pages).
 
     Tier 1 is what it opened and did not cite (look-alike titles, pages sharing the words it
