@@ -32,9 +32,6 @@ def test_no_training_question_walks_a_held_out_fact(examples):
     assert held_facts and 0.1 * len(examples) <= len(held) <= 0.35 * len(examples)
     for example in train:
         assert not held_facts & set(chain_facts(example.rubrics)), example.question_id
-    # every held-out question needs at least one fact that no training target states
-    train_facts = {f for e in train for f in chain_facts(e.rubrics)}
-    assert all(set(chain_facts(e.rubrics)) - train_facts for e in held)
     # the split is a property of the facts, not of the question ids
     renamed = [ReaderExample("x" + e.question_id, e.prompt, e.label, e.rubrics, 0, e.question) for e in examples]
     assert [is_held_out(e, 0.1) for e in renamed] == [is_held_out(e, 0.1) for e in examples]
