@@ -208,8 +208,8 @@ class ReadingAgent:
             named = len(title & lead_words) / max(1, len(title))
             return named, len(content_words(document.text[:200]) & needed)
 
-        ranked = sorted((d for d in hits if d.id not in visited), key=score, reverse=True)
-        return [d for d in ranked if any(score(d))][: self.cfg.top_k_opened]
+        scored = sorted(((score(d), d) for d in hits if d.id not in visited), key=lambda pair: pair[0], reverse=True)
+        return [d for key, d in scored if any(key)][: self.cfg.top_k_opened]
 
     @staticmethod
     def _next_sentence(page: Document, needed: dict[int, str], anchor: int) -> tuple[str, set[str]] | None:
