@@ -59,7 +59,8 @@ def section_tokens(documents: list[Document], tokenizer_path: str) -> dict[str, 
 
 
 class ContextBuilder:
-    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, output: str, tokenizer: str):
+    def __init__(self, corpus_refs: list, agent: dict, context: dict, seed: int, output: str, tokenizer: str,
+                 dataset_name: str):
         """`corpus_refs` is `[index ref, section tokens ref]` (`SearchIndex`, `section_tokens`):
         wrapped in a list so Ray passes the references instead of resolving them, and every
         actor fetches the one shared copy of each from the object store."""
@@ -69,7 +70,7 @@ class ContextBuilder:
         self.documents = {d.id: d for d in index.documents}
         self.doc_ids = list(self.documents)
         self.context = from_dict(ContextConfig, context)
-        self.seed, self.output, self.samples_sent = seed, Path(output), 0
+        self.seed, self.output, self.samples_sent, self.dataset_name = seed, Path(output), 0, dataset_name
         self.tokens = TokenCounter(reader_tokenizer(tokenizer))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -92,7 +93,7 @@ class ContextBuilder:
             for mode in MODES:
                 try:
                     row = build_context(question, trajectory, self.documents, self.section_tokens, self.context, self.seed,
-                                        mode, self.tokens, self.doc_ids)
+                                        mode, self.tokens, self.doc_ids, self.dataset_name)
                 except Unbuildable as exc:
                     skipped.append((str(exc), question.id))
                     continue
@@ -110,7 +111,8 @@ class ContextBuilder:
 
 
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
-                   seed: int, num_actors: int, batch_size: int, skips: Skips, tokenizer: str) -> BuildOutcome:
+                   seed: int, num_actors: int, batch_size: int, skips: Skips, tokenizer: str,
+                   dataset_name: str = "longtrace-synthetic") -> BuildOutcome:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass: the builders write their files as they go, and only their reports come
     back. `corpus_refs`: [index ref, section tokens ref], shared by the builders; `batch_size`
@@ -124,7 +126,7 @@ def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *
     reports = dataset.map_batches(
         ContextBuilder,
         fn_constructor_kwargs={"corpus_refs": corpus_refs, "agent": agent, "context": context, "seed": seed,
-                               "output": str(output), "tokenizer": tokenizer},
+                               "output": str(output), "tokenizer": tokenizer, "dataset_name": dataset_name},
         compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=1, batch_format="pyarrow",
         batch_size=questions_per_call(len(questions), num_actors, batch_size),
     )

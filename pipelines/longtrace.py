@@ -29,7 +29,6 @@ import functools
 import json
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -74,6 +73,7 @@ from workloads.longtrace.reader import (
     closed_book,
     greedy_scores,
     is_held_out,
+    is_validation,
     load_examples,
     sampled_accuracy,
 )
@@ -210,7 +210,7 @@ def split_examples(config: Config, data_dir: Path, tokenizer) -> Splits:
     held = lambda e: is_held_out(e, config.held_out_facts)  # noqa: E731
     grpo = [e for e in tiered if not held(e)]
     grpo = grpo[: config.grpo_prompts] if config.grpo_prompts else grpo
-    validation = lambda e: zlib.crc32(f"validation-{e.question_id}".encode()) % 1000 < config.validation_share * 1000  # noqa: E731
+    validation = lambda e: is_validation(e, config.validation_share)  # noqa: E731
     test = lambda e: held(e) and not validation(e)  # noqa: E731
     eval_tiered = [e for e in tiered if test(e)]
     splits = Splits([e for e in tiered + random_rows if not held(e)], grpo, eval_tiered,

@@ -92,7 +92,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         corpus_refs = [ray.put(SearchIndex(documents)), ray.put(section_tokens(documents, tokenizer))]
         built = write_contexts(questions, corpus_refs, output, agent=to_dict(config.agent), context=to_dict(config.context),
                                seed=config.seed, num_actors=config.num_actors, batch_size=config.batch_size, skips=skips,
-                               tokenizer=tokenizer)
+                               tokenizer=tokenizer, dataset_name=config.kg.dataset_name())
         log_outcome(run_record, output, built, skips, len(questions), len(documents))
     return RunSummary(PIPELINE, KEY_METRIC, float(built.rows["tiered"]), run_record.run_id, str(output),
                       extra={"questions": len(questions), "documents": len(documents), "skipped": dict(skips)})

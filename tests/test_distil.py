@@ -86,7 +86,9 @@ def test_tune_distil_over_learning_rate_top_k_and_temperature(workdir: Path):
     space = workdir / "space.yaml"
     space.write_text(yaml.safe_dump({"metric": "pass_at_1", "space": {
         "lr": {"loguniform": [3e-5, 3e-4]}, "expert.top_k": {"choice": [1, 4]}, "temperature": {"uniform": [0.8, 1.2]}}}))
-    proc = rayworks(workdir, "tune", "distil", "--space", str(space), "--num-samples", "2", "--set", *TINY, timeout=900)
+    student = build_tiny_lm(TinyLMConfig(), workdir / "student", seed=0)  # the search, not the student's SFT
+    proc = rayworks(workdir, "tune", "distil", "--space", str(space), "--num-samples", "2", "--set", *TINY,
+                    f"student_init={student}", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (outcome,) = result_lines(proc.stdout)
     assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and 0.0 <= outcome["best_value"] <= 1.0

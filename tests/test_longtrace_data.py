@@ -117,13 +117,15 @@ def test_a_real_knowledge_graph_from_an_installed_package(workdir: Path):
     assert sum(agent.run(q).answer == q.label for q in questions) >= 0.9 * len(questions)
 
     proc = rayworks(workdir, "run", "longtrace_data", "--set", f"kg.triples={triples}", f"kg.descriptions={descriptions}",
-                    "kg.num_questions=20", "num_actors=1", "context.budget_tokens=400", f"output_dir={workdir / 'iso'}",
+                    "kg.num_questions=20", "kg.name=iso3166", "num_actors=1", "context.budget_tokens=400",
+                    f"output_dir={workdir / 'iso'}",
                     timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = result_lines(proc.stdout)
     assert summary["value"] == 20 and summary["extra"]["skipped"]
     rows = pq.read_table(workdir / "iso" / "mode=tiered").to_pylist()
     assert {t for r in rows for t in r["metadata"]["doc_tiers"]} >= {"gold", "tier1", "tier2"}
+    assert {r["metadata"]["extra_reward_info"]["dataset_name"] for r in rows} == {"longtrace-iso3166"}
 
 
 def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, tmp_path):

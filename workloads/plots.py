@@ -1,17 +1,17 @@
-"""Matplotlib PNGs for run artifacts (headless backend)."""
+"""Matplotlib PNGs for run artifacts (headless backend). Matplotlib is imported on first use:
+every Ray worker imports the pipelines, and only the driver draws."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def plot_curves(panels: dict[str, dict[str, list[tuple[float, float]]]], path: str | Path, title: str) -> Path:
     """One subplot per panel; each panel maps a series label to (x, y) points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (panel, series) in zip(axes[0], panels.items()):
         for label, points in series.items():

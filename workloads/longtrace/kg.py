@@ -47,6 +47,7 @@ class KGConfig:
     triples: str = ""  # TSV head<TAB>relation<TAB>tail; empty: the seeded synthetic world
     descriptions: str = ""  # TSV entity<TAB>description
     corpus: str = ""  # JSONL or Parquet with id, title, text; empty: one document per entity
+    name: str = ""  # the dataset's name in built rows; empty: the triples file's name, or "synthetic"
     num_people: int = 120  # synthetic world: people
     num_cities: int = 30  # synthetic world: cities
     num_countries: int = 8  # synthetic world: countries
@@ -62,6 +63,10 @@ class KGConfig:
         require(1 <= self.min_hops <= self.max_hops, "min_hops", "need 1 <= min_hops <= max_hops")
         require(self.num_questions >= 1, "num_questions", "must be >= 1")
         require(bool(self.triples) or not self.descriptions, "descriptions", "needs kg.triples too")
+
+    def dataset_name(self) -> str:
+        """What built rows name as their source: the triples file's name, or the synthetic world."""
+        return f"longtrace-{self.name or (Path(self.triples).stem if self.triples else 'synthetic')}"
 
 
 @dataclasses.dataclass

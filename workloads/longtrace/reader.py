@@ -74,6 +74,12 @@ def is_held_out(example: "ReaderExample", held_out_facts: float) -> bool:
     return any(is_held_out_fact(fact, held_out_facts) for fact in chain_facts(example.rubrics))
 
 
+def is_validation(example: "ReaderExample", share: float) -> bool:
+    """Which held-out questions select checkpoints (validation) rather than report (test): a
+    stable split by question, the same in both modes."""
+    return zlib.crc32(f"validation-{example.question_id}".encode()) % 1000 < share * 1000
+
+
 def closed_book(example: "ReaderExample", tokenizer) -> "ReaderExample":
     """The same question with no documents: what the reader knows without reading."""
     from workloads.longtrace.search import context_content

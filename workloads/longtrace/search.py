@@ -330,7 +330,7 @@ SEPARATOR_TOKENS = 2  # the blank line between sections, as the greedy fill budg
 
 def build_context(question: Question, trajectory: Trajectory | None, documents: dict[str, Document],
                   section_tokens: Mapping[str, int], cfg: ContextConfig, seed: int, mode: str,
-                  tokens: TokenCounter, doc_ids: list[str] | None = None) -> dict:
+                  tokens: TokenCounter, doc_ids: list[str] | None = None, dataset_name: str = "longtrace-synthetic") -> dict:
     """A training row whose whole user message (instruction, documents and question) is
     exactly `cfg.budget_tokens` long in the reader's tokens, in every mode: the difficulty
     comparison is between contexts of equal length. Raises `Unbuildable` when it cannot be.
@@ -382,7 +382,7 @@ def build_context(question: Question, trajectory: Trajectory | None, documents: 
         "label": question.label,
         "metadata": {
             "extra_reward_info": {"question": question.question, "rubrics": question.rubrics,
-                                  "dataset_name": "longtrace-synthetic"},
+                                  "dataset_name": dataset_name},
             "question_id": question.id,
             "doc_ids": [d.id for d, _, _ in chosen],
             "doc_tiers": [tier for _, tier, _ in chosen],
