@@ -112,7 +112,7 @@ class ContextBuilder:
 
 def write_contexts(questions: list[Question], corpus_refs: list, output: Path, *, agent: dict, context: dict,
                    seed: int, num_actors: int, batch_size: int, skips: Skips, tokenizer: str,
-                   dataset_name: str = "longtrace-synthetic") -> BuildOutcome:
+                   dataset_name: str) -> BuildOutcome:
     """Questions -> a pool of `ContextBuilder` actors -> Parquet under `output/mode=*/`, in one
     streaming pass: the builders write their files as they go, and only their reports come
     back. `corpus_refs`: [index ref, section tokens ref], shared by the builders; `batch_size`

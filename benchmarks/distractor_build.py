@@ -96,7 +96,8 @@ def ray_data(questions, index: SearchIndex, section_tokens: dict[str, int], toke
     corpus_refs = [ray.put(index), ray.put(section_tokens)]
     started = time.perf_counter()
     built = write_contexts(questions, corpus_refs, output, agent=to_dict(AgentConfig()), context=to_dict(ContextConfig()),
-                           seed=0, num_actors=actors, batch_size=Config.batch_size, skips=Skips(), tokenizer=tokenizer)
+                           seed=0, num_actors=actors, batch_size=Config.batch_size, skips=Skips(), tokenizer=tokenizer,
+                           dataset_name=KGConfig().dataset_name())
     return Measured(sum(built.rows.values()) / (time.perf_counter() - started), built.startup_seconds,
                     built.builder_utilisation)
 

@@ -128,6 +128,13 @@ def test_a_real_knowledge_graph_from_an_installed_package(workdir: Path):
     assert {r["metadata"]["extra_reward_info"]["dataset_name"] for r in rows} == {"longtrace-iso3166"}
 
 
+def test_rows_name_their_knowledge_graph():
+    """kg.name names the dataset; without it, the triples file does; the synthetic world has its own name."""
+    assert KGConfig(triples="/data/wordnet/triples.tsv", name="wordnet").dataset_name() == "longtrace-wordnet"
+    assert KGConfig(triples="/data/wordnet-nouns.tsv").dataset_name() == "longtrace-wordnet-nouns"
+    assert KGConfig().dataset_name() == "longtrace-synthetic"
+
+
 def test_a_shipped_index_searches_like_the_original_on_canonical_dtypes(world, tmp_path):
     """Actors receive the index pickled; it must answer the same and keep numpy's builtin dtypes
     (an unpickled dtype takes bm25s' `np.add.at` scoring off its fast path)."""

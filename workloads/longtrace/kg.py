@@ -40,6 +40,9 @@ GENERIC_PHRASE = "the entity that {x} {relation}"
 SYLLABLES = ["ka", "lo", "mi", "ra", "ve", "to", "sa", "ne", "ri", "ba", "du", "fe", "go", "hi", "ju", "ze", "qu", "ol", "an", "is"]
 
 
+SYNTHETIC_DATASET = "longtrace-synthetic"  # what rows built from the seeded synthetic world name as their source
+
+
 @dataclasses.dataclass
 class KGConfig:
     """The knowledge graph: TSV files, or a seeded synthetic world; the multi-hop questions drawn from it."""
@@ -66,7 +69,9 @@ class KGConfig:
 
     def dataset_name(self) -> str:
         """What built rows name as their source: the triples file's name, or the synthetic world."""
-        return f"longtrace-{self.name or (Path(self.triples).stem if self.triples else 'synthetic')}"
+        if self.name or self.triples:
+            return f"longtrace-{self.name or Path(self.triples).stem}"
+        return SYNTHETIC_DATASET
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ import bm25s
 import numpy as np
 
 from workloads.config import require
-from workloads.longtrace.kg import Document, Question
+from workloads.longtrace.kg import SYNTHETIC_DATASET, Document, Question
 
 INSTRUCTION = ("Answer the question using the documents. Think step by step, then give the final "
                "answer after 'Answer:'.")
@@ -150,8 +150,8 @@ class ReadingAgent:
     a sentence that covers a question word it has not used yet and names something new
     (`_next_sentence` says which), searches for that, and moves to the page whose title the
     sentence names. It stops when no sentence qualifies, answers with the current page's
-    title, and cites the pages it followed. Nothing here knows the relation templates: on a knowledge graph
-    from TSV it works the same (word overlap between the question and the pages).
+    title, and cites the pages it followed. Nothing here knows the relation templates: on a
+    knowledge graph from TSV it works the same (word overlap between the question and the pages).
 
     Tier 1 is what it opened and did not cite (look-alike titles, pages sharing the words it
     needed); tier 2 what it was shown and did not open."""
@@ -330,7 +330,7 @@ SEPARATOR_TOKENS = 2  # the blank line between sections, as the greedy fill budg
 
 def build_context(question: Question, trajectory: Trajectory | None, documents: dict[str, Document],
                   section_tokens: Mapping[str, int], cfg: ContextConfig, seed: int, mode: str,
-                  tokens: TokenCounter, doc_ids: list[str] | None = None, dataset_name: str = "longtrace-synthetic") -> dict:
+                  tokens: TokenCounter, doc_ids: list[str] | None = None, dataset_name: str = SYNTHETIC_DATASET) -> dict:
     """A training row whose whole user message (instruction, documents and question) is
     exactly `cfg.budget_tokens` long in the reader's tokens, in every mode: the difficulty
     comparison is between contexts of equal length. Raises `Unbuildable` when it cannot be.
