@@ -5,13 +5,17 @@
 Recipe:
 1. The student: `student_init`, or the tiny model SFT-ed briefly on arithmetic by the `sft`
    pipeline (a child MLflow run), cached by its config and seed under `storage_path`.
-2. Expert-query actors (`actors.experts`): the oracle (default), a local HF model, or an
-   OpenAI-compatible endpoint with `prompt_logprobs`; each caches its labels.
+2. The expert, behind expert-query actors (`actors.experts`) that cache its labels: the oracle
+   (default), the recovering oracle, any local HF model (`expert.model`), an OpenAI-compatible
+   endpoint with `prompt_logprobs`, or, for `expert.kind=hf` without a model, the tiny model
+   trained here (a second `sft` child) on privileged feedback the student never sees
+   (`expert.feedback`: the answer, for python the tests; or the whole solution) before each
+   prompt, so its labels are a real softmax that uses that feedback.
 3. On Ray Train, per iteration: the student samples `samples_per_prompt` completions for
    `prompts_per_iteration` training problems of the task (`workloads.tasks`: arithmetic, or
    `task.kind=python`, programs that the sandboxed verifier actor runs against the problem's
    tests to decide Pass@k and the rlvr reward) -> the experts label every visited state with
-   top-k + tail (seeing the reference solution when `expert.privileged`) -> the student takes
+   top-k + tail (seeing the feedback when `expert.privileged`) -> the student takes
    `updates_per_iteration` steps on `objective` (distil = forward CE, reverse_kl, jsd) or, for
    `rlvr`, GRPO steps with the 0/1 answer check as reward, or, for `self_distil`, forward CE
    against the student's own distribution when it is shown the privileged feedback (the
@@ -85,7 +89,7 @@ from workloads.lm import (
 )
 from workloads.plots import plot_curves
 from workloads.sft import batch_indices
-from workloads.tasks import TaskConfig, completion_budget, task_for
+from workloads.tasks import TaskConfig, completion_budget, privileged_feedback, task_for
 
 PIPELINE = "distil"
 REGISTERED_MODEL = "rayworks-distil"
@@ -113,6 +117,12 @@ class Config(RunFields):
     average: Literal["token", "sequence"] = "token"  # loss average: per labelled token or per sequence
     student_init: str = ""  # a model directory or hub id; empty: the tiny student, SFT-ed briefly
     student_sft_steps: int = 300  # SFT steps of the default student (cached)
+    # expert.kind=hf without expert.model: SFT steps of the privileged expert (the tiny model trained
+    # on expert.feedback + prompt -> solution, cached); it never sees a held-out problem
+    expert_sft_steps: int = 600
+    # arithmetic: share of the expert's training examples that start from a slip and continue correctly
+    # from it, so that it labels the states the student reaches after its mistakes, not only the reference's
+    expert_recovery: float = 0.5
     iterations: int = 30  # DAgger iterations
     prompts_per_iteration: int = 48  # training problems per worker per iteration
     samples_per_prompt: int = 4  # also GRPO's group size for rlvr
@@ -145,6 +155,10 @@ class Config(RunFields):
         require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1)")
         require(self.average in ("token", "sequence"), "average", "expected token or sequence")
         require(bool(self.student_init) or self.student_sft_steps >= 1, "student_sft_steps", "the tiny student needs SFT steps (or set student_init)")
+        require(self.expert_sft_steps >= 1, "expert_sft_steps", "the privileged expert needs SFT steps (or set expert.model)")
+        require(self.expert.kind != "hf" or bool(self.expert.model) or self.expert.privileged, "expert.privileged",
+                "the expert trained here learns to use the privileged feedback: set expert.privileged=true or give expert.model")
+        require(0.0 <= self.expert_recovery <= 1.0, "expert_recovery", "must be in [0, 1]")
         require(self.iterations >= 0, "iterations", "must be >= 0")
         require(self.prompts_per_iteration >= 1, "prompts_per_iteration", "must be >= 1")
         require(self.samples_per_prompt >= 2 or self.objective != "rlvr", "samples_per_prompt", "rlvr needs >= 2 (GRPO groups)")
@@ -164,26 +178,42 @@ def step_budget(config: Config) -> tuple[int, int]:
     return config.iterations, config.eval_every
 
 
-# ---------------------------------------------------------------- the student
-def ensure_student(config: Config, parent_run_id: str) -> str:
-    """`student_init`, or the tiny student SFT-ed by the `sft` pipeline, cached by its config and seed."""
-    if config.student_init:
-        return config.student_init
-    student_config = sft.Config(seed=config.seed, run_name="", experiment=config.experiment or f"rayworks-{PIPELINE}",
-                                storage_path=config.storage_path,
-                                register_model=False, num_samples_logged=4, model=config.model, task=config.task,
-                                train=sft.TrainConfig(max_steps=config.student_sft_steps, eval_every=config.student_sft_steps,
-                                                      checkpoint_every=config.student_sft_steps))
-    cache = Path(storage_path(config.storage_path)) / "distil-students" / stable_hash([to_dict(student_config)])
+# ---------------------------------------------------------------- the student and the expert
+def sft_child(config: Config, parent_run_id: str, steps: int, cache_name: str, privileged: str = "",
+              recovery: float = 0.0) -> str:
+    """A model SFT-ed on the task by the `sft` pipeline (a child MLflow run), cached by its config
+    and seed; `privileged` and `recovery` as in `sft.Config` (the expert's training)."""
+    child = sft.Config(seed=config.seed, run_name="", experiment=config.experiment or f"rayworks-{PIPELINE}",
+                       storage_path=config.storage_path, privileged=privileged, recovery=recovery,
+                       register_model=False, num_samples_logged=4, model=config.model, task=config.task,
+                       train=sft.TrainConfig(max_steps=steps, eval_every=steps, checkpoint_every=steps))
+    cache = Path(storage_path(config.storage_path)) / cache_name / stable_hash([to_dict(child)])
 
-    def sft_student(directory: Path) -> None:
+    def train(directory: Path) -> None:
         import mlflow.artifacts
 
-        summary = sft.run(student_config, parent_run_id=parent_run_id)
+        summary = sft.run(child, parent_run_id=parent_run_id)
         mlflow.artifacts.download_artifacts(run_id=summary.run_id, artifact_path="model", dst_path=str(directory),
                                             tracking_uri=tracking.tracking_uri())
 
-    return str(cached_directory(cache, sft_student) / "model")
+    return str(cached_directory(cache, train) / "model")
+
+
+def ensure_student(config: Config, parent_run_id: str) -> str:
+    """`student_init`, or the tiny student SFT-ed briefly on the task."""
+    return config.student_init or sft_child(config, parent_run_id, config.student_sft_steps, "distil-students")
+
+
+def ensure_expert(config: Config, parent_run_id: str) -> ExpertConfig:
+    """The expert config with a model: for kind=hf without one, the tiny model trained here on
+    `expert.feedback` + prompt -> solution, and from slips to their correct continuations
+    (`expert_recovery`), on its seed's training split, never the held-out problems: its labels
+    are a real softmax that uses what the student never sees, on and off the reference's path."""
+    if config.expert.kind != "hf" or config.expert.model:
+        return config.expert
+    recovery = config.expert_recovery if config.task.kind == "arithmetic" else 0.0
+    expert = sft_child(config, parent_run_id, config.expert_sft_steps, "distil-experts", config.expert.feedback, recovery)
+    return dataclasses.replace(config.expert, model=expert)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -267,7 +297,7 @@ def train_loop_per_worker(payload: dict) -> None:
         if config.objective == "rlvr":
             metrics.update(grpo_step(engine, rollouts, rewards, grpo, reference))
         else:
-            privileged = [p.solution if config.expert.privileged else "" for p in problems]
+            privileged = [privileged_feedback(p, config.expert.feedback_kind) if config.expert.privileged else "" for p in problems]
             states = states_from_rollouts(rollouts, privileged)
             failure: Exception | None = None
             try:
@@ -346,8 +376,12 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     with ending_run(run_record):
         student = ensure_student(config, run_record.run_id)
         run_record.set_tags({"student": student})
-        experts = (ExpertPool(config.expert, lm_expert_builder(config.expert, student))
-                   if config.objective not in WITHOUT_EXPERT else None)
+        experts = None
+        if config.objective not in WITHOUT_EXPERT:
+            expert = ensure_expert(config, run_record.run_id)
+            if expert.model:
+                run_record.set_tags({"expert": expert.model})
+            experts = ExpertPool(expert, lm_expert_builder(expert, student))
         checker = TaskChecker(config.task)
         config.train.prepare_driver()
         with ProgressLines() as lines:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -46,6 +47,7 @@ from pipelines.launch import (
     worker_device,
 )
 from workloads import tracking
+from workloads.arithmetic import recovery_example
 from workloads.caching import stable_hash
 from workloads.config import from_dict, require, to_dict
 from workloads.lm import TinyLMConfig, format_prompt, greedy_complete, load_lm, tiny_lm
@@ -57,7 +59,8 @@ from workloads.sft import (
     train_step,
     warmup_cosine,
 )
-from workloads.tasks import TaskConfig, completion_budget, task_for
+from workloads.experts import privileged_prefix
+from workloads.tasks import FEEDBACK, TaskConfig, completion_budget, privileged_feedback, task_for
 
 PIPELINE = "sft"
 REGISTERED_MODEL = "rayworks-sft"
@@ -102,6 +105,13 @@ class TrainConfig(Workers):
 class Config(RunFields):
     # A saved model directory or hub id to start from; empty: build the tiny default.
     model_init: str = ""
+    # Privileged feedback shown before every prompt ("solution" or "answer", workloads.tasks.FEEDBACK),
+    # training and evaluation alike: how distil trains its privileged expert. Empty: none.
+    privileged: Literal["", "solution", "answer"] = ""
+    # Share of training examples that start from a slip (workloads.arithmetic.recovery_example) and
+    # target the correct continuation from it: how distil's expert learns to label the states a
+    # student reaches after a mistake. Arithmetic only.
+    recovery: float = 0.0
     register_model: bool = True  # register the final model in MLflow's registry
     num_samples_logged: int = 20  # held-out completions logged as samples.jsonl
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
@@ -109,6 +119,28 @@ class Config(RunFields):
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     section: ClassVar[str] = "sft"
+
+    def validate(self) -> None:
+        require(self.privileged in ("", *FEEDBACK), "privileged", f"expected empty or one of {sorted(FEEDBACK)}")
+        require(0.0 <= self.recovery <= 1.0, "recovery", "must be in [0, 1]")
+        require(self.recovery == 0.0 or self.task.kind == "arithmetic", "recovery", "recovery examples need task.kind=arithmetic")
+
+    def prompts(self, tokenizer, problems) -> list[str]:
+        """What the model reads before each target: the privileged feedback (as an LM expert is
+        shown it, `privileged_prefix`), then the formatted prompt."""
+        feedback = (lambda p: privileged_prefix(privileged_feedback(p, self.privileged))) if self.privileged else (lambda p: "")
+        return [feedback(p) + format_prompt(tokenizer, p.prompt) for p in problems]
+
+    def examples(self, tokenizer, problems) -> tuple[list[str], list[str]]:
+        """(prompts, targets) to train on: each problem's solution, or, for a seeded `recovery`
+        share, a slip written after the prompt and the correct continuation from it."""
+        rng = random.Random(self.seed)
+        prompts, targets = [], []
+        for prompt, problem in zip(self.prompts(tokenizer, problems), problems):
+            written, target = recovery_example(problem, rng) if rng.random() < self.recovery else ("", problem.solution)
+            prompts.append(prompt + written)
+            targets.append(target)
+        return prompts, targets
 
 
 def initial_model(config: Config):
@@ -121,9 +153,9 @@ def initial_model(config: Config):
     return tiny_lm(config.model, seed=config.seed)
 
 
-def evaluate(model, tokenizer, problems, max_new_tokens: int, checker) -> tuple[float, list[str], list[bool]]:
+def evaluate(config: Config, model, tokenizer, problems, max_new_tokens: int, checker) -> tuple[float, list[str], list[bool]]:
     """Greedy accuracy on `problems`, with the completions and their verdicts."""
-    completions = greedy_complete(model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems], max_new_tokens)
+    completions = greedy_complete(model, tokenizer, config.prompts(tokenizer, problems), max_new_tokens)
     correct = checker(problems, completions)
     return sum(correct) / len(problems), completions, correct
 
@@ -138,8 +170,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     model, tokenizer = initial_model(config)
     train_problems, eval_problems = task_for(config.task).splits(config.seed)
-    data = tokenize_examples(tokenizer, [format_prompt(tokenizer, p.prompt) for p in train_problems],
-                             [p.solution for p in train_problems], config.train.max_length)
+    data = tokenize_examples(tokenizer, *config.examples(tokenizer, train_problems), config.train.max_length)
     checker = payload["checker"]
     eval_tokens = config.train.eval_max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
     train = config.train
@@ -156,7 +187,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     def evaluate_on_rank0() -> float:  # every rank gathers the weights; rank 0 evaluates them
         eval_model = engine.full_model()
-        return evaluate(eval_model, tokenizer, eval_problems, eval_tokens, checker)[0] if rank == 0 else float("nan")
+        return evaluate(config, eval_model, tokenizer, eval_problems, eval_tokens, checker)[0] if rank == 0 else float("nan")
 
     eval_accuracy = evaluate_on_rank0()
     if rank == 0:
@@ -219,7 +250,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, checker) -
         model, tokenizer = load_lm(model_dir)
         shown = eval_problems[: config.num_samples_logged]
         eval_tokens = config.train.eval_max_new_tokens or completion_budget(train_problems + eval_problems, tokenizer)
-        _, completions, correct = evaluate(model, tokenizer, shown, eval_tokens, checker)
+        _, completions, correct = evaluate(config, model, tokenizer, shown, eval_tokens, checker)
         samples = [{"prompt": p.prompt, "completion": c, "reference": p.solution, "correct": ok}
                    for p, c, ok in zip(shown, completions, correct)]
         run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")

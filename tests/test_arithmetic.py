@@ -1,4 +1,8 @@
-from workloads.arithmetic import Problem, check_answer, check_steps, extract_answer, generate_splits
+import random
+
+from workloads.arithmetic import (
+    Problem, check_answer, check_steps, correct_continuation, extract_answer, generate_splits, recovery_example,
+)
 from workloads.tasks import TaskConfig
 
 
@@ -36,3 +40,19 @@ def test_step_checker_finds_the_first_wrong_step():
     assert wrong_second.first_failure == 1 and not wrong_second.answer_correct
     truncated = check_steps(problem, "7+5=12\n")
     assert truncated.steps == [True, False] and truncated.first_failure == 1
+
+
+def test_the_correct_continuation_after_a_slip_ends_the_line_and_redoes_the_step():
+    problem = Problem((12, 34, 5), ("+", "-"))  # 12+34=46, 46-5=41
+    continuations = {correct_continuation(problem.solution, "12+34=47", random.Random(seed)) for seed in range(20)}
+    assert continuations == {"\n12+34=46\n46-5=41\nAnswer: 41\n", "\n34+12=46\n46-5=41\nAnswer: 41\n"}
+    assert correct_continuation(problem.solution, "12+34=46\n46-5=4", random.Random(0)) == "1\nAnswer: 41\n"
+    assert correct_continuation(problem.solution, "12+34=46\n46-5=41\nAnswer: 41\n", random.Random(0)) == ""
+
+
+def test_recovery_examples_start_with_a_slip_and_end_correct():
+    rng = random.Random(0)
+    for problem in generate_splits(TaskConfig(num_train=200, num_eval=2), seed=1)[0]:
+        written, target = recovery_example(problem, rng)
+        assert not problem.solution.startswith(written)  # a character the solution does not have there
+        assert not check_answer(problem, written) and check_answer(problem, written + target)

@@ -17,7 +17,7 @@ from workloads.experts import EndpointExpert, HFExpert, StudentState, ends_step
 from workloads.tasks import TaskConfig
 from workloads.lm import TinyLMConfig, build_tiny_lm, load_tokenizer
 
-TINY = ["student_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_iteration=4", "eval_problems=10",
+TINY = ["student_sft_steps=20", "expert_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_iteration=4", "eval_problems=10",
         "eval_samples=2", "register_model=false"]
 PORT = 8131
 
@@ -62,8 +62,10 @@ def test_compare_runs_objectives_and_logs_intervals(workdir: Path):
 
 def test_python_task_programs_are_judged_by_the_sandboxed_verifier(workdir: Path):
     """task.kind=python: the student (SFT-ed on programs by the sft child run) writes functions,
-    and every correctness verdict, Pass@k and the logged samples, comes from running them."""
-    proc = rayworks(workdir, "run", "distil", "--set", *TINY, "task.kind=python", "task.num_eval=10", timeout=600)
+    and every correctness verdict, Pass@k and the logged samples, comes from running them. The
+    expert is the privileged one trained here (expert.kind=hf, no model): it reads the tests."""
+    proc = rayworks(workdir, "run", "distil", "--set", *TINY, "task.kind=python", "task.num_eval=10",
+                    "expert.kind=hf", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (result,) = result_lines(proc.stdout)
     client = mlflow_client(workdir)
@@ -76,8 +78,11 @@ def test_python_task_programs_are_judged_by_the_sandboxed_verifier(workdir: Path
     samples = client.download_artifacts(result["run_id"], "samples_annotated.jsonl", str(workdir))
     first = json.loads(Path(samples).read_text().splitlines()[0])
     assert first["prompt"].startswith("Q: f(x): ") and isinstance(first["correct"], bool)
-    (student_run,) = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
-    assert student_run.data.params["task.kind"] == "python"
+    # two sft children on programs: the student, and the expert, which reads each problem's tests first
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")
+    assert sorted(c.data.params["privileged"] for c in children) == ["", "answer"]
+    assert {c.data.params["task.kind"] for c in children} == {"python"}
+    (student_run,) = [c for c in children if c.data.params["privileged"] == ""]
     references = client.download_artifacts(student_run.info.run_id, "samples.jsonl", str(workdir / "sft"))
     assert json.loads(Path(references).read_text().splitlines()[0])["reference"].startswith("def f(x):\n")
 

@@ -151,6 +151,47 @@ def test_self_distillation_labels_are_the_students_own_with_the_feedback_in_fron
     assert not np.allclose(with_feedback.logprobs, without.logprobs, atol=1e-3)
 
 
+@pytest.mark.parametrize("tokenizer_style", ["bytes", "qwen2-chat"])
+def test_the_privileged_expert_is_trained_on_exactly_what_it_reads_when_labelling(tokenizer_style):
+    """distil's default expert is SFT-ed (sft.Config.privileged) on feedback + prompt -> solution;
+    when it labels a student state it must read the same token ids before the completion, or
+    it is asked about inputs it was never trained on."""
+    from pipelines.sft import Config as SFTConfig
+    from workloads.experts import expert_sequences
+    from workloads.lm import encode_text, format_prompt
+
+    tokenizer = tiny_lm(TinyLMConfig(tokenizer=tokenizer_style), seed=0)[1]
+    problem = PROBLEMS[3]
+    (trained_prompt,) = SFTConfig(privileged="answer").prompts(tokenizer, [problem])
+    assert trained_prompt.startswith(f"Reference:\nAnswer: {problem.answer}\n")
+    state = StudentState(tuple(encode_text(tokenizer, format_prompt(tokenizer, problem.prompt))),
+                         tuple(tokenizer.encode(problem.solution, add_special_tokens=False)), problem.outcome)
+    (read,), (start,) = expert_sequences([state], tokenizer)
+    assert read[:start] == encode_text(tokenizer, trained_prompt)
+    assert SFTConfig().prompts(tokenizer, [problem]) == [format_prompt(tokenizer, problem.prompt)]
+
+
+def test_the_privileged_experts_training_examples_include_slips_and_their_corrections(student):
+    """sft.Config.recovery: a seeded share of examples start from a slip after the prompt and
+    target the correct continuation from it; the rest are the plain solution."""
+    from pipelines.sft import Config as SFTConfig
+    from workloads.arithmetic import check_answer
+
+    tokenizer, _ = student
+    problems = generate_splits(TaskConfig(num_train=200, num_eval=2), seed=0)[0]
+    plain = SFTConfig(privileged="answer").prompts(tokenizer, problems)
+    prompts, targets = SFTConfig(privileged="answer", recovery=0.5, seed=3).examples(tokenizer, problems)
+    assert (prompts, targets) == SFTConfig(privileged="answer", recovery=0.5, seed=3).examples(tokenizer, problems)
+    slips = [i for i in range(len(problems)) if prompts[i] != plain[i]]
+    assert 70 <= len(slips) <= 130
+    for i, problem in enumerate(problems):
+        assert prompts[i].startswith(plain[i])
+        written = prompts[i][len(plain[i]):]
+        assert i in slips or targets[i] == problem.solution
+        assert check_answer(problem, written + targets[i])
+    assert SFTConfig(privileged="answer").examples(tokenizer, problems) == (plain, [p.solution for p in problems])
+
+
 def test_a_tokenizer_mismatch_is_refused_unless_text_alignment_is_on(student, tmp_path):
     tokenizer, _ = student
     other = build_tiny_lm(TinyLMConfig(bpe_merges=30), tmp_path / "bpe-expert", texts=[p.solution for p in PROBLEMS] * 5)

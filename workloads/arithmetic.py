@@ -70,6 +70,11 @@ class Problem:
     def solution(self) -> str:
         return "\n".join(self.steps() + [f"{ANSWER_MARKER} {self.answer}"]) + "\n"
 
+    @property
+    def outcome(self) -> str:
+        """What a correct completion must end with (privileged feedback without the steps)."""
+        return f"{ANSWER_MARKER} {self.answer}\n"
+
 
 def _sample_problem(rng: random.Random, cfg: TaskConfig) -> Problem | None:
     num_ops = rng.randint(cfg.min_ops, cfg.max_ops)
@@ -195,6 +200,36 @@ def correct_next_lines(solution: str, written: str) -> tuple[list[str], str]:
         else:
             done += 1
     return targets(), partial
+
+
+WRONG_CHARACTERS = "0123456789+-=\n"  # what a student's slip writes instead of the right character
+
+
+def correct_continuation(solution: str, written: str, rng: random.Random) -> str:
+    """A correct way to go on from `written` to the end (`correct_next_lines`): end a wrong
+    line, then the correct lines from the last correct value, one valid line chosen at random
+    where several are (both orders of a + step), through the answer line."""
+    continuation = ""
+    while True:
+        lines, partial = correct_next_lines(solution, written + continuation)
+        if lines == [""]:
+            return continuation
+        fitting = [line for line in lines if line.startswith(partial)]
+        continuation += rng.choice(fitting)[len(partial):] if fitting else "\n"
+
+
+def recovery_example(problem: Problem, rng: random.Random) -> tuple[str, str]:
+    """(a wrong start, the correct continuation from it): the solution up to a random digit or
+    operator, which is replaced by a wrong character, then up to two more of the solution's
+    characters within that line (a slip the student has carried on from); the target is
+    `correct_continuation`. Trains an expert to label the states a student reaches after a
+    mistake, not only the reference's own."""
+    solution = problem.solution
+    at = rng.choice([i for i, c in enumerate(solution) if c.isdigit() or c in _OPS])
+    wrong = rng.choice([c for c in WRONG_CHARACTERS if c != solution[at]])
+    line_end = solution.index("\n", at)
+    written = solution[:at] + wrong + solution[at + 1 : min(at + 1 + rng.randint(0, 2), line_end)]
+    return written, correct_continuation(solution, written, rng)
 
 
 class ArithmeticTask:

@@ -83,6 +83,11 @@ class Program:
     def tests(self) -> str:
         return "".join(f"assert {FUNCTION}({x}) == {self(x)}\n" for x in self.test_inputs)
 
+    @property
+    def outcome(self) -> str:
+        """What a correct program must produce (privileged feedback without the program): its tests."""
+        return self.tests
+
 
 def _sample_program(rng: random.Random, cfg: TaskConfig) -> Program:
     num_ops = rng.randint(cfg.min_ops, cfg.max_ops)

@@ -7,7 +7,8 @@
 
 Both tasks are chains of `min_ops`..`max_ops` seeded operations with operands up to
 `max_operand`; a problem has a `prompt`, a reference `solution` (what SFT trains on and a
-privileged expert may read) and a `key` (what the dataset hash covers).
+privileged expert may read, like its `outcome`: the answer line, the tests) and a `key` (what
+the dataset hash covers).
 - `arithmetic` (`workloads.arithmetic`): `Q: 7+5-3` -> one line per step and `Answer: 9`,
   checked by exact match of the answer.
 - `python` (`workloads.programs`): `Q: f(x): add 3, multiply by 2` -> a Python function,
@@ -18,7 +19,7 @@ privileged expert may read) and a `key` (what the dataset hash covers).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal, Protocol
 
 from workloads.arithmetic import ArithmeticTask
@@ -63,7 +64,21 @@ class TaskConfig:
 class Problem(Protocol):
     prompt: str
     solution: str
+    outcome: str  # what a correct completion produces: arithmetic its answer line, python its tests
     key: str
+
+
+FeedbackKind = Literal["solution", "answer"]
+# Privileged feedback an expert may read and the student never sees: the whole reference
+# solution, or only what a correct completion must produce (the answer, the tests).
+FEEDBACK: dict[str, Callable[[Problem], str]] = {
+    "solution": lambda problem: problem.solution,
+    "answer": lambda problem: problem.outcome,
+}
+
+
+def privileged_feedback(problem: Problem, kind: str) -> str:
+    return FEEDBACK[kind](problem)
 
 
 class Task(Protocol):

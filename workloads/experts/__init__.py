@@ -27,6 +27,7 @@ tokenizers start a token (see `HFExpert`).
 
 from __future__ import annotations
 
+from workloads.config import ConfigError
 from workloads.experts.cache import CachedExpert
 from workloads.experts.endpoint import EndpointExpert, actual_token_logprobs, parse_prompt_logprobs
 from workloads.experts.hf import HFExpert
@@ -46,11 +47,17 @@ from workloads.experts.types import (
     privileged_prefix,
 )
 
+def require_model(cfg: ExpertConfig) -> str:
+    if not cfg.model:
+        raise ConfigError("expert.model: kind=hf needs a model directory or hub id here")
+    return cfg.model
+
+
 # kind -> builder(cfg, student tokenizer): a new expert kind is one entry.
 EXPERT_KINDS = {
     "oracle": lambda cfg, tokenizer: OracleExpert(tokenizer, cfg.top_k),
     "recovering_oracle": lambda cfg, tokenizer: RecoveringOracle(tokenizer, cfg.top_k),
-    "hf": lambda cfg, tokenizer: HFExpert(cfg.model, tokenizer, cfg.top_k, cfg.temperature, cfg.alignment),
+    "hf": lambda cfg, tokenizer: HFExpert(require_model(cfg), tokenizer, cfg.top_k, cfg.temperature, cfg.alignment),
     "openai": lambda cfg, tokenizer: EndpointExpert(cfg.endpoint, cfg.model, tokenizer, cfg.top_k, cfg.timeout_s,
                                                     cfg.retries, cfg.api_key, cfg.temperature),
 }

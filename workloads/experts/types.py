@@ -93,19 +93,28 @@ def grouped_candidates(per_state: list[list[tuple[int, ...]]], scores: np.ndarra
     return out
 
 
+ORACLES = ("oracle", "recovering_oracle")  # the programmatic experts: they read the reference solution
+
+
 @dataclasses.dataclass
 class ExpertConfig:
     """The expert that labels the states the student visits."""
 
-    # oracle (point mass on the reference), recovering_oracle (arithmetic: correct continuations from any
-    # state), hf (a local model) or openai (an endpoint)
+    # oracle (the default: a point mass on the reference), recovering_oracle (arithmetic: correct
+    # continuations from any state), hf (a local model; with no model, the pipeline's own, trained to
+    # use the privileged feedback) or openai (an endpoint)
     kind: Literal["oracle", "recovering_oracle", "hf", "openai"] = "oracle"
-    model: str = ""  # hf: a model directory or hub id; openai: the served model's name
+    # hf: a model directory or hub id (empty: the pipeline trains one, see distil's expert_sft_steps);
+    # openai: the served model's name
+    model: str = ""
     endpoint: str = ""  # openai: base URL (http://host:8000)
     api_key: str = ""  # openai: bearer token, if the endpoint needs one
     top_k: int = 8  # token level: top-k tokens per state; step level: K candidates
     temperature: float = 1.0  # the expert's distribution is softmax(logits / temperature)
-    privileged: bool = True  # pass the reference solution to the expert (the oracle needs it)
+    privileged: bool = True  # show the expert privileged feedback the student never sees
+    # what it is shown (workloads.tasks.FEEDBACK): the reference solution, or only the answer (python: the
+    # tests); the oracles always read the solution
+    feedback: Literal["solution", "answer"] = "answer"
     alignment: Literal["tokens", "text"] = "tokens"  # tokens (shared tokenizer) or text (hf: align on text)
     batch_size: int = 32  # states per backend call
     cache_size: int = 20000  # labelled states kept in memory per actor
@@ -116,10 +125,17 @@ class ExpertConfig:
 
     section: ClassVar[str] = "expert"
 
+    @property
+    def feedback_kind(self) -> str:
+        """What the expert is shown: the oracles read the solution whatever `feedback` says."""
+        return "solution" if self.kind in ORACLES else self.feedback
+
     def validate(self) -> None:
         require(self.kind in ("oracle", "recovering_oracle", "hf", "openai"), "kind",
                 "expected oracle, recovering_oracle, hf or openai")
-        require(self.kind != "hf" or bool(self.model), "model", "kind=hf needs a model directory or hub id")
+        require(self.feedback in ("solution", "answer"), "feedback", "expected solution or answer")
+        require(self.kind not in ORACLES or self.privileged, "privileged",
+                f"kind={self.kind} reads the reference solution: needs privileged=true")
         require(self.kind != "openai" or bool(self.endpoint), "endpoint", "kind=openai needs the endpoint's base URL")
         require(self.top_k >= 1, "top_k", "must be >= 1")
         require(self.temperature > 0, "temperature", "must be > 0")
