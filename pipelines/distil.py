@@ -16,7 +16,8 @@ Recipe:
    `task.kind=python`, programs that the sandboxed verifier actor runs against the problem's
    tests to decide Pass@k and the rlvr reward) -> the experts label every visited state with
    top-k + tail (seeing the feedback when `expert.privileged`) -> the student takes
-   `updates_per_iteration` steps on `objective` (distil = forward CE, reverse_kl, jsd) or, for
+   `updates_per_iteration` steps on `objective` (distil = forward CE with its sequence-level
+   gradient, `credit=sequence`: later disagreement is credited to earlier decisions; reverse_kl, jsd) or, for
    `rlvr`, GRPO steps with the 0/1 answer check as reward, or, for `self_distil`, forward CE
    against the student's own distribution when it is shown the privileged feedback (the
    self-distillation baseline: no outside expert) -> Pass@1 / Pass@N on held-out
@@ -115,6 +116,11 @@ class Config(RunFields):
     level: Literal["token", "step"] = "token"
     jsd_beta: float = 0.5  # beta of the generalised JSD
     average: Literal["token", "sequence"] = "token"  # loss average: per labelled token or per sequence
+    # sequence: the forward CE's full gradient over the student's rollouts, the per-state term plus
+    # the score-function term that credits later expert-student disagreement to earlier decisions;
+    # state: the per-state term only (the ablation). Forward-CE objectives (distil, self_distil) at
+    # the token level; the others, and level=step, always use the per-state form (`credit_used`)
+    credit: Literal["sequence", "state"] = "sequence"
     student_init: str = ""  # a model directory or hub id; empty: the tiny student, SFT-ed briefly
     student_sft_steps: int = 300  # SFT steps of the default student (cached)
     # expert.kind=hf without expert.model: SFT steps of the privileged expert (the tiny model trained
@@ -154,6 +160,7 @@ class Config(RunFields):
                 "level=step needs expert.alignment=tokens (candidates are student token ids)")
         require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1)")
         require(self.average in ("token", "sequence"), "average", "expected token or sequence")
+        require(self.credit in ("sequence", "state"), "credit", "expected sequence or state")
         require(bool(self.student_init) or self.student_sft_steps >= 1, "student_sft_steps", "the tiny student needs SFT steps (or set student_init)")
         require(self.expert_sft_steps >= 1, "expert_sft_steps", "the privileged expert needs SFT steps (or set expert.model)")
         require(self.expert.kind != "hf" or bool(self.expert.model) or self.expert.privileged, "expert.privileged",
@@ -171,6 +178,12 @@ class Config(RunFields):
         require(self.eval_every >= 1, "eval_every", "must be >= 1")
         require(self.max_expert_failures >= 1, "max_expert_failures", "must be >= 1")
         require(self.kl_coef >= 0, "kl_coef", "must be >= 0")
+
+
+def credit_used(config: Config) -> str:
+    """The credit the loss applies: the sequence-level term exists for forward CE at the token level."""
+    forward_ce = config.objective in ("distil", "self_distil") and config.level == "token"
+    return config.credit if forward_ce else "state"
 
 
 def step_budget(config: Config) -> tuple[int, int]:
@@ -333,7 +346,7 @@ def train_loop_per_worker(payload: dict) -> None:
                     else:
                         objective = "distil" if config.objective == "self_distil" else config.objective
                         loss, labelled = distillation_loss(engine.module, rollouts, labels, objective,
-                                                           config.jsd_beta, config.average)
+                                                           config.jsd_beta, config.average, credit_used(config))
                     # No rank has a labelled state (empty rollouts, an expert that abstained
                     # everywhere): all skip. A rank without one steps on its zero loss otherwise.
                     if not any_rank(labelled > 0):
@@ -375,7 +388,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                                     data_hash=stable_hash(p.key for p in train_problems))
     with ending_run(run_record):
         student = ensure_student(config, run_record.run_id)
-        run_record.set_tags({"student": student})
+        run_record.set_tags({"student": student, "credit": credit_used(config)})
         experts = None
         if config.objective not in WITHOUT_EXPERT:
             expert = ensure_expert(config, run_record.run_id)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from workloads.distill import (
-    CandidateSet, DiagonalGaussian, TopKDistribution, candidate_cross_entropy, gaussian_distillation_loss,
-    per_state_objective, student_bucket_logprobs, token_objective,
+    CandidateSet, DiagonalGaussian, TopKDistribution, candidate_cross_entropy, disagreement, gaussian_distillation_loss,
+    per_state_objective, score_function_term, student_bucket_logprobs, token_objective,
 )
 
 
@@ -100,3 +100,62 @@ def test_on_a_bandit_reverse_kl_and_jsd_raise_a_worse_action_and_forward_ce_does
     expected_reward = {name: float(pi @ rewards) for name, pi in after.items()}
     before = float(student @ rewards)
     assert expected_reward["distil"] > before + 0.03 and expected_reward["reverse_kl"] < before - 0.05
+
+
+def test_the_score_function_term_credits_each_decision_with_the_disagreement_after_it():
+    """By hand: C_t sums the costs at later labelled states; a decision followed by an abstention
+    (row 2, position 1 unlabelled) has no known C_t and no credit; the baseline is the other
+    known rollouts' mean C_t at the same position."""
+    alive = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    labelled = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    costs = torch.tensor([[1.0, 2.0, 3.0], [4.0, 2.0, 0.0], [6.0, 7.0, 8.0]])
+    chosen = torch.tensor([[-0.1, -0.2, -0.3], [-0.4, -0.5, 0.0], [-0.6, -0.7, -0.8]], requires_grad=True)
+    # C: row 0 [5, 3, 0], row 1 [2, 0, -], row 2 [-, 8, 0]; advantages: t0 [3, -3, -], t1 [-1, -5.5, 6.5], t2 0
+    term = score_function_term(chosen, costs, labelled, alive)
+    assert torch.allclose(term, torch.tensor([-0.1, 3.95, -4.55]))
+    term.sum().backward()
+    assert torch.allclose(chosen.grad, torch.tensor([[3.0, -1.0, 0.0], [-3.0, -5.5, 0.0], [0.0, 6.5, 0.0]]))
+
+
+def test_disagreement_is_zero_where_the_student_matches_an_uncertain_expert():
+    expert = torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.1, 0.0]])
+    assert torch.allclose(disagreement(expert.clamp_min(1e-30).log(), expert), torch.zeros(2), atol=1e-6)
+    student = torch.tensor([[0.2, 0.3, 0.5]]).log()
+    expected = 0.5 * math.log(0.5 / 0.2) + 0.2 * math.log(0.2 / 0.5)
+    assert disagreement(student, expert[:1]).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("disagree_after", ["A", "B"])
+def test_on_a_two_step_problem_only_the_sequence_level_form_moves_the_first_decision(disagree_after):
+    """A tabular student picks A or B, then x or y. The expert matches it at the first state and
+    after one of A, B, and disagrees after the other. The per-state forward CE has no gradient
+    on the first decision; the sequence-level form moves it away from the branch that leads to
+    disagreement."""
+    first = torch.zeros(2, requires_grad=True)  # logits of A, B
+    second = {branch: torch.zeros(2, requires_grad=True) for branch in "AB"}  # logits of x, y after each
+    expert_first = torch.tensor([0.5, 0.5])
+    expert_second = {branch: torch.tensor([0.5, 0.5]) for branch in "AB"}
+    expert_second[disagree_after] = torch.tensor([0.95, 0.05])
+    generator = torch.Generator().manual_seed(0)
+    branches = torch.multinomial(torch.softmax(first.detach(), -1), 64, replacement=True, generator=generator)
+
+    def losses():
+        per_state, chosen, costs = [], [], []
+        for b in branches.tolist():
+            branch = "AB"[b]
+            first_logprobs, second_logprobs = torch.log_softmax(first, -1), torch.log_softmax(second[branch], -1)
+            action = int(torch.multinomial(second_logprobs.exp().detach(), 1, generator=generator))
+            per_state.append(-(expert_first * first_logprobs).sum() - (expert_second[branch] * second_logprobs).sum())
+            chosen.append(torch.stack([first_logprobs[b], second_logprobs[action]]))
+            costs.append(torch.stack([disagreement(first_logprobs[None], expert_first[None])[0],
+                                      disagreement(second_logprobs[None], expert_second[branch][None])[0]]))
+        everywhere = torch.ones(len(branches), 2, dtype=torch.bool)
+        state = torch.stack(per_state).mean()
+        return state, state + score_function_term(torch.stack(chosen), torch.stack(costs), everywhere, everywhere).mean()
+
+    state_loss, sequence_loss = losses()
+    (state_gradient,) = torch.autograd.grad(state_loss, first, retain_graph=True)
+    (sequence_gradient,) = torch.autograd.grad(sequence_loss, first)
+    assert torch.allclose(state_gradient, torch.zeros(2), atol=1e-7)
+    toward_a = -(sequence_gradient[0] - sequence_gradient[1])  # a gradient step's change of logit(A) - logit(B)
+    assert (toward_a > 0.05) if disagree_after == "B" else (toward_a < -0.05), sequence_gradient

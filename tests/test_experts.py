@@ -113,6 +113,18 @@ def test_distillation_loss_on_the_oracle_path_is_the_sft_loss(student):
     assert loss.item() == pytest.approx(sft.item(), rel=1e-5)
     per_sequence, _ = distillation_loss(model, rollouts, labels, "distil", average="sequence")
     assert per_sequence.item() == pytest.approx(loss.item() * labelled / 3, rel=1e-5)
+    # the sequence-level form adds the score-function term: a gradient the per-state form does not
+    # have; a lone rollout has no other rollout as its baseline, so it gets no such credit
+    def gradient(loss):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+    sequence, _ = distillation_loss(model, rollouts, labels, "distil", credit="sequence")
+    assert not torch.allclose(gradient(sequence), gradient(distillation_loss(model, rollouts, labels, "distil")[0]))
+    alone = rollouts_of(tokenizer, [problems[0].prompt], [problems[0].solution])
+    alone_labels = labels[:1]
+    assert torch.allclose(gradient(distillation_loss(model, alone, alone_labels, "distil", credit="sequence")[0]),
+                          gradient(distillation_loss(model, alone, alone_labels, "distil")[0]))
+    with pytest.raises(ValueError, match="credit=sequence"):
+        distillation_loss(model, rollouts, labels, "reverse_kl", credit="sequence")
     for label in labels:
         label.valid[:] = False  # an expert that abstains everywhere: no update, no nan
     nothing, count = distillation_loss(model, rollouts, labels, "reverse_kl")

@@ -17,7 +17,15 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from workloads.distill import CandidateSet, TopKDistribution, candidate_cross_entropy, per_state_objective
+from workloads.distill import (
+    CandidateSet,
+    TopKDistribution,
+    candidate_cross_entropy,
+    disagreement,
+    per_state_objective,
+    score_function_term,
+    student_bucket_logprobs,
+)
 from workloads.experts import ExpertLabels, StepCandidates, StudentState, ends_step
 from workloads.lm import Rollouts, completion_logits, continuation_logprobs, pad, zero_loss
 
@@ -67,9 +75,14 @@ def step_candidate_loss(model, states: Sequence[StudentState], candidates: Seque
 
 
 def distillation_loss(model, rollouts: Rollouts, labels: Sequence[ExpertLabels], objective: str, beta: float = 0.5,
-                      average: Literal["token", "sequence"] = "token") -> tuple[torch.Tensor, int]:
-    """(loss, number of labelled states). `token`: mean over every labelled state; `sequence`:
-    each rollout's sum over its states, averaged over rollouts. No labelled state: (0, 0)."""
+                      average: Literal["token", "sequence"] = "token",
+                      credit: Literal["state", "sequence"] = "state") -> tuple[torch.Tensor, int]:
+    """(loss, number of labelled states). `token`: the sum over labelled states divided by their
+    number; `sequence`: each rollout's sum over its states, averaged over rollouts. `credit=sequence`
+    adds to each rollout's sum the score-function term of its expected forward CE
+    (`workloads.distill.score_function_term`, the expert-student disagreement at later states
+    credited to the decisions before them); `state` is the per-state term only. No labelled
+    state: (0, 0)."""
     logits = completion_logits(model, rollouts.input_ids, rollouts.attention_mask, rollouts.prompt_length)
     rows, columns, ids, logprobs = [], [], [], []
     for row, label in enumerate(labels):
@@ -85,12 +98,26 @@ def distillation_loss(model, rollouts: Rollouts, labels: Sequence[ExpertLabels],
     if not rows:  # nothing labelled: a zero loss that still reaches every parameter
         return logits.sum() * 0.0, 0
     device = logits.device
-    rows_t = torch.tensor(rows, device=device)
+    rows_t, columns_t = torch.tensor(rows, device=device), torch.tensor(columns, device=device)
     expert = TopKDistribution(torch.cat(ids).to(device), torch.cat(logprobs).to(device))
-    per_state = per_state_objective(objective, logits[rows_t, torch.tensor(columns, device=device)], expert, beta)
+    state_logits = logits[rows_t, columns_t]
+    per_sequence = torch.zeros(len(labels), device=device).index_add(
+        0, rows_t, per_state_objective(objective, state_logits, expert, beta))
+    if credit == "sequence":
+        if objective != "distil":
+            raise ValueError(f"credit=sequence is the forward CE's sequence-level gradient; objective {objective!r} has none here")
+        costs = torch.zeros(logits.shape[:2], device=device)
+        costs[rows_t, columns_t] = disagreement(student_bucket_logprobs(state_logits, expert.token_ids), expert.bucket_probs())
+        labelled = torch.zeros(logits.shape[:2], dtype=torch.bool, device=device)
+        labelled[rows_t, columns_t] = True
+        alive = rollouts.completion_mask.bool().to(device)
+        completion = rollouts.input_ids[:, rollouts.prompt_length:].to(device)
+        chosen = torch.log_softmax(logits, dim=-1).gather(-1, completion[..., None]).squeeze(-1)
+        per_sequence = per_sequence + score_function_term(chosen * alive, costs, labelled, alive)
+    elif credit != "state":
+        raise ValueError(f"credit: expected state or sequence, got {credit!r}")
     if average == "token":
-        return per_state.mean(), len(rows)
-    per_sequence = torch.zeros(len(labels), device=device).index_add(0, rows_t, per_state)
+        return per_sequence.sum() / len(rows), len(rows)
     return per_sequence[rows_t.unique()].mean(), len(rows)
 
 

@@ -16,6 +16,12 @@ visited states, the expert side always detached:
 - `reverse_kl`: KL(pi || p_E)
 - `jsd`: generalised Jensen-Shannon, beta KL(p_E || M) + (1 - beta) KL(pi || M), M = beta p_E + (1 - beta) pi
 RLVR (GRPO with a 0/1 verifier reward) lives in `workloads.grpo`.
+
+Credit over the student's rollouts (`score_function_term`): the expected forward CE over the
+states a rollout visits, E_tau~pi [sum_t CE_t], has two gradient terms: the per-state one
+above, and a score-function one, sum_t (later disagreement) * grad log pi(a_t | s_t), which
+carries the expert-student disagreement at later states back to the decision that led there.
+The per-state form alone (the humanoid pipeline's) treats the visited states as given.
 """
 
 from __future__ import annotations
@@ -48,6 +54,32 @@ def student_bucket_logprobs(student_logits: torch.Tensor, token_ids: torch.Tenso
     mask = torch.ones_like(logprobs, dtype=torch.bool).scatter_(-1, token_ids, False)
     tail = torch.logsumexp(logprobs.masked_fill(~mask, -math.inf), dim=-1, keepdim=True)
     return torch.cat([top, tail], dim=-1)
+
+
+def disagreement(student: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """KL(p_E || pi) over buckets, detached: forward CE minus the expert's own entropy, so a state
+    where the student already matches the expert costs 0 however uncertain the expert is."""
+    finite_expert = torch.where(expert > 0, expert.clamp_min(LOG_EPS).log(), torch.zeros_like(expert))
+    return (forward_cross_entropy(student, expert) + (expert * finite_expert).sum(dim=-1)).detach()
+
+
+def score_function_term(chosen_logprobs: torch.Tensor, costs: torch.Tensor, labelled: torch.Tensor,
+                        alive: torch.Tensor) -> torch.Tensor:
+    """[R]: per rollout, sum_t sg(A_t) log pi(a_t | s_t), A_t = C_t - b_t, where C_t is the summed
+    `costs` at the rollout's later states (t' > t: what decision t led to) and b_t the mean C_t of
+    the other rollouts at the same position (leave-one-out, so the estimate stays unbiased).
+    All tensors are [R, T]; `alive` marks the rollout's decisions, `labelled` the states with a
+    cost. Where a later state has no label (an expert that abstained), C_t is unknown and
+    decision t gets no credit rather than a wrong one. Minimising the term moves probability
+    toward decisions whose consequences the expert agrees with."""
+    costs = torch.where(labelled, costs.detach(), torch.zeros_like(costs))
+    later = costs.flip(-1).cumsum(-1).flip(-1) - costs
+    unlabelled = (alive & ~labelled).int()
+    known = alive & ((unlabelled.flip(-1).cumsum(-1).flip(-1) - unlabelled) == 0)
+    count = known.sum(0, keepdim=True)
+    others = ((later * known).sum(0, keepdim=True) - later) / (count - 1).clamp_min(1)
+    advantage = torch.where(known & (count > 1), later - others, torch.zeros_like(later))
+    return (advantage.detach() * chosen_logprobs).sum(-1)
 
 
 def forward_cross_entropy(student: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
