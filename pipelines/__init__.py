@@ -17,6 +17,7 @@ PIPELINES: dict[str, str] = {
     "longtrace_data": "pipelines.longtrace_data",
     "longtrace": "pipelines.longtrace",
     "ppo": "pipelines.ppo",
+    "code2lora_data": "pipelines.code2lora_data",
 }
 
 

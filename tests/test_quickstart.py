@@ -12,7 +12,7 @@ from pipelines import PIPELINES
 from tests.helpers import mlflow_client, rayworks, result_lines
 
 # Longest first: the test workers take the tests in this order.
-LONGEST_FIRST = ["longtrace", "distil", "sft", "ppo", "longtrace_data"]
+LONGEST_FIRST = ["longtrace", "distil", "sft", "ppo", "longtrace_data", "code2lora_data"]
 
 
 @pytest.mark.parametrize("pipeline", LONGEST_FIRST)
@@ -137,5 +137,14 @@ def check_longtrace_data(workdir: Path, summary: dict) -> None:
     assert summary["value"] > 0 and Path(summary["artifacts"], "mode=tiered").is_dir(), summary
 
 
+def check_code2lora_data(workdir: Path, summary: dict) -> None:
+    """The bundled repositories (xmltodict, six, schema) mined at HEAD: one held out whole,
+    in-repo held-out files in the others, counts in MLflow."""
+    assert summary["extra"]["repositories"] == 3 and summary["value"] > 300, summary
+    metrics = mlflow_client(workdir).get_run(summary["run_id"]).data.metrics
+    assert metrics["rows_cross_repo_test"] > 50 and metrics["rows_in_repo_test"] > 0 and metrics["rows_train"] > 100
+    assert sum(metrics[f"rows/{name}"] for name in ("xmltodict", "six", "schema")) == summary["value"]
+
+
 CHECKS = {"sft": check_sft, "distil": check_distil, "longtrace_data": check_longtrace_data,
-          "longtrace": check_longtrace, "ppo": check_ppo}
+          "longtrace": check_longtrace, "ppo": check_ppo, "code2lora_data": check_code2lora_data}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -54,3 +55,14 @@ def cached_directory(directory: str | Path, build: Callable[[Path], object]) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def write_parquet(table, path: Path) -> None:
+    """One Parquet file, whole or not at all: written under a dot-name (which Parquet readers
+    skip) and renamed into place."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(table, partial)
+    os.replace(partial, path)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from workloads.caching import write_parquet
 
 MODES = ("tiered", "random")
 
@@ -37,12 +37,8 @@ def contexts_dir(output: str | Path, mode: str) -> Path:
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    """One Parquet file, whole or not at all: written under a dot-name (which Parquet readers
-    skip) and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), partial)
-    os.replace(partial, path)
+    """One Parquet file of public rows, whole or not at all."""
+    write_parquet(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), path)
 
 
 @dataclasses.dataclass
