@@ -128,10 +128,10 @@ def test_test_files_and_in_repo_splits_are_seeded_by_file():
         held_out = held_out_rank(seed, "r", files, 0.2)
         sides = [in_repo_split(seed, "r", f, held_out) for f in files]
         assert sides.count("test") == 2  # round(0.2 * 10)
-        assert [in_repo_split(seed, "r", f, held_out) for f in files] == sides  # deterministic
     two = ["test_a.py", "test_b.py"]
     assert sorted(in_repo_split(0, "r", f, held_out_rank(0, "r", two, 0.2)) for f in two) == ["test", "train"]
-    assert {tuple(in_repo_split(s, "r", f, held_out_rank(s, "r", files, 0.2)) for f in files) for s in range(5)} != 1
+    splits_by_seed = {tuple(in_repo_split(s, "r", f, held_out_rank(s, "r", files, 0.2)) for f in files) for s in range(5)}
+    assert len(splits_by_seed) > 1  # the seed chooses the held-out files
 
 
 def test_mined_commits_take_every_kth_python_commit_and_end_at_head():
