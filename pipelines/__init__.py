@@ -18,6 +18,7 @@ PIPELINES: dict[str, str] = {
     "longtrace": "pipelines.longtrace",
     "ppo": "pipelines.ppo",
     "code2lora_data": "pipelines.code2lora_data",
+    "code2lora": "pipelines.code2lora",
 }
 
 

@@ -29,3 +29,24 @@ def plot_curves(panels: dict[str, dict[str, list[tuple[float, float]]]], path: s
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_bars(panels: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
+    """One subplot per panel; each panel maps a bar label to its height (the value is printed on it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (panel, bars) in zip(axes[0], panels.items()):
+        labels, heights = list(bars), list(bars.values())
+        drawn = ax.bar(labels, heights, color="tab:blue")
+        ax.bar_label(drawn, fmt="%.3f", fontsize=8)
+        ax.set_title(panel)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

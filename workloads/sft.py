@@ -29,11 +29,14 @@ class TokenizedExamples:
         return self.input_ids.shape[0]
 
 
-def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int) -> TokenizedExamples:
+def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int,
+                      prompt_tokens: int = 0) -> TokenizedExamples:
     """[bos] + prompt + target + eos (`encode_text`: bos only where the tokenizer has one), loss
     on the target and eos only, right-padded; cut at `max_length` tokens (0: the longest example).
-    Prompts are already formatted (`workloads.lm.format_prompt`)."""
-    encoded = [(encode_text(tokenizer, prompt), tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id])
+    `prompt_tokens` > 0 first keeps only each prompt's last tokens (a long prefix loses its start,
+    not the text next to the target). Prompts are already formatted (`workloads.lm.format_prompt`)."""
+    encoded = [(encode_text(tokenizer, prompt, prompt_tokens),
+                tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id])
                for prompt, target in zip(prompts, targets)]
     max_length = max_length or max((len(p) + len(t) for p, t in encoded), default=1)
     sequences = [(prompt_ids + target_ids)[:max_length] for prompt_ids, target_ids in encoded]

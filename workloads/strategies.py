@@ -154,7 +154,8 @@ class DDPEngine(Engine):
         self.model = model
         self.module = model
         if self.world_size > 1:
-            device_ids = [model.device.index] if model.device.type == "cuda" else None
+            device = next(model.parameters()).device  # any module, not only a Hugging Face model
+            device_ids = [device.index] if device.type == "cuda" else None
             self.module = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         self.optimizer = make_optimizer(model.parameters())
 

@@ -79,11 +79,13 @@ def sample_groups(model, tokenizer, prompts: Sequence[str], group_size: int, max
     return Rollouts(input_ids, attention_mask, kept, texts, truncated)
 
 
-def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 100) -> list[str]:
-    """Greedy continuations of formatted prompts, decoded without special tokens."""
+def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 100,
+                    max_prompt_tokens: int = 0) -> list[str]:
+    """Greedy continuations of formatted prompts, decoded without special tokens; with
+    `max_prompt_tokens`, each prompt keeps only its last tokens (`encode_text`)."""
     outputs: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [encode_text(tokenizer, p) for p in prompts[start : start + batch_size]]
+        chunk = [encode_text(tokenizer, p, max_prompt_tokens) for p in prompts[start : start + batch_size]]
         _, _, completion = generate_ids(model, tokenizer, chunk, max_new_tokens, temperature=0.0)
         kept = completion_mask(completion, tokenizer.eos_token_id)
         outputs.extend(tokenizer.batch_decode(completion * kept + tokenizer.pad_token_id * (1 - kept), skip_special_tokens=True))

@@ -35,11 +35,17 @@ def bos_ids(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    """BOS (when the tokenizer has one and `text` does not start with it) + the text's tokens."""
+def encode_text(tokenizer, text: str, max_tokens: int = 0) -> list[int]:
+    """BOS (when the tokenizer has one and `text` does not start with it) + the text's tokens;
+    with `max_tokens`, only the last tokens that fit after the BOS (a long prompt keeps its end,
+    the part next to what the model writes)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
     bos = bos_ids(tokenizer)
-    return ids if bos and ids[:1] == bos else bos + ids
+    if bos and ids[:1] == bos:
+        ids = ids[1:]
+    if max_tokens and len(bos) + len(ids) > max_tokens:
+        ids = ids[len(ids) - max(0, max_tokens - len(bos)):]
+    return bos + ids
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "left",

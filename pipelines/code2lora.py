@@ -1,0 +1,496 @@
+"""Code2LoRA: a hypernetwork reads a repository and writes the LoRA adapter a frozen code LM
+completes its test assertions with; compared with no adapter, one shared LoRA and one LoRA per
+repository.
+
+    python -m pipelines.code2lora [--set arm=static baselines=none,shared,per_repo]
+
+Recipe:
+1. mine: the `code2lora_data` pipeline (a child run, cached by the repositories' heads) gives
+   the assertion rows and their cross-repo and in-repo splits.
+2. base: `base_model` (a directory or hub id), or the tiny default pre-trained on the training
+   repositories' source minus their held-out test files (`workloads.code2lora.base`), cached by
+   what it read; the default split's base ships in `data/code2lora-base/` (`python -m
+   pipelines.code2lora --set train.max_steps=1` rebuilds it when missing). Frozen in every arm.
+3. encode: each repository's non-test Python files through the base (mean hidden states per
+   chunk, per file, [mean; max] over files, L2-normalised), cached per (base, head).
+4. train: `arm` and every arm in `baselines` (`workloads.code2lora.arms`): static and shared
+   on Ray Train (`train.num_workers` ranks over gloo or NCCL, data parallel, ranks checked
+   identical at the end); per_repo as one Ray task per training repository, with the same step
+   budget; none trains nothing.
+5. evaluate (a Ray task): greedy completions, exact match after normalisation and the target's
+   mean token NLL, per split (in_repo: held-out test files of training repositories; cross_repo:
+   held-out repositories) and per repository, for every arm; a table, a plot and `arm`'s
+   adapters as peft directories (`PeftModel.from_pretrained` loads them) in MLflow.
+
+At the default scale (three small repositories, a 1M-parameter base pre-trained for minutes)
+exact match stays near zero for every arm; the target NLL is the measurement that moves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from pipelines.launch import (
+    ProgressLines,
+    RunFields,
+    RunSummary,
+    Workers,
+    check_ranks_in_sync,
+    ending_run,
+    main_for,
+    open_run,
+    say,
+    storage_path,
+    train_run_config,
+    train_worker_context,
+    worker_device,
+)
+from workloads.caching import cached_directory, stable_hash
+from workloads.code2lora.arms import ARMS, TRAINED_ON_RAY_TRAIN
+from workloads.code2lora.base import PretrainConfig
+from workloads.code2lora.hypernet import HypernetConfig
+from workloads.code2lora.mining import MiningConfig
+from workloads.config import ConfigError, from_dict, require, to_dict
+from workloads.lm import TinyLMConfig
+
+PIPELINE = "code2lora"
+# Exact match stays near zero at the default scale (module docstring), so the run's headline is
+# the held-out target NLL (lower is better); `--metric em_in_repo` compares exact match.
+KEY_METRIC = "nll_in_repo"
+THREATS = (
+    "three small repositories by default: exact match on tens of held-out assertions moves in steps of 0.02-0.03",
+    "the tiny base sees only the training repositories' source; on a cluster, a real code LM changes what the adapters must add",
+)
+QUICKSTART = ["train.num_workers=2"]  # the default's learning test also checks that the two ranks end identical
+SPLITS = ("in_repo", "cross_repo")
+COMMITTED_BASES = Path(__file__).resolve().parents[1] / "data" / "code2lora-base"
+
+
+@dataclasses.dataclass
+class TrainConfig(Workers):
+    """Ray Train workers and the optimisation of every trained arm."""
+
+    batch_size: int = 16  # rows per worker per step
+    lr: float = 1e-3  # AdamW peak learning rate
+    warmup_steps: int = 20  # linear warm-up, then cosine decay
+    max_steps: int = 60  # optimiser steps, per_repo: per repository (more overfits the default 213 training rows)
+    max_grad_norm: float = 1.0  # gradient clipping norm
+    log_every: int = 10  # steps between logged losses
+
+    section: ClassVar[str] = "train"
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.strategy == "ddp", "strategy", "code2lora trains small adapters: ddp only")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.max_steps >= 1, "max_steps", "must be >= 1")
+        require(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+@dataclasses.dataclass
+class Config(RunFields):
+    """Code2LoRA: which arm to train and report, on which repositories and base."""
+
+    arm: str = "static"  # the arm reported as the run's metrics: static, shared, per_repo or none
+    baselines: tuple[str, ...] = ("none",)  # arms also trained and evaluated in the same run (the table)
+    repos: str = ""  # a directory of bundles and/or git checkouts; empty: the bundled data/code-repos
+    cross_repo_test: int = 1  # whole repositories held out (chosen by the seed)
+    base_model: str = ""  # a saved model directory or hub id (frozen); empty: the tiny base pre-trained here
+    prompt_tokens: int = 192  # a prefix keeps its last tokens (the assertion's side)
+    max_new_tokens: int = 24  # completion budget at evaluation
+    encoder_chunk_tokens: int = 256  # tokens per encoded file chunk
+    num_actors: int = 2  # mining actors
+    mining: MiningConfig = dataclasses.field(default_factory=MiningConfig)
+    model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
+    pretrain: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    hypernet: HypernetConfig = dataclasses.field(default_factory=HypernetConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    section: ClassVar[str] = "code2lora"
+
+    def validate(self) -> None:
+        require(self.arm in ARMS, "arm", f"expected one of {', '.join(ARMS)}, got {self.arm!r}")
+        unknown = sorted(set(self.baselines) - set(ARMS))
+        require(not unknown, "baselines", f"unknown arms {unknown}; expected some of {', '.join(ARMS)}")
+        require(self.prompt_tokens >= 8, "prompt_tokens", "must be >= 8")
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        require(self.encoder_chunk_tokens >= 8, "encoder_chunk_tokens", "must be >= 8")
+        require(self.base_model or self.prompt_tokens + self.max_new_tokens <= self.model.max_positions, "prompt_tokens",
+                f"prompt_tokens + max_new_tokens must fit model.max_positions ({self.model.max_positions})")
+
+    def arms(self) -> list[str]:
+        return list(dict.fromkeys([self.arm, *self.baselines]))
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+def read_rows(rows_dir: str) -> list[dict]:
+    """The mined rows at each repository's last mined commit (HEAD), in a stable order."""
+    import pyarrow.dataset as pds
+
+    rows = pds.dataset(Path(rows_dir) / "rows").to_table().to_pylist()
+    last = defaultdict(int)
+    for row in rows:
+        last[row["repo_id"]] = max(last[row["repo_id"]], row["commit_index"])
+    rows = [row for row in rows if row["commit_index"] == last[row["repo_id"]]]
+    return sorted(rows, key=lambda r: (r["repo_id"], r["test_file"], r["test_function"], r["prefix"], r["target"]))
+
+
+def split_of(row: dict) -> str:
+    if row["cross_repo_split"] == "test":
+        return "cross_repo"
+    return "in_repo" if row["in_repo_split"] == "test" else "train"
+
+
+# ---- stage 2 and 3: the base and the repository vectors (Ray tasks) ---------------------------
+
+def pretrain_task(repositories: list[dict], config: dict, out_dir: str) -> str:
+    """Pre-train the tiny base on the training repositories' source and save it to `out_dir`."""
+    from workloads.code2lora.base import pretrain_base, pretraining_sources
+    from workloads.code2lora.repos import open_repository
+
+    config = from_dict(Config, config)
+    torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    texts = []
+    for repo in repositories:
+        opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
+        texts += pretraining_sources(opened, repo["head"], config.seed, repo["held_out"]).values()
+    model, tokenizer = pretrain_base(texts, config.model, config.pretrain, config.seed)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def encode_task(base_dir: str, repositories: list[dict], chunk_tokens: int) -> dict[str, list[float]]:
+    """Every repository's vector (`workloads.code2lora.base.encode_repository`)."""
+    from workloads.code2lora.base import encode_repository, encoder_sources
+    from workloads.code2lora.repos import open_repository
+    from workloads.lm import load_lm
+
+    model, tokenizer = load_lm(base_dir)
+    vectors = {}
+    for repo in repositories:
+        opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
+        texts = list(encoder_sources(opened, repo["head"]).values())
+        if not texts:
+            raise ConfigError(f"repos: {repo['repo_id']} has no non-test Python file to encode")
+        vectors[repo["repo_id"]] = encode_repository(model, tokenizer, texts, chunk_tokens).tolist()
+    return vectors
+
+
+def base_key(config: Config, training: list[dict]) -> str:
+    return stable_hash([to_dict(config.model), to_dict(config.pretrain), config.seed,
+                        sorted((r["repo_id"], r["head"], r["held_out"]) for r in training)])
+
+
+def prepare_base(config: Config, repositories: list[dict], payload: dict) -> tuple[str, str]:
+    """(directory or id of the frozen base, its cache key): the committed default, the cache, or
+    a fresh pre-training run on the training repositories."""
+    import ray
+
+    if config.base_model:
+        return config.base_model, stable_hash([config.base_model])
+    training = [r for r in repositories if r["cross_repo_split"] == "train"]
+    key = base_key(config, training)
+    if (COMMITTED_BASES / key / "config.json").is_file():
+        return str(COMMITTED_BASES / key), key
+    target = Path(storage_path(config.storage_path)) / "code2lora-base" / key
+
+    def build(directory: Path) -> None:
+        say(payload, f"[code2lora] pre-training the base on {', '.join(r['repo_id'] for r in training)} "
+                     f"({config.pretrain.steps} steps)")
+        task = ray.remote(num_cpus=config.train.cpus_per_worker)(pretrain_task)
+        ray.get(task.remote(training, to_dict(config), str(directory)))
+
+    return str(cached_directory(target, build)), key
+
+
+def repository_vectors(config: Config, base_dir: str, key: str, repositories: list[dict]) -> dict[str, list[float]]:
+    """Every repository's vector, cached per (base, encoder, head)."""
+    import ray
+
+    cache = Path(storage_path(config.storage_path)) / "code2lora-encodings"
+    keys = {r["repo_id"]: stable_hash([key, config.encoder_chunk_tokens, r["head"]]) for r in repositories}
+    vectors = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
+    missing = [r for r in repositories if r["repo_id"] not in vectors]
+    if missing:
+        fresh = ray.get(ray.remote(num_cpus=1)(encode_task).remote(base_dir, missing, config.encoder_chunk_tokens))
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, vector in fresh.items():
+            (cache / f"{keys[name]}.json").write_text(json.dumps(vector))
+        vectors.update(fresh)
+    return vectors
+
+
+# ---- stage 4: training --------------------------------------------------------------------
+
+def make_trainee(arm: str, base, config: Config, vectors: torch.Tensor):
+    from workloads.code2lora.arms import LoRATrainee, StaticTrainee
+
+    if arm == "static":
+        return StaticTrainee(base, config.hypernet, vectors, seed=config.seed)
+    return LoRATrainee(base, config.hypernet, seed=config.seed)
+
+
+def training_data(tokenizer, rows: list[dict], names: list[str], prompt_tokens: int):
+    from workloads.sft import tokenize_examples
+
+    data = tokenize_examples(tokenizer, [r["prefix"] for r in rows], [r["target"] for r in rows], 0, prompt_tokens)
+    index = {name: i for i, name in enumerate(names)}
+    return data, torch.tensor([index[r["repo_id"]] for r in rows])
+
+
+def fit(trainee, engine, data, repo_index, config: Config, rank: int, world_size: int, log) -> float:
+    """The shared training loop of every trained arm: seeded batches by global step, target CE."""
+    from workloads.code2lora.arms import batch_loss
+    from workloads.sft import batch_at, batch_indices
+
+    train, loss = config.train, float("nan")
+    for step in range(train.max_steps):
+        indices = batch_indices(step, train.batch_size, world_size, rank, len(data), config.seed)
+        batch = batch_at(data, indices)
+        batch["repo_index"] = repo_index[indices]
+        loss_tensor = batch_loss(engine.module, batch)
+        engine.step(loss_tensor)
+        loss = float(loss_tensor.detach())
+        if (step + 1) % train.log_every == 0 or step + 1 == train.max_steps:
+            log(step + 1, loss, engine.lr)
+    return loss
+
+
+def train_loop_per_worker(payload: dict) -> None:
+    """Ray Train worker: one trained arm (static or shared) on every training row."""
+    import ray.train
+
+    from workloads.lm import load_lm
+    from workloads.sft import warmup_cosine
+
+    config: Config = from_dict(Config, payload["config"])
+    arm = payload["arm"]
+    rank, world_size, run = train_worker_context(payload)
+    base, tokenizer = load_lm(payload["base_dir"])
+    trainee = make_trainee(arm, base, config, torch.tensor(payload["vectors"]))
+    rows = [r for r in read_rows(payload["rows_dir"]) if split_of(r) == "train"]
+    data, repo_index = training_data(tokenizer, rows, payload["names"], config.prompt_tokens)
+    train = config.train
+    engine = train.engine(trainee, lambda ps: torch.optim.AdamW([p for p in ps if p.requires_grad], lr=train.lr, weight_decay=0.0),
+                          schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm)
+    device = worker_device(train)
+
+    def log(step: int, loss: float, lr: float) -> None:
+        if rank == 0:
+            run.log_metrics({f"train_loss/{arm}": loss, f"lr/{arm}": lr}, step=step)
+            if step % (10 * train.log_every) == 0 or step == train.max_steps:
+                say(payload, f"[code2lora] {arm} step {step}/{train.max_steps}  loss {loss:.4f}")
+
+    loss = fit(trainee, engine, data.__class__(*(t.to(device) for t in (data.input_ids, data.attention_mask, data.labels))),
+               repo_index.to(device), config, rank, world_size, log)
+    fingerprints = check_ranks_in_sync(engine, None, train.max_steps)
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            run.log_metrics({f"ranks_in_sync/{arm}": float(len(set(fingerprints)) == 1)}, step=train.max_steps)
+            run.set_tags({f"rayworks.rank_fingerprints.{arm}": json.dumps(fingerprints)})
+            torch.save(engine.model.trained_state(), Path(directory) / "trained.pt")
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report({"train_loss": loss, "step": train.max_steps}, checkpoint=checkpoint)
+
+
+def train_on_ray_train(arm: str, config: Config, common: dict, run_name: str, callbacks) -> dict[str, torch.Tensor]:
+    from ray.train.torch import TorchTrainer
+
+    with ProgressLines() as lines:
+        trainer = TorchTrainer(train_loop_per_worker,
+                               train_loop_config={**common, "arm": arm, "progress": lines.queue},
+                               scaling_config=config.train.scaling_config(),
+                               run_config=train_run_config(config, f"{run_name}-{arm}", callbacks))
+        result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / "trained.pt", weights_only=True)
+
+
+def per_repo_task(common: dict, repo_id: str) -> dict[str, torch.Tensor]:
+    """One repository's own LoRA (the adapter trainers), one process, the shared loop."""
+    from workloads.lm import load_lm
+    from workloads.sft import warmup_cosine
+    from workloads.strategies import LocalEngine
+
+    config: Config = from_dict(Config, common["config"])
+    torch.set_num_threads(1)
+    base, tokenizer = load_lm(common["base_dir"])
+    trainee = make_trainee("per_repo", base, config, torch.tensor(common["vectors"]))
+    rows = [r for r in read_rows(common["rows_dir"]) if split_of(r) == "train" and r["repo_id"] == repo_id]
+    data, repo_index = training_data(tokenizer, rows, common["names"], config.prompt_tokens)
+    train = config.train
+    engine = LocalEngine(trainee, lambda ps: torch.optim.AdamW([p for p in ps if p.requires_grad], lr=train.lr, weight_decay=0.0),
+                         schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm)
+    fit(trainee, engine, data, repo_index, config, 0, 1, lambda *_: None)
+    return trainee.adapter()
+
+
+def train_per_repo(config: Config, common: dict, training_repos: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    import ray
+
+    task = ray.remote(num_cpus=config.train.cpus_per_worker)(per_repo_task)
+    return dict(zip(training_repos, ray.get([task.remote(common, name) for name in training_repos])))
+
+
+# ---- stage 5: evaluation (a Ray task) -----------------------------------------------------
+
+def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str) -> dict:
+    """Every arm on every held-out row: exact match and target NLL per split and repository;
+    `export_arm`'s adapters written as peft directories under `export_dir`."""
+    from workloads.code2lora.arms import complete, exact_matches, load_adapter, save_adapter
+    from workloads.lm import load_lm
+    from workloads.sft import masked_token_cross_entropy
+
+    config: Config = from_dict(Config, common["config"])
+    torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    base, tokenizer = load_lm(common["base_dir"])
+    vectors = torch.tensor(common["vectors"])
+    names = common["names"]
+    held_out = [r for r in read_rows(common["rows_dir"]) if split_of(r) in SPLITS]
+    results, samples = {}, []
+    for arm in config.arms():
+        trainee = make_trainee(arm, base, config, vectors)
+        if arm in TRAINED_ON_RAY_TRAIN:
+            trainee.load_trained(trained[arm])
+        adapters = {}
+        for index, name in enumerate(names):
+            if arm in TRAINED_ON_RAY_TRAIN:
+                adapters[name] = trainee.adapter(vectors[index])
+            elif arm == "per_repo":
+                adapters[name] = trained["per_repo"].get(name)  # none for a held-out repository
+            else:
+                adapters[name] = None
+        for name in names:
+            rows = [r for r in held_out if r["repo_id"] == name]
+            if not rows or (arm == "per_repo" and adapters[name] is None):
+                continue
+            predictions = complete(trainee.model, tokenizer, adapters[name], [r["prefix"] for r in rows],
+                                   config.max_new_tokens, config.prompt_tokens)
+            hits = exact_matches(predictions, [r["target"] for r in rows])
+            data, repo_index = training_data(tokenizer, rows, names, config.prompt_tokens)
+            load_adapter(trainee.model, adapters[name])
+            with torch.no_grad():  # the static trainee's forward would regenerate it: score the loaded slots
+                logits = trainee.model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
+                nll = [float(masked_token_cross_entropy(logits[i:i + 1], data.labels[i:i + 1])) for i in range(len(rows))]
+            for row, prediction, hit, row_nll in zip(rows, predictions, hits, nll):
+                results.setdefault(arm, []).append({"repo_id": name, "split": split_of(row), "em": float(hit), "nll": row_nll})
+                if arm == export_arm and len(samples) < 30:
+                    samples.append({"repo_id": name, "split": split_of(row), "target": row["target"],
+                                    "prediction": prediction, "exact_match": hit})
+        if arm == export_arm and arm != "none":
+            for name in names:
+                if adapters[name] is not None:
+                    save_adapter(trainee.model, adapters[name], Path(export_dir) / name)
+    return {"results": results, "samples": samples}
+
+
+def summarise(results: dict[str, list[dict]]) -> dict[str, float]:
+    """Means per arm, split (and repository): `em_<split>/<arm>`, `nll_<split>/<arm>`, `..._<repo>`."""
+    metrics = {}
+    for arm, rows in results.items():
+        groups = defaultdict(list)
+        for row in rows:
+            groups[(row["split"], "")].append(row)
+            groups[(row["split"], row["repo_id"])].append(row)
+        for (split, repo), group in groups.items():
+            suffix = f"/{arm}" + (f"/{repo}" if repo else "")
+            metrics[f"em_{split}{suffix}"] = sum(r["em"] for r in group) / len(group)
+            metrics[f"nll_{split}{suffix}"] = sum(r["nll"] for r in group) / len(group)
+    return metrics
+
+
+# ---- the recipe ---------------------------------------------------------------------------
+
+def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
+    import ray
+
+    from pipelines import code2lora_data
+
+    data_config = code2lora_data.Config(seed=config.seed, experiment=config.experiment, storage_path=config.storage_path,
+                                        repos=config.repos, cross_repo_test=config.cross_repo_test,
+                                        num_actors=config.num_actors, mining=config.mining)
+    scratch = Path(tempfile.gettempdir()) / "rayworks-code2lora-repos"
+    tasks = code2lora_data.plan_tasks(data_config, scratch, Counter(), {})
+    repositories = sorted({t["repo_id"]: t for t in tasks}.values(), key=lambda t: t["repo_id"])
+    run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
+                                    data_hash=stable_hash(sorted((r["repo_id"], r["head"]) for r in repositories)))
+    with ending_run(run_record):
+        payload = {"progress": None}
+        mined = code2lora_data.run(data_config, parent_run_id=run_record.run_id)  # 1. mine (cached)
+        rows = read_rows(mined.artifacts)
+        names = [r["repo_id"] for r in repositories]
+        training_repos = sorted({r["repo_id"] for r in rows if split_of(r) == "train"})
+        require(training_repos, "repos", "no training row: every repository is held out or has no minable assertion")
+        base_dir, key = prepare_base(config, repositories, payload)  # 2. base (committed or cached)
+        vectors = repository_vectors(config, base_dir, key, repositories)  # 3. encode (cached)
+        common = {"config": to_dict(config), "base_dir": base_dir, "rows_dir": mined.artifacts, "names": names,
+                  "vectors": [vectors[n] for n in names], "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri}
+        trained = {}
+        for arm in config.arms():  # 4. train
+            if arm in TRAINED_ON_RAY_TRAIN:
+                trained[arm] = train_on_ray_train(arm, config, common, run_name, train_callbacks)
+            elif arm == "per_repo":
+                trained[arm] = train_per_repo(config, common, training_repos)
+        with tempfile.TemporaryDirectory() as export_dir:  # 5. evaluate
+            task = ray.remote(num_cpus=config.train.cpus_per_worker)(evaluate_task)
+            outcome = ray.get(task.remote(common, trained, config.arm, export_dir))
+            if any(Path(export_dir).iterdir()):
+                run_record.log_artifact(export_dir, "adapters")
+        metrics = summarise(outcome["results"])
+        log_outcome(run_record, config, metrics, outcome, rows, config.train.max_steps)
+    before = metrics.get(f"{KEY_METRIC}/none")
+    return RunSummary(PIPELINE, KEY_METRIC, metrics.get(KEY_METRIC, float("nan")), run_record.run_id,
+                      run_record.artifact_uri, before=before,
+                      extra={name: value for name, value in metrics.items() if name.count("/") == 1})
+
+
+def log_outcome(run_record, config: Config, metrics: dict, outcome: dict, rows: list[dict], step: int) -> None:
+    """Metrics (the reported arm's also without the arm suffix), a table, a plot, samples."""
+    from workloads.plots import plot_bars
+
+    for split in SPLITS:
+        for kind in ("em", "nll"):
+            name = f"{kind}_{split}"
+            if f"{name}/{config.arm}" in metrics:
+                metrics[name] = metrics[f"{name}/{config.arm}"]
+    counts = Counter(split_of(r) for r in rows)
+    run_record.log_metrics({**metrics, **{f"rows_{split}": counts[split] for split in ("train", *SPLITS)}}, step=step)
+    arms = config.arms()
+    lines = ["| arm | " + " | ".join(f"EM {s} | NLL {s}" for s in SPLITS) + " |", "|---" * (1 + 2 * len(SPLITS)) + "|"]
+    for arm in arms:
+        cells = []
+        for split in SPLITS:
+            em, nll = metrics.get(f"em_{split}/{arm}"), metrics.get(f"nll_{split}/{arm}")
+            cells += [f"{em:.3f}" if em is not None else "n/a", f"{nll:.3f}" if nll is not None else "n/a"]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    run_record.log_text(table, "results.md")
+    run_record.log_text("".join(json.dumps(s) + "\n" for s in outcome["samples"]), "samples.jsonl")
+    with tempfile.TemporaryDirectory() as scratch:
+        for kind, label in (("em", "exact match"), ("nll", "target NLL (nats/token)")):
+            bars = {split: {arm: metrics[f"{kind}_{split}/{arm}"] for arm in arms if f"{kind}_{split}/{arm}" in metrics}
+                    for split in SPLITS}
+            run_record.log_artifact(plot_bars(bars, Path(scratch) / f"{kind}.png", f"code2lora {label}"))
+    print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return main_for(PIPELINE, Config, run, argv)
+
+
+if __name__ == "__main__":
+    from pipelines.code2lora import main as importable_main  # Ray pickles by reference
+
+    sys.exit(importable_main())

@@ -1,0 +1,136 @@
+"""Code2LoRA's pieces under the pipeline, without Ray: what the base and the encoder may read,
+the encoder's pooling, left-truncated prefixes, a mixed-repository batch, the metrics table and
+the config's errors. The pipeline itself runs end to end in its quickstart test (two ranks)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines.code2lora import Config, summarise
+from workloads.code2lora.arms import LoRATrainee, StaticTrainee, load_adapter
+from workloads.code2lora.base import encode_repository, encoder_sources, pretraining_sources
+from workloads.code2lora.hypernet import HypernetConfig, adapted_logits
+from workloads.code2lora.mining import file_rank, held_out_rank
+from workloads.code2lora.repos import open_repository
+from workloads.config import ConfigError, load_config
+from workloads.lm import encode_text, tiny_lm
+from workloads.lm.tiny import TinyLMConfig
+from workloads.sft import IGNORE_INDEX, tokenize_examples
+
+SMALL = TinyLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
+
+
+def git_checkout(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir()
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "files"]):
+        subprocess.run(["git", *command], cwd=root, check=True, env={**env, "PATH": "/usr/bin:/bin"})
+    return root
+
+
+def test_the_base_never_reads_held_out_test_files_and_the_encoder_reads_no_test_file(tmp_path):
+    tests = [f"tests/test_{name}.py" for name in "abcde"]
+    repo = open_repository(git_checkout(tmp_path / "proj", {"proj/core.py": "X = 1\n", "setup.py": "pass\n",
+                                                             **{t: "def test(): assert 1 == 1\n" for t in tests}}),
+                           tmp_path / "scratch")
+    head = repo.head()
+    held_out = held_out_rank(0, repo.name, tests, 0.4)
+    held_out_files = {t for t in tests if file_rank(0, repo.name, t) <= held_out}
+    assert len(held_out_files) == 2  # 0.4 of 5
+    assert set(pretraining_sources(repo, head, 0, held_out)) == {"proj/core.py", "setup.py", *(set(tests) - held_out_files)}
+    assert set(encoder_sources(repo, head)) == {"proj/core.py", "setup.py"}
+
+
+def test_the_repository_vector_is_the_normalised_mean_and_max_over_files_of_mean_chunk_states():
+    """Computed here one chunk at a time without padding; the encoder batches and pads."""
+    torch.manual_seed(0)
+    model, tokenizer = tiny_lm(SMALL)
+    texts = ["import os\n" * 7, "def f(x):\n    return x + 1\n", "A = 2\n"]
+    vector = encode_repository(model, tokenizer, texts, chunk_tokens=16, batch_size=2)
+    files = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            chunks = [ids[i:i + 16] for i in range(0, len(ids), 16)]
+            states = [model(input_ids=torch.tensor([c]), output_hidden_states=True).hidden_states[-1][0].mean(0) for c in chunks]
+            files.append(torch.stack(states).mean(0))
+    files = torch.stack(files)
+    expected = torch.cat([files.mean(0), files.max(0).values])
+    assert len(tokenizer.encode(texts[0], add_special_tokens=False)) > 16  # the first file has several chunks
+    assert vector.shape == (2 * SMALL.hidden_size,)
+    torch.testing.assert_close(vector, expected / expected.norm(), atol=1e-5, rtol=1e-4)
+
+
+def test_a_long_prefix_keeps_its_end_and_the_target_keeps_every_token():
+    _, tokenizer = tiny_lm(SMALL)
+    bos = tokenizer.bos_token_id
+    assert encode_text(tokenizer, "abcdefgh", max_tokens=4) == [bos, *tokenizer.encode("fgh", add_special_tokens=False)]
+    assert encode_text(tokenizer, "ab", max_tokens=4) == [bos, *tokenizer.encode("ab", add_special_tokens=False)]
+    prefix = "x" * 50 + "assert f() == "
+    examples = tokenize_examples(tokenizer, [prefix], ["42"], 0, prompt_tokens=10)
+    labels = examples.labels[0][examples.labels[0] != IGNORE_INDEX].tolist()
+    assert examples.input_ids.shape[1] == 10 + 3  # 10 prompt tokens (bos included), "4", "2", eos
+    assert labels == [*tokenizer.encode("42", add_special_tokens=False), tokenizer.eos_token_id]
+    assert tokenizer.decode(examples.input_ids[0, 1:10]) == prefix[-9:]  # byte-level: one token per character
+
+
+def test_a_batch_that_mixes_repositories_gets_each_repository_its_own_adapter():
+    base, tokenizer = tiny_lm(SMALL, seed=0)
+    vectors = torch.nn.functional.normalize(torch.randn(2, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
+    trainee = StaticTrainee(base, HypernetConfig(rank=2, width=16, max_scale=1.0), vectors)
+    with torch.no_grad():  # away from the no-op start, so that the two repositories' adapters differ
+        trainee.hypernet.body[2].weight.normal_(0, 0.5)
+    examples = tokenize_examples(tokenizer, ["a = 1\nassert a == ", "b = [2]\nassert b == ", "c = 'x'\nassert c == "],
+                                 ["1", "[2]", "'x'"], 0)
+    repo_index = torch.tensor([0, 1, 0])
+    mixed = trainee(examples.input_ids, examples.attention_mask, repo_index)
+    for row, repo in enumerate(repo_index.tolist()):
+        alone = adapted_logits(trainee.model, trainee.slots, trainee.hypernet(vectors[repo]),
+                               examples.input_ids[row:row + 1], examples.attention_mask[row:row + 1])
+        torch.testing.assert_close(mixed[row:row + 1], alone)
+    other = adapted_logits(trainee.model, trainee.slots, trainee.hypernet(vectors[1]), examples.input_ids[:1],
+                           examples.attention_mask[:1])
+    assert (mixed[:1] - other).abs().max() > 1e-3
+    # the adapter evaluation loads into the slots gives the same logits as the functional forward
+    load_adapter(trainee.model, trainee.adapter(vectors[0]))
+    with torch.no_grad():
+        loaded = trainee.model(input_ids=examples.input_ids[:1], attention_mask=examples.attention_mask[:1]).logits
+    torch.testing.assert_close(loaded, mixed[:1].detach())
+
+
+def test_a_lora_trainee_round_trips_what_it_trained():
+    base, _ = tiny_lm(SMALL, seed=0)
+    first = LoRATrainee(base, HypernetConfig(rank=2))
+    trainable = [n for n, p in first.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    with torch.no_grad():
+        for p in first.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    second = LoRATrainee(tiny_lm(SMALL, seed=0)[0], HypernetConfig(rank=2))
+    second.load_trained(first.trained_state())
+    for (name, a), (_, b) in zip(first.trained_state().items(), second.trained_state().items()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_the_metrics_are_means_per_arm_split_and_repository():
+    rows = {"static": [{"repo_id": "a", "split": "in_repo", "em": 1.0, "nll": 1.0},
+                       {"repo_id": "a", "split": "in_repo", "em": 0.0, "nll": 3.0},
+                       {"repo_id": "b", "split": "in_repo", "em": 0.0, "nll": 5.0},
+                       {"repo_id": "c", "split": "cross_repo", "em": 1.0, "nll": 0.5}]}
+    metrics = summarise(rows)
+    assert metrics["em_in_repo/static"] == pytest.approx(1 / 3) and metrics["nll_in_repo/static"] == pytest.approx(3.0)
+    assert metrics["em_in_repo/static/a"] == 0.5 and metrics["nll_in_repo/static/b"] == 5.0
+    assert metrics["em_cross_repo/static"] == 1.0 and "em_cross_repo/static/a" not in metrics
+
+
+@pytest.mark.parametrize("override, field", [("arm=hyper", "arm"), ("baselines=[none, lora]", "baselines"),
+                                             ("train.strategy=fsdp", "strategy"), ("prompt_tokens=250", "prompt_tokens")])
+def test_a_bad_config_names_its_field(override, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(Config, None, [override])

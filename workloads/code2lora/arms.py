@@ -1,0 +1,131 @@
+"""Code2LoRA's arms as trainable modules over one frozen peft-wrapped base, and their evaluation.
+
+Every arm ends as LoRA weights in the same peft slots, chosen per repository:
+
+| arm        | what is trained                           | the adapter a repository gets          |
+|------------|-------------------------------------------|----------------------------------------|
+| `static`   | the hypernetwork (`StaticHypernetwork`)   | generated from its repository vector   |
+| `shared`   | one peft LoRA on all training rows        | the same one for every repository      |
+| `per_repo` | one peft LoRA per training repository     | its own (none exists for a held-out repository) |
+| `none`     | nothing                                   | no adapter: the base alone             |
+
+A trainee's `forward(input_ids, attention_mask, repo_index)` returns logits for a batch that
+mixes repositories (the static arm generates one adapter per repository present, inside one
+forward, so data-parallel training all-reduces once per step), and `adapter(repo)` the LoRA
+weights by parameter name that evaluation copies into the slots; `trained_state` /
+`load_trained` carry what was trained (the hypernetwork, or the LoRA weights) between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from workloads.code2lora.hypernet import (
+    HypernetConfig,
+    StaticHypernetwork,
+    adapted_logits,
+    adapter_weights,
+    lora_model,
+    lora_slots,
+    slot_shapes,
+)
+from workloads.code2lora.mining import exact_match
+from workloads.lm import greedy_complete
+from workloads.sft import masked_token_cross_entropy
+
+ARMS = ("static", "shared", "per_repo", "none")
+TRAINED_ON_RAY_TRAIN = ("static", "shared")  # per_repo trains one small LoRA per repository as Ray tasks
+
+
+def lora_names(model) -> list[str]:
+    return [name for name, _ in model.named_parameters() if ".lora_" in name]
+
+
+class StaticTrainee(nn.Module):
+    """The frozen peft model + the hypernetwork; repository vectors as a buffer [R, D]."""
+
+    def __init__(self, base, config: HypernetConfig, repo_vectors: torch.Tensor, seed: int = 0):
+        super().__init__()
+        self.model = lora_model(base, config)
+        self.slots = lora_slots(self.model)
+        torch.manual_seed(seed)
+        self.hypernet = StaticHypernetwork(repo_vectors.shape[1], slot_shapes(self.model, self.slots), config)
+        self.register_buffer("repo_vectors", repo_vectors.float(), persistent=False)
+
+    def forward(self, input_ids, attention_mask, repo_index):
+        logits = None
+        for repo in repo_index.unique().tolist():
+            rows = repo_index == repo
+            out = adapted_logits(self.model, self.slots, self.hypernet(self.repo_vectors[repo]), input_ids[rows], attention_mask[rows])
+            if logits is None:
+                logits = out.new_zeros((input_ids.shape[0], *out.shape[1:]))
+            logits[rows] = out
+        return logits
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.hypernet.state_dict().items()}
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+        self.hypernet.load_state_dict(state)
+
+    def adapter(self, repo_vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {k: v.detach().clone() for k, v in adapter_weights(self.slots, self.hypernet(repo_vector.float())).items()}
+
+
+class LoRATrainee(nn.Module):
+    """A plain peft LoRA (peft's own initialisation: B = 0) on the frozen base; `repo_index` is ignored."""
+
+    def __init__(self, base, config: HypernetConfig, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.model = lora_model(base, config)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(".lora_" in name)
+
+    def forward(self, input_ids, attention_mask, repo_index=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def adapter(self, repo_vector=None) -> dict[str, torch.Tensor]:
+        return {name: parameter.detach().cpu().clone() for name, parameter in self.model.named_parameters() if ".lora_" in name}
+
+    trained_state = adapter
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+        load_adapter(self.model, state)
+
+
+def batch_loss(trainee, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy on the target tokens (and eos) only."""
+    logits = trainee(batch["input_ids"], batch["attention_mask"], batch["repo_index"])
+    return masked_token_cross_entropy(logits, batch["labels"])
+
+
+def load_adapter(model, adapter: dict[str, torch.Tensor] | None) -> None:
+    """Copy `adapter` into the peft model's LoRA slots; None zeroes them (B = 0: the base alone)."""
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in lora_names(model):
+            if adapter is None:
+                parameters[name].zero_()
+            else:
+                parameters[name].copy_(adapter[name])
+
+
+def save_adapter(model, adapter: dict[str, torch.Tensor], directory) -> None:
+    """`adapter` as a standard peft adapter directory (`PeftModel.from_pretrained` loads it)."""
+    load_adapter(model, adapter)
+    model.save_pretrained(str(directory))
+
+
+def complete(model, tokenizer, adapter, prefixes: Sequence[str], max_new_tokens: int, prompt_tokens: int) -> list[str]:
+    """Greedy completions of `prefixes` with `adapter` in the slots."""
+    load_adapter(model, adapter)
+    return greedy_complete(model, tokenizer, list(prefixes), max_new_tokens, batch_size=32, max_prompt_tokens=prompt_tokens)
+
+
+def exact_matches(predictions: Sequence[str], targets: Sequence[str]) -> list[bool]:
+    return [exact_match(p, t) for p, t in zip(predictions, targets)]

@@ -1,0 +1,121 @@
+"""The frozen code LM under every Code2LoRA arm, and the repository encoder built on it.
+
+- `pretraining_sources`: the Python files the base may learn from: the training repositories'
+  files at HEAD minus their in-repo held-out test files. Held-out repositories are never read,
+  so nothing the base knows comes from a row it is judged on.
+- `pretrain_base`: a byte-level BPE learned on those files (`workloads.lm.build_tokenizer`) and
+  a tiny causal LM trained on them as a plain next-token loop on fixed-length windows (the
+  LM toolkit's loss and engine; one process, no Ray here).
+- `encode_repository`: the method's encoder: the base's mean last hidden state over each file
+  chunk, mean over a file's chunks, then [mean over files; max over files], L2-normalised.
+  It reads a repository's non-test Python files only: test files hold the targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from workloads.code2lora.mining import decode_test_file, in_repo_split, is_test_file
+from workloads.config import require
+from workloads.lm import TinyLMConfig, pad, tiny_lm
+from workloads.sft import IGNORE_INDEX, TokenizedExamples, batch_at, batch_indices, train_step, warmup_cosine
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """The tiny base's pre-training on the training repositories' source."""
+
+    steps: int = 200  # optimiser steps (more overfits the default three repositories)
+    batch_size: int = 16  # windows per step
+    window: int = 256  # tokens per window (at most model.max_positions)
+    lr: float = 3e-3  # AdamW peak learning rate (warm-up, then cosine)
+    bpe_merges: int = 1024  # BPE merges learned on the same source, on top of the 256 bytes
+
+    section: ClassVar[str] = "pretrain"
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "steps", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.window >= 8, "window", "must be >= 8")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.bpe_merges >= 0, "bpe_merges", "must be >= 0")
+
+
+MAX_SOURCE_BYTES = 1_000_000  # bigger files (generated tables, vendored bundles) are not read
+
+
+def python_sources(repo, commit: str, keep=lambda path: True) -> dict[str, str]:
+    """The decodable `.py` files at `commit` that `keep` accepts, by path (sorted)."""
+    paths = sorted(p for p, size in repo.files(commit).items() if p.endswith(".py") and size <= MAX_SOURCE_BYTES and keep(p))
+    texts = {path: decode_test_file(data) for path, data in repo.read(commit, paths).items()}
+    return {path: text for path, text in sorted(texts.items()) if text}
+
+
+def pretraining_sources(repo, commit: str, seed: int, held_out: float) -> dict[str, str]:
+    """A training repository's Python files minus its in-repo held-out test files."""
+    return python_sources(repo, commit, lambda p: not is_test_file(p) or in_repo_split(seed, repo.name, p, held_out) == "train")
+
+
+def encoder_sources(repo, commit: str) -> dict[str, str]:
+    """What the encoder reads of a repository: its non-test Python files."""
+    return python_sources(repo, commit, lambda p: not is_test_file(p))
+
+
+def windows(tokenizer, texts: Sequence[str], window: int) -> TokenizedExamples:
+    """Every file as bos + tokens + eos, concatenated and cut into `window`-token rows; loss on
+    every real token."""
+    stream: list[int] = []
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        stream += ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids + [tokenizer.eos_token_id]
+    rows = [stream[i:i + window] for i in range(0, max(1, len(stream)), window)]
+    ids, mask = pad(rows, tokenizer.pad_token_id, side="right", width=window)
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    return TokenizedExamples(ids, mask, labels)
+
+
+def pretrain_base(texts: Sequence[str], model_config: TinyLMConfig, config: PretrainConfig, seed: int,
+                  log=lambda step, loss: None):
+    """(model, tokenizer) pre-trained from scratch on `texts` (see the module docstring)."""
+    from workloads.strategies import LocalEngine
+
+    require(config.window <= model_config.max_positions, "window", f"must be <= model.max_positions ({model_config.max_positions})")
+    model_config = dataclasses.replace(model_config, bpe_merges=config.bpe_merges)
+    model, tokenizer = tiny_lm(model_config, texts, seed=seed)
+    data = windows(tokenizer, texts, config.window)
+    engine = LocalEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.01),
+                         schedule=warmup_cosine(max(1, config.steps // 20), config.steps))
+    for step in range(config.steps):
+        loss = train_step(engine, batch_at(data, batch_indices(step, config.batch_size, 1, 0, len(data), seed)))
+        log(step + 1, loss)
+    model.eval()
+    return model, tokenizer
+
+
+@torch.no_grad()
+def encode_repository(model, tokenizer, texts: Sequence[str], chunk_tokens: int, batch_size: int = 16) -> torch.Tensor:
+    """[mean over files; max over files] of each file's mean chunk embedding, L2-normalised
+    ([2 * hidden]); a chunk's embedding is the mean of the base's last hidden states over it."""
+    model.eval()
+    chunks, owner = [], []
+    for index, text in enumerate(texts):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        for start in range(0, len(ids), chunk_tokens):
+            chunks.append(ids[start:start + chunk_tokens])
+            owner.append(index)
+    if not chunks:
+        raise ValueError("the repository has no Python source to encode")
+    embeddings = []
+    for start in range(0, len(chunks), batch_size):
+        ids, mask = pad(chunks[start:start + batch_size], tokenizer.pad_token_id, side="right")
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        embeddings.append((hidden * weights).sum(dim=1) / weights.sum(dim=1))
+    chunk_embeddings = torch.cat(embeddings)
+    owners = torch.tensor(owner)
+    files = torch.stack([chunk_embeddings[owners == index].mean(dim=0) for index in owners.unique()])
+    return torch.nn.functional.normalize(torch.cat([files.mean(dim=0), files.max(dim=0).values]), dim=0).float()
