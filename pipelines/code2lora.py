@@ -28,6 +28,7 @@ exact match stays near zero for every arm; the target NLL is the measurement tha
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -346,12 +347,26 @@ def train_per_repo(config: Config, common: dict, training_repos: list[str]) -> d
 
 # ---- stage 5: evaluation (a Ray task) -----------------------------------------------------
 
+def score_rows(model, tokenizer, adapter, rows: list[dict], config: Config) -> tuple[list[str], list[bool], list[float]]:
+    """(greedy completions, exact matches, target NLL per row) of one repository's rows with
+    `adapter` in the peft model's slots (None: the base alone)."""
+    from workloads.code2lora.arms import complete, exact_matches
+    from workloads.sft import masked_token_cross_entropy, tokenize_examples
+
+    predictions = complete(model, tokenizer, adapter, [r["prefix"] for r in rows], config.max_new_tokens, config.prompt_tokens)
+    hits = exact_matches(predictions, [r["target"] for r in rows])
+    data = tokenize_examples(tokenizer, [r["prefix"] for r in rows], [r["target"] for r in rows], 0, config.prompt_tokens)
+    with torch.no_grad():  # the slots hold `adapter` (loaded by `complete`)
+        logits = model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
+    nll = [float(masked_token_cross_entropy(logits[i:i + 1], data.labels[i:i + 1])) for i in range(len(rows))]
+    return predictions, hits, nll
+
+
 def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str) -> dict:
     """Every arm on every held-out row: exact match and target NLL per split and repository;
     `export_arm`'s adapters written as peft directories under `export_dir`."""
-    from workloads.code2lora.arms import complete, exact_matches, load_adapter, save_adapter
+    from workloads.code2lora.arms import save_adapter
     from workloads.lm import load_lm
-    from workloads.sft import masked_token_cross_entropy
 
     config: Config = from_dict(Config, common["config"])
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
@@ -361,7 +376,7 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str)
     held_out = [r for r in read_rows(common["rows_dir"]) if split_of(r) in SPLITS]
     results, samples = {}, []
     for arm in config.arms():
-        trainee = make_trainee(arm, base, config, vectors)
+        trainee = make_trainee(arm, copy.deepcopy(base), config, vectors)  # peft wraps a model in place: one copy per arm
         if arm in TRAINED_ON_RAY_TRAIN:
             trainee.load_trained(trained[arm])
         adapters = {}
@@ -376,14 +391,7 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str)
             rows = [r for r in held_out if r["repo_id"] == name]
             if not rows or (arm == "per_repo" and adapters[name] is None):
                 continue
-            predictions = complete(trainee.model, tokenizer, adapters[name], [r["prefix"] for r in rows],
-                                   config.max_new_tokens, config.prompt_tokens)
-            hits = exact_matches(predictions, [r["target"] for r in rows])
-            data, repo_index = training_data(tokenizer, rows, names, config.prompt_tokens)
-            load_adapter(trainee.model, adapters[name])
-            with torch.no_grad():  # the static trainee's forward would regenerate it: score the loaded slots
-                logits = trainee.model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
-                nll = [float(masked_token_cross_entropy(logits[i:i + 1], data.labels[i:i + 1])) for i in range(len(rows))]
+            predictions, hits, nll = score_rows(trainee.model, tokenizer, adapters[name], rows, config)
             for row, prediction, hit, row_nll in zip(rows, predictions, hits, nll):
                 results.setdefault(arm, []).append({"repo_id": name, "split": split_of(row), "em": float(hit), "nll": row_nll})
                 if arm == export_arm and len(samples) < 30:
