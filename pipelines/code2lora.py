@@ -33,6 +33,7 @@ import dataclasses
 import json
 import sys
 import tempfile
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import ClassVar
@@ -351,14 +352,17 @@ def score_rows(model, tokenizer, adapter, rows: list[dict], config: Config) -> t
     """(greedy completions, exact matches, target NLL per row) of one repository's rows with
     `adapter` in the peft model's slots (None: the base alone)."""
     from workloads.code2lora.arms import complete, exact_matches
+    from workloads.lm import device_of
     from workloads.sft import masked_token_cross_entropy, tokenize_examples
 
     predictions = complete(model, tokenizer, adapter, [r["prefix"] for r in rows], config.max_new_tokens, config.prompt_tokens)
     hits = exact_matches(predictions, [r["target"] for r in rows])
     data = tokenize_examples(tokenizer, [r["prefix"] for r in rows], [r["target"] for r in rows], 0, config.prompt_tokens)
+    device = device_of(model)
     with torch.no_grad():  # the slots hold `adapter` (loaded by `complete`)
-        logits = model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
-    nll = [float(masked_token_cross_entropy(logits[i:i + 1], data.labels[i:i + 1])) for i in range(len(rows))]
+        logits = model(input_ids=data.input_ids.to(device), attention_mask=data.attention_mask.to(device)).logits
+    labels = data.labels.to(device)
+    nll = [float(masked_token_cross_entropy(logits[i:i + 1], labels[i:i + 1])) for i in range(len(rows))]
     return predictions, hits, nll
 
 
@@ -371,6 +375,7 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str)
     config: Config = from_dict(Config, common["config"])
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
     base, tokenizer = load_lm(common["base_dir"])
+    base.to("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
     vectors = torch.tensor(common["vectors"])
     names = common["names"]
     held_out = [r for r in read_rows(common["rows_dir"]) if split_of(r) in SPLITS]
@@ -435,14 +440,22 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
                                     data_hash=stable_hash(sorted((r["repo_id"], r["head"]) for r in repositories)))
     with ending_run(run_record):
-        payload = {"progress": None}
+        payload, seconds, clock = {"progress": None}, {}, time.monotonic()
+
+        def stage_done(stage: str) -> None:  # wall time per stage, logged as seconds/<stage>
+            nonlocal clock
+            seconds[f"seconds/{stage}"], clock = time.monotonic() - clock, time.monotonic()
+
         mined = code2lora_data.run(data_config, parent_run_id=run_record.run_id)  # 1. mine (cached)
+        stage_done("mine")
         rows = read_rows(mined.artifacts)
         names = [r["repo_id"] for r in repositories]
         training_repos = sorted({r["repo_id"] for r in rows if split_of(r) == "train"})
         require(training_repos, "repos", "no training row: every repository is held out or has no minable assertion")
         base_dir, key = prepare_base(config, repositories, payload)  # 2. base (committed or cached)
+        stage_done("base")
         vectors = repository_vectors(config, base_dir, key, repositories)  # 3. encode (cached)
+        stage_done("encode")
         common = {"config": to_dict(config), "base_dir": base_dir, "rows_dir": mined.artifacts, "names": names,
                   "vectors": [vectors[n] for n in names], "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri}
         trained = {}
@@ -451,15 +464,18 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                 trained[arm] = train_on_ray_train(arm, config, common, run_name, train_callbacks)
             elif arm == "per_repo":
                 trained[arm] = train_per_repo(config, common, training_repos)
-        with tempfile.TemporaryDirectory() as export_dir:  # 5. evaluate
-            task = ray.remote(num_cpus=config.train.cpus_per_worker)(evaluate_task)
-            outcome = ray.get(task.remote(common, trained, config.arm, export_dir))
-            if any(Path(export_dir).iterdir()):
-                run_record.log_artifact(export_dir, "adapters")
+        stage_done("train")
+        # 5. evaluate; the adapters go to the storage path, which a cluster's nodes share
+        export_dir = Path(storage_path(config.storage_path)) / "code2lora-adapters" / run_record.run_id
+        task = ray.remote(num_cpus=config.train.cpus_per_worker, num_gpus=int(config.train.use_gpu))(evaluate_task)
+        outcome = ray.get(task.remote(common, trained, config.arm, str(export_dir)))
+        if export_dir.is_dir():
+            run_record.log_artifact(export_dir, "adapters")
+        stage_done("evaluate")
         metrics = summarise(outcome["results"])
-        log_outcome(run_record, config, metrics, outcome, rows, config.train.max_steps)
+        log_outcome(run_record, config, {**metrics, **seconds}, outcome, rows, config.train.max_steps)
     before = metrics.get(f"{KEY_METRIC}/none")
-    return RunSummary(PIPELINE, KEY_METRIC, metrics.get(KEY_METRIC, float("nan")), run_record.run_id,
+    return RunSummary(PIPELINE, KEY_METRIC, metrics.get(f"{KEY_METRIC}/{config.arm}", float("nan")), run_record.run_id,
                       run_record.artifact_uri, before=before,
                       extra={name: value for name, value in metrics.items() if name.count("/") == 1})
 
