@@ -55,6 +55,7 @@ from pipelines.launch import (
     train_worker_context,
     worker_device,
 )
+from workloads import tracking
 from workloads.caching import cached_directory, stable_hash
 from workloads.code2lora.arms import ARMS, TRAINED_ON_RAY_TRAIN
 from workloads.code2lora.base import PretrainConfig
@@ -64,6 +65,7 @@ from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.lm import TinyLMConfig
 
 PIPELINE = "code2lora"
+REGISTERED_MODEL = "rayworks-code2lora"  # the static hypernetwork and its base, for `rayworks serve adapter`
 # Exact match stays near zero at the default scale (module docstring), so the run's headline is
 # the held-out target NLL (lower is better); `--metric em_in_repo` compares exact match.
 KEY_METRIC = "nll_in_repo"
@@ -107,6 +109,7 @@ class Config(RunFields):
     repos: str = ""  # a directory of bundles and/or git checkouts; empty: the bundled data/code-repos
     cross_repo_test: int = 1  # whole repositories held out (chosen by the seed)
     base_model: str = ""  # a saved model directory or hub id (frozen); empty: the tiny base pre-trained here
+    register_model: bool = True  # register a trained static hypernetwork (with its base) in MLflow's registry
     prompt_tokens: int = 192  # a prefix keeps its last tokens (the assertion's side)
     max_new_tokens: int = 24  # completion budget at evaluation
     encoder_chunk_tokens: int = 256  # tokens per encoded file chunk
@@ -366,10 +369,11 @@ def score_rows(model, tokenizer, adapter, rows: list[dict], config: Config) -> t
     return predictions, hits, nll
 
 
-def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str) -> dict:
+def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) -> dict:
     """Every arm on every held-out row: exact match and target NLL per split and repository;
-    `export_arm`'s adapters written as peft directories under `export_dir`."""
-    from workloads.code2lora.arms import save_adapter
+    `export_arm`'s adapters written as peft directories under `out_dir/adapters/`, and a trained
+    static hypernetwork as `out_dir/generator/` (what the `adapter` Serve app loads)."""
+    from workloads.code2lora.arms import save_adapter, save_generator
     from workloads.lm import load_lm
 
     config: Config = from_dict(Config, common["config"])
@@ -405,7 +409,11 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, export_dir: str)
         if arm == export_arm and arm != "none":
             for name in names:
                 if adapters[name] is not None:
-                    save_adapter(trainee.model, adapters[name], Path(export_dir) / name)
+                    save_adapter(trainee.model, adapters[name], Path(out_dir) / "adapters" / name)
+        if arm == "static":
+            save_generator(Path(out_dir) / "generator", trainee, base, tokenizer, config.hypernet,
+                           {"encoder_chunk_tokens": config.encoder_chunk_tokens, "prompt_tokens": config.prompt_tokens,
+                            "max_new_tokens": config.max_new_tokens})
     return {"results": results, "samples": samples}
 
 
@@ -465,12 +473,15 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             elif arm == "per_repo":
                 trained[arm] = train_per_repo(config, common, training_repos)
         stage_done("train")
-        # 5. evaluate; the adapters go to the storage path, which a cluster's nodes share
-        export_dir = Path(storage_path(config.storage_path)) / "code2lora-adapters" / run_record.run_id
+        # 5. evaluate; adapters and generator go to the storage path, which a cluster's nodes share
+        out_dir = Path(storage_path(config.storage_path)) / "code2lora-runs" / run_record.run_id
         task = ray.remote(num_cpus=config.train.cpus_per_worker, num_gpus=int(config.train.use_gpu))(evaluate_task)
-        outcome = ray.get(task.remote(common, trained, config.arm, str(export_dir)))
-        if export_dir.is_dir():
-            run_record.log_artifact(export_dir, "adapters")
+        outcome = ray.get(task.remote(common, trained, config.arm, str(out_dir)))
+        for part in ("adapters", "generator"):
+            if (out_dir / part).is_dir():
+                run_record.log_artifact(out_dir / part, part)
+        if config.register_model and (out_dir / "generator").is_dir():
+            tracking.register_model(run_record, "generator", REGISTERED_MODEL)
         stage_done("evaluate")
         metrics = summarise(outcome["results"])
         log_outcome(run_record, config, {**metrics, **seconds}, outcome, rows, config.train.max_steps)

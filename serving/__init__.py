@@ -6,6 +6,7 @@ import importlib
 from typing import Callable
 
 APPS: dict[str, str] = {
+    "adapter": "serving.adapter:build_app",
     "generate": "serving.generate:build_app",
     "verifier": "serving.verifier:build_app",
 }

@@ -28,6 +28,12 @@ ROUTES: dict[str, dict[str, dict]] = {
         "/v1/completions": {"prompt": "Q: 1+1", "max_tokens": 2},
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "Q: 1+1"}], "max_tokens": 2},
     },
+    # Valid bodies name a repository on the server and an adapter it made: the caller passes
+    # them (`fuzz_app(..., examples=...)`); these are their shapes.
+    "adapter": {
+        "/adapt": {"repo": "/path/to/repository.bundle"},
+        "/complete": {"adapter": "repository@<head sha>", "prefix": "assert f(1) == ", "max_new_tokens": 4},
+    },
 }
 # Routes whose valid example may legitimately answer something other than 200 on some machines.
 VALID_STATUSES = {"/verify/lean": (200, 503)}  # 503: no Lean toolchain configured
@@ -84,13 +90,14 @@ def check_answer(label: str, route: str, response) -> str | None:
     return None
 
 
-def fuzz_app(base_url: str, app: str, seed: int = 0, session=None) -> list[str]:
-    """Send every bad body to every route of `app`; the problems found (empty when none)."""
+def fuzz_app(base_url: str, app: str, seed: int = 0, session=None, examples: dict[str, dict] | None = None) -> list[str]:
+    """Send every bad body to every route of `app` (valid bodies: `examples` where given, else
+    `ROUTES`); the problems found (empty when none)."""
     import requests
 
     session = session or requests.Session()
     problems = []
-    for route, example in ROUTES[app].items():
+    for route, example in {**ROUTES[app], **(examples or {})}.items():
         for label, body, content_type in bad_bodies(example, seed):
             try:
                 response = session.post(base_url + route, data=body, headers={"content-type": content_type}, timeout=120)

@@ -29,7 +29,7 @@ from tests.helpers import (
         (["run", "sft", "--set", "model.hidden_size=130"], "sft.model.hidden_size: must be divisible"),
         (["run", "sft", "--config", "missing.yaml"], "config file missing.yaml: not found"),
         (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: code2lora, code2lora_data, distil, longtrace, longtrace_data, ppo, sft"),
-        (["serve", "nosuch"], "unknown Serve app 'nosuch'; known apps: generate"),
+        (["serve", "nosuch"], "unknown Serve app 'nosuch'; known apps: adapter, generate"),
     ],
 )
 def test_config_errors_fail_fast_naming_the_field(workdir: Path, args, fragment):

@@ -163,10 +163,13 @@ def check_code2lora(workdir: Path, summary: dict) -> None:
     assert run.data.metrics["ranks_in_sync/static"] == 1.0
     assert len(set(json.loads(run.data.tags["rayworks.rank_fingerprints.static"]))) == 1
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
-    assert {"results.md", "em.png", "nll.png", "samples.jsonl", "adapters"} <= artifacts
+    assert {"results.md", "em.png", "nll.png", "samples.jsonl", "adapters", "generator"} <= artifacts
+    (version,) = client.search_model_versions("name='rayworks-code2lora'")  # what `rayworks serve adapter` loads
+    assert version.run_id == summary["run_id"] and version.source.endswith("/generator")
+    assert all(run.data.metrics[f"seconds/{stage}"] > 0 for stage in ("mine", "base", "encode", "train", "evaluate"))
     adapters = client.download_artifacts(summary["run_id"], "adapters", str(workdir))
     assert sorted(p.name for p in Path(adapters).iterdir()) == ["schema", "six", "xmltodict"]
-    (base_dir,) = COMMITTED_BASES.iterdir()
+    (base_dir,) = (p.parent for p in COMMITTED_BASES.glob("*/config.json"))
     base, _ = load_lm(base_dir)
     adapted = PeftModel.from_pretrained(base, str(Path(adapters) / "six"))
     assert any(".lora_B." in name and p.abs().sum() > 0 for name, p in adapted.named_parameters())

@@ -19,6 +19,7 @@ weights by parameter name that evaluation copies into the slots; `trained_state`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -129,3 +130,43 @@ def complete(model, tokenizer, adapter, prefixes: Sequence[str], max_new_tokens:
 
 def exact_matches(predictions: Sequence[str], targets: Sequence[str]) -> list[bool]:
     return [exact_match(p, t) for p, t in zip(predictions, targets)]
+
+
+GENERATOR_FILE, GENERATOR_CONFIG = "hypernet.pt", "code2lora.json"
+
+
+def save_generator(directory, trainee: StaticTrainee, base, tokenizer, hypernet: HypernetConfig, settings: dict) -> Path:
+    """A trained static hypernetwork as one directory: `base/` (the frozen base, without adapter
+    slots, saved whole so that the directory stands alone), `hypernet.pt` and `code2lora.json`
+    (the hypernetwork's config, the repository vectors' size, and `settings`: the encoder and
+    completion settings)."""
+    import dataclasses
+    import json
+
+    directory = Path(directory)
+    base.save_pretrained(directory / "base")
+    tokenizer.save_pretrained(directory / "base")
+    torch.save(trainee.trained_state(), directory / GENERATOR_FILE)
+    (directory / GENERATOR_CONFIG).write_text(json.dumps({"hypernet": dataclasses.asdict(hypernet),
+                                                          "repo_dim": int(trainee.repo_vectors.shape[1]), **settings}, indent=1))
+    return directory
+
+
+def load_generator(directory):
+    """(static trainee, tokenizer, settings) from a `save_generator` directory; the repository
+    vectors are supplied per call (`trainee.adapter(vector)`)."""
+    import json
+
+    from workloads.lm import load_lm
+
+    directory = Path(directory)
+    if not (directory / GENERATOR_CONFIG).is_file():
+        raise ValueError(f"{directory}: not a Code2LoRA generator (no {GENERATOR_CONFIG}; `code2lora` with arm=static writes one)")
+    settings = json.loads((directory / GENERATOR_CONFIG).read_text())
+    fields = settings.pop("hypernet")
+    config = HypernetConfig(**{**fields, "projections": tuple(fields["projections"])})
+    base, tokenizer = load_lm(directory / "base")
+    trainee = StaticTrainee(base, config, torch.zeros(1, settings["repo_dim"]))
+    trainee.load_trained(torch.load(directory / GENERATOR_FILE, weights_only=True))
+    trainee.eval()
+    return trainee, tokenizer, settings
