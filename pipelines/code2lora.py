@@ -277,7 +277,7 @@ def train_loop_per_worker(payload: dict) -> None:
     import ray.train
 
     from workloads.lm import load_lm
-    from workloads.sft import warmup_cosine
+    from workloads.sft import TokenizedExamples, warmup_cosine
 
     config: Config = from_dict(Config, payload["config"])
     arm = payload["arm"]
@@ -297,8 +297,8 @@ def train_loop_per_worker(payload: dict) -> None:
             if step % (10 * train.log_every) == 0 or step == train.max_steps:
                 say(payload, f"[code2lora] {arm} step {step}/{train.max_steps}  loss {loss:.4f}")
 
-    loss = fit(trainee, engine, data.__class__(*(t.to(device) for t in (data.input_ids, data.attention_mask, data.labels))),
-               repo_index.to(device), config, rank, world_size, log)
+    on_device = TokenizedExamples(data.input_ids.to(device), data.attention_mask.to(device), data.labels.to(device))
+    loss = fit(trainee, engine, on_device, repo_index.to(device), config, rank, world_size, log)
     fingerprints = check_ranks_in_sync(engine, None, train.max_steps)
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
