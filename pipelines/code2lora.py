@@ -105,7 +105,7 @@ class Config(RunFields):
     """Code2LoRA: which arm to train and report, on which repositories and base."""
 
     arm: str = "static"  # the arm reported as the run's metrics: static, shared, per_repo or none
-    baselines: tuple[str, ...] = ("none",)  # arms also trained and evaluated in the same run (the table)
+    baselines: list[str] = dataclasses.field(default_factory=lambda: ["none"])  # arms also trained and evaluated in the same run (the table)
     repos: str = ""  # a directory of bundles and/or git checkouts; empty: the bundled data/code-repos
     cross_repo_test: int = 1  # whole repositories held out (chosen by the seed)
     base_model: str = ""  # a saved model directory or hub id (frozen); empty: the tiny base pre-trained here

@@ -163,8 +163,7 @@ def load_generator(directory):
     if not (directory / GENERATOR_CONFIG).is_file():
         raise ValueError(f"{directory}: not a Code2LoRA generator (no {GENERATOR_CONFIG}; `code2lora` with arm=static writes one)")
     settings = json.loads((directory / GENERATOR_CONFIG).read_text())
-    fields = settings.pop("hypernet")
-    config = HypernetConfig(**{**fields, "projections": tuple(fields["projections"])})
+    config = HypernetConfig(**settings.pop("hypernet"))
     base, tokenizer = load_lm(directory / "base")
     trainee = StaticTrainee(base, config, torch.zeros(1, settings["repo_dim"]))
     trainee.load_trained(torch.load(directory / GENERATOR_FILE, weights_only=True))

@@ -37,7 +37,7 @@ class HypernetConfig:
     alpha: float = 16.0  # LoRA alpha (peft scales B A by alpha / r)
     width: int = 256  # hidden width of the 2-layer GELU MLP
     max_scale: float = 0.2  # bound on each matrix's learned scale (entries lie in [-max_scale, max_scale])
-    projections: tuple[str, ...] = PROJECTIONS  # projection types that get adapters (those the base has)
+    projections: list[str] = dataclasses.field(default_factory=lambda: list(PROJECTIONS))  # projection types that get adapters (those the base has)
 
     section: ClassVar[str] = "hypernet"
 
