@@ -373,7 +373,8 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) ->
     """Every arm on every held-out row: exact match and target NLL per split and repository;
     `export_arm`'s adapters written as peft directories under `out_dir/adapters/`, and a trained
     static hypernetwork as `out_dir/generator/` (what the `adapter` Serve app loads)."""
-    from workloads.code2lora.arms import save_adapter, save_generator
+    from workloads.code2lora.arms import save_generator
+    from workloads.code2lora.hypernet import write_adapter
     from workloads.lm import load_lm
 
     config: Config = from_dict(Config, common["config"])
@@ -409,7 +410,7 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) ->
         if arm == export_arm and arm != "none":
             for name in names:
                 if adapters[name] is not None:
-                    save_adapter(trainee.model, adapters[name], Path(out_dir) / "adapters" / name)
+                    write_adapter(trainee.model, adapters[name], Path(out_dir) / "adapters" / name)
         if arm == "static":
             save_generator(Path(out_dir) / "generator", trainee, base, tokenizer, config.hypernet,
                            {"encoder_chunk_tokens": config.encoder_chunk_tokens, "prompt_tokens": config.prompt_tokens,

@@ -100,9 +100,8 @@ class AdapterServer:
         texts = list(encoder_sources(repo, head).values())
         if not texts:
             return error_response(422, [f"repo: {request.repo} has no non-test Python file at HEAD to encode"])
-        with self.lock:
-            vector = encode_repository(self.trainee.model.get_base_model(), self.tokenizer, texts,
-                                       self.settings["encoder_chunk_tokens"])
+        with self.lock, self.trainee.model.disable_adapter():  # the encoder is the base alone, not the last adapter loaded
+            vector = encode_repository(self.trainee.model, self.tokenizer, texts, self.settings["encoder_chunk_tokens"])
             self.adapters[adapter_id] = self.trainee.adapter(vector)
         while len(self.adapters) > MAX_ADAPTERS:
             self.adapters.popitem(last=False)

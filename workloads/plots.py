@@ -23,12 +23,7 @@ def plot_curves(panels: dict[str, dict[str, list[tuple[float, float]]]], path: s
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_bars(panels: dict[str, dict[str, float]], path: str | Path, title: str) -> Path:
@@ -44,6 +39,12 @@ def plot_bars(panels: dict[str, dict[str, float]], path: str | Path, title: str)
         ax.bar_label(drawn, fmt="%.3f", fontsize=8)
         ax.set_title(panel)
         ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path, title)
+
+
+def _save(fig, path: str | Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)

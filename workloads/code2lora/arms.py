@@ -116,12 +116,6 @@ def load_adapter(model, adapter: dict[str, torch.Tensor] | None) -> None:
                 parameters[name].copy_(adapter[name])
 
 
-def save_adapter(model, adapter: dict[str, torch.Tensor], directory) -> None:
-    """`adapter` as a standard peft adapter directory (`PeftModel.from_pretrained` loads it)."""
-    load_adapter(model, adapter)
-    model.save_pretrained(str(directory))
-
-
 def complete(model, tokenizer, adapter, prefixes: Sequence[str], max_new_tokens: int, prompt_tokens: int) -> list[str]:
     """Greedy completions of `prefixes` with `adapter` in the slots."""
     load_adapter(model, adapter)

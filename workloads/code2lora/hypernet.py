@@ -140,11 +140,17 @@ def adapted_logits(model, slots, adapters, input_ids: torch.Tensor, attention_ma
     return output.logits
 
 
-def export_adapter(model, slots, adapters, directory: str | Path) -> Path:
-    """The generated adapter as a standard peft adapter directory."""
+def write_adapter(model, weights: dict[str, torch.Tensor], directory: str | Path) -> Path:
+    """LoRA `weights` (by parameter name) copied into the peft model's slots and saved as a
+    standard peft adapter directory (`PeftModel.from_pretrained` loads it)."""
     parameters = dict(model.named_parameters())
     with torch.no_grad():
-        for name, value in adapter_weights(slots, adapters).items():
+        for name, value in weights.items():
             parameters[name].copy_(value)
     model.save_pretrained(str(directory), selected_adapters=[ADAPTER_NAME])
     return Path(directory)
+
+
+def export_adapter(model, slots, adapters, directory: str | Path) -> Path:
+    """The generated adapter as a standard peft adapter directory."""
+    return write_adapter(model, adapter_weights(slots, adapters), directory)
