@@ -48,11 +48,11 @@ def mine(task: dict, scratch: Path, config: code2lora.Config) -> list[dict]:
 
 
 def train(trainee, rows: list[dict], names: list[str], tokenizer, config: code2lora.Config) -> None:
-    data, repo_index = code2lora.training_data(tokenizer, rows, names, config.prompt_tokens)
+    data, where = code2lora.training_data(tokenizer, rows, names, config.prompt_tokens)
     engine = LocalEngine(trainee, lambda ps: torch.optim.AdamW([p for p in ps if p.requires_grad], lr=config.train.lr, weight_decay=0.0),
                          schedule=warmup_cosine(config.train.warmup_steps, config.train.max_steps),
                          max_grad_norm=config.train.max_grad_norm)
-    code2lora.fit(trainee, engine, data, repo_index, config, 0, 1, lambda *_: None)
+    code2lora.fit(trainee, engine, data, where, config, 0, 1, lambda *_: None)
 
 
 def timed(fn):

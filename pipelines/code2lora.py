@@ -11,12 +11,17 @@ Recipe:
    repositories' source minus their held-out test files (`workloads.code2lora.base`), cached by
    what it read; the default split's base ships in `data/code2lora-base/` (`python -m
    pipelines.code2lora --set train.max_steps=1` rebuilds it when missing). Frozen in every arm.
-3. encode: each repository's non-test Python files through the base (mean hidden states per
-   chunk, per file, [mean; max] over files, L2-normalised), cached per (base, head).
-4. train: `arm` and every arm in `baselines` (`workloads.code2lora.arms`): static and shared
-   on Ray Train (`train.num_workers` ranks over gloo or NCCL, data parallel, ranks checked
+3. encode: each repository's non-test Python files through the base, or the HF embedding model
+   `encoder` (mean hidden states per
+   chunk, per file, [mean; max] over files, L2-normalised), cached per (base, head); for evo
+   (`history_every` > 0) also each repository at its first mined commit and every later mined
+   commit's diff without test files, embedded the same way.
+4. train: `arm` and every arm in `baselines` (`workloads.code2lora.arms`): static, evo and
+   shared on Ray Train (`train.num_workers` ranks over gloo or NCCL, data parallel, ranks checked
    identical at the end); per_repo as one Ray task per training repository, with the same step
-   budget; none trains nothing.
+   budget; none trains nothing. A seeded `validation_share` of the training test functions is
+   never trained on: its target NLL is reported every `train.eval_every` steps as `val_nll`,
+   what `rayworks tune code2lora` selects on.
 5. evaluate (a Ray task): greedy completions, exact match after normalisation and the target's
    mean token NLL, per split (in_repo: held-out test files of training repositories; cross_repo:
    held-out repositories) and per repository, for every arm; a table, a plot and `arm`'s
@@ -49,6 +54,7 @@ from pipelines.launch import (
     ending_run,
     main_for,
     open_run,
+    remote_task,
     say,
     storage_path,
     train_run_config,
@@ -69,6 +75,7 @@ REGISTERED_MODEL = "rayworks-code2lora"  # the static hypernetwork and its base,
 # Exact match stays near zero at the default scale (module docstring), so the run's headline is
 # the held-out target NLL (lower is better); `--metric em_in_repo` compares exact match.
 KEY_METRIC = "nll_in_repo"
+TUNE_METRIC, TUNE_MODE = "val_nll", "min"  # searches select on held-out training functions, never the test splits
 THREATS = (
     "three small repositories by default: exact match on tens of held-out assertions moves in steps of 0.02-0.03",
     "the tiny base sees only the training repositories' source; on a cluster, a real code LM changes what the adapters must add",
@@ -88,6 +95,7 @@ class TrainConfig(Workers):
     max_steps: int = 60  # optimiser steps, per_repo: per repository (more overfits the default 213 training rows)
     max_grad_norm: float = 1.0  # gradient clipping norm
     log_every: int = 10  # steps between logged losses
+    eval_every: int = 20  # steps between validation NLLs (reported to Ray Train, so to Tune)
 
     section: ClassVar[str] = "train"
 
@@ -98,20 +106,24 @@ class TrainConfig(Workers):
         require(self.lr > 0, "lr", "must be > 0")
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
         require(self.log_every >= 1, "log_every", "must be >= 1")
+        require(self.eval_every >= 1, "eval_every", "must be >= 1")
 
 
 @dataclasses.dataclass
 class Config(RunFields):
     """Code2LoRA: which arm to train and report, on which repositories and base."""
 
-    arm: str = "static"  # the arm reported as the run's metrics: static, shared, per_repo or none
+    arm: str = "static"  # the arm reported as the run's metrics: static, evo, shared, per_repo or none
     baselines: list[str] = dataclasses.field(default_factory=lambda: ["none"])  # arms also trained and evaluated in the same run (the table)
     repos: str = ""  # a directory of bundles and/or git checkouts; empty: the bundled data/code-repos
     cross_repo_test: int = 1  # whole repositories held out (chosen by the seed)
+    validation_share: float = 0.1  # training test functions (seeded) kept out of training: their NLL is val_nll, what tune selects on
+    history_every: int = 0  # the evolving track (evo needs it): mine every k-th commit that changes Python files
     base_model: str = ""  # a saved model directory or hub id (frozen); empty: the tiny base pre-trained here
     register_model: bool = True  # register a trained static hypernetwork (with its base) in MLflow's registry
     prompt_tokens: int = 192  # a prefix keeps its last tokens (the assertion's side)
     max_new_tokens: int = 24  # completion budget at evaluation
+    encoder: str = ""  # the repository encoder: an HF embedding model (directory or hub id); empty: the frozen base's hidden states
     encoder_chunk_tokens: int = 256  # tokens per encoded file chunk
     num_actors: int = 2  # mining actors
     mining: MiningConfig = dataclasses.field(default_factory=MiningConfig)
@@ -126,6 +138,10 @@ class Config(RunFields):
         require(self.arm in ARMS, "arm", f"expected one of {', '.join(ARMS)}, got {self.arm!r}")
         unknown = sorted(set(self.baselines) - set(ARMS))
         require(not unknown, "baselines", f"unknown arms {unknown}; expected some of {', '.join(ARMS)}")
+        require(self.history_every >= 0, "history_every", "must be >= 0 (0: HEAD only)")
+        require(0.0 <= self.validation_share < 1.0, "validation_share", "must be in [0, 1)")
+        require("evo" not in self.arms() or self.history_every >= 1, "history_every",
+                "the evo arm reads the commit history: set history_every >= 1 (every k-th commit that changes Python files)")
         require(self.prompt_tokens >= 8, "prompt_tokens", "must be >= 8")
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         require(self.encoder_chunk_tokens >= 8, "encoder_chunk_tokens", "must be >= 8")
@@ -136,24 +152,58 @@ class Config(RunFields):
         return list(dict.fromkeys([self.arm, *self.baselines]))
 
 
+def step_budget(config: Config) -> tuple[int, int]:
+    """(steps, validation interval) of the reported arm's Ray Train run: what ASHA counts."""
+    if config.arm not in TRAINED_ON_RAY_TRAIN or config.validation_share <= 0:
+        raise ConfigError(f"code2lora: tune needs arm in {', '.join(TRAINED_ON_RAY_TRAIN)} (got {config.arm!r}) "
+                          f"and validation_share > 0 (got {config.validation_share}): trials are chosen on val_nll")
+    return config.train.max_steps, config.train.eval_every
+
+
 # ---- data ---------------------------------------------------------------------------------
 
-def read_rows(rows_dir: str) -> list[dict]:
-    """The mined rows at each repository's last mined commit (HEAD), in a stable order."""
+def read_rows(rows_dir: str, every_commit: bool = False) -> list[dict]:
+    """The mined rows at each repository's last mined commit (HEAD), or at every mined commit
+    (what evo trains on), in a stable order."""
     import pyarrow.dataset as pds
 
     rows = pds.dataset(Path(rows_dir) / "rows").to_table().to_pylist()
     last = defaultdict(int)
     for row in rows:
         last[row["repo_id"]] = max(last[row["repo_id"]], row["commit_index"])
-    rows = [row for row in rows if row["commit_index"] == last[row["repo_id"]]]
-    return sorted(rows, key=lambda r: (r["repo_id"], r["test_file"], r["test_function"], r["prefix"], r["target"]))
+    rows = [row for row in rows if every_commit or row["commit_index"] == last[row["repo_id"]]]
+    return sorted(rows, key=lambda r: (r["repo_id"], r["commit_index"], r["test_file"], r["test_function"], r["prefix"], r["target"]))
+
+
+def read_commits(rows_dir: str) -> dict[str, list[dict]]:
+    """repository -> its mined commits in order ({commit_sha, diff}); empty without history."""
+    import pyarrow.dataset as pds
+
+    if not (Path(rows_dir) / "commits").is_dir():
+        return {}
+    commits = defaultdict(list)
+    for row in sorted(pds.dataset(Path(rows_dir) / "commits").to_table().to_pylist(), key=lambda r: (r["repo_id"], r["commit_index"])):
+        commits[row["repo_id"]].append(row)
+    return dict(commits)
 
 
 def split_of(row: dict) -> str:
     if row["cross_repo_split"] == "test":
         return "cross_repo"
     return "in_repo" if row["in_repo_split"] == "test" else "train"
+
+
+def is_validation(row: dict, config: "Config") -> bool:
+    """A training row of a validation test function: seeded by (file, function), so a function's
+    rows at every commit stay on one side; never trained on, scored as val_nll."""
+    from workloads.code2lora.mining import file_rank
+
+    return file_rank(config.seed, row["repo_id"], f"validation\0{row['test_file']}\0{row['test_function']}") < config.validation_share
+
+
+def trained_and_validation_rows(rows: list[dict], config: "Config") -> tuple[list[dict], list[dict]]:
+    training = [r for r in rows if split_of(r) == "train"]
+    return [r for r in training if not is_validation(r, config)], [r for r in training if is_validation(r, config)]
 
 
 # ---- stage 2 and 3: the base and the repository vectors (Ray tasks) ---------------------------
@@ -175,13 +225,21 @@ def pretrain_task(repositories: list[dict], config: dict, out_dir: str) -> str:
     return out_dir
 
 
-def encode_task(base_dir: str, repositories: list[dict], chunk_tokens: int) -> dict[str, list[float]]:
+def encoder_or_error(encoder: str, base_dir: str):
+    from workloads.code2lora.base import load_encoder
+
+    try:
+        return load_encoder(encoder, base_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"encoder: cannot load {encoder!r} as an HF model with its tokenizer ({str(exc)[:300]})") from None
+
+
+def encode_task(base_dir: str, encoder: str, repositories: list[dict], chunk_tokens: int) -> dict[str, list[float]]:
     """Every repository's vector (`workloads.code2lora.base.encode_repository`)."""
     from workloads.code2lora.base import encode_repository, encoder_sources
     from workloads.code2lora.repos import open_repository
-    from workloads.lm import load_lm
 
-    model, tokenizer = load_lm(base_dir)
+    model, tokenizer = encoder_or_error(encoder, base_dir)
     vectors = {}
     for repo in repositories:
         opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
@@ -190,6 +248,22 @@ def encode_task(base_dir: str, repositories: list[dict], chunk_tokens: int) -> d
             raise ConfigError(f"repos: {repo['repo_id']} has no non-test Python file to encode")
         vectors[repo["repo_id"]] = encode_repository(model, tokenizer, texts, chunk_tokens).tolist()
     return vectors
+
+
+def history_task(base_dir: str, encoder: str, repositories: list[dict], commits: dict[str, list[dict]],
+                 chunk_tokens: int) -> dict[str, dict]:
+    """Every repository's history vectors (`workloads.code2lora.base.encode_history`)."""
+    from workloads.code2lora.base import encode_history
+    from workloads.code2lora.repos import open_repository
+
+    model, tokenizer = encoder_or_error(encoder, base_dir)
+    history = {}
+    for repo in repositories:
+        opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
+        mined = commits[repo["repo_id"]]
+        start, diffs = encode_history(model, tokenizer, opened, [c["commit_sha"] for c in mined], [c["diff"] for c in mined], chunk_tokens)
+        history[repo["repo_id"]] = {"start": start.tolist(), "diffs": diffs.tolist()}
+    return history
 
 
 def base_key(config: Config, training: list[dict]) -> str:
@@ -213,7 +287,7 @@ def prepare_base(config: Config, repositories: list[dict], payload: dict) -> tup
     def build(directory: Path) -> None:
         say(payload, f"[code2lora] pre-training the base on {', '.join(r['repo_id'] for r in training)} "
                      f"({config.pretrain.steps} steps)")
-        task = ray.remote(num_cpus=config.train.cpus_per_worker)(pretrain_task)
+        task = remote_task(pretrain_task, num_cpus=config.train.cpus_per_worker)
         ray.get(task.remote(training, to_dict(config), str(directory)))
 
     return str(cached_directory(target, build)), key
@@ -224,11 +298,11 @@ def repository_vectors(config: Config, base_dir: str, key: str, repositories: li
     import ray
 
     cache = Path(storage_path(config.storage_path)) / "code2lora-encodings"
-    keys = {r["repo_id"]: stable_hash([key, config.encoder_chunk_tokens, r["head"]]) for r in repositories}
+    keys = {r["repo_id"]: stable_hash([key, config.encoder, config.encoder_chunk_tokens, r["head"]]) for r in repositories}
     vectors = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
     missing = [r for r in repositories if r["repo_id"] not in vectors]
     if missing:
-        fresh = ray.get(ray.remote(num_cpus=1)(encode_task).remote(base_dir, missing, config.encoder_chunk_tokens))
+        fresh = ray.get(remote_task(encode_task, num_cpus=1).remote(base_dir, config.encoder, missing, config.encoder_chunk_tokens))
         cache.mkdir(parents=True, exist_ok=True)
         for name, vector in fresh.items():
             (cache / f"{keys[name]}.json").write_text(json.dumps(vector))
@@ -236,26 +310,73 @@ def repository_vectors(config: Config, base_dir: str, key: str, repositories: li
     return vectors
 
 
+def history_vectors(config: Config, base_dir: str, key: str, repositories: list[dict], rows_dir: str) -> dict[str, dict]:
+    """Evo's input per repository ({start, diffs}), cached per (base, encoder, head, history_every)."""
+    import ray
+
+    commits = read_commits(rows_dir)
+    cache = Path(storage_path(config.storage_path)) / "code2lora-encodings"
+    keys = {r["repo_id"]: stable_hash([key, config.encoder, config.encoder_chunk_tokens, r["head"], config.history_every, "history"])
+            for r in repositories}
+    history = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
+    missing = [r for r in repositories if r["repo_id"] not in history]
+    if missing:
+        fresh = ray.get(remote_task(history_task, num_cpus=1).remote(base_dir, config.encoder, missing, commits, config.encoder_chunk_tokens))
+        cache.mkdir(parents=True, exist_ok=True)
+        for name, value in fresh.items():
+            (cache / f"{keys[name]}.json").write_text(json.dumps(value))
+        history.update(fresh)
+    return history
+
+
 # ---- stage 4: training --------------------------------------------------------------------
 
-def make_trainee(arm: str, base, config: Config, vectors: torch.Tensor):
-    from workloads.code2lora.arms import LoRATrainee, StaticTrainee
+def make_trainee(arm: str, base, config: Config, common: dict):
+    """The arm's trainee over `base`, with the repository vectors (and histories) in `common`."""
+    from workloads.code2lora.arms import EvoTrainee, LoRATrainee, StaticTrainee
 
     if arm == "static":
-        return StaticTrainee(base, config.hypernet, vectors, seed=config.seed)
+        return StaticTrainee(base, config.hypernet, torch.tensor(common["vectors"]), seed=config.seed)
+    if arm == "evo":
+        histories = [common["history"][name] for name in common["names"]]
+        lengths = torch.tensor([len(h["diffs"]) for h in histories])
+        diffs = torch.zeros(len(histories), max(1, int(lengths.max())), len(histories[0]["start"]))
+        for index, history in enumerate(histories):
+            if history["diffs"]:
+                diffs[index, :len(history["diffs"])] = torch.tensor(history["diffs"])
+        starts = torch.tensor([h["start"] for h in histories])
+        return EvoTrainee(base, config.hypernet, starts, diffs, lengths, seed=config.seed)
     return LoRATrainee(base, config.hypernet, seed=config.seed)
 
 
 def training_data(tokenizer, rows: list[dict], names: list[str], prompt_tokens: int):
+    """(tokenized rows, {repo_index, commit_index} per row)."""
     from workloads.sft import tokenize_examples
 
     data = tokenize_examples(tokenizer, [r["prefix"] for r in rows], [r["target"] for r in rows], 0, prompt_tokens)
     index = {name: i for i, name in enumerate(names)}
-    return data, torch.tensor([index[r["repo_id"]] for r in rows])
+    return data, {"repo_index": torch.tensor([index[r["repo_id"]] for r in rows]),
+                  "commit_index": torch.tensor([r["commit_index"] for r in rows])}
 
 
-def fit(trainee, engine, data, repo_index, config: Config, rank: int, world_size: int, log) -> float:
-    """The shared training loop of every trained arm: seeded batches by global step, target CE."""
+def row_nll(trainee, data, where: dict[str, torch.Tensor], batch_size: int = 32) -> list[float]:
+    """Each row's mean target-token NLL under the trainee's adapters (no gradient)."""
+    from workloads.sft import masked_token_cross_entropy
+
+    nll = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            part = slice(start, start + batch_size)
+            logits = trainee(data.input_ids[part], data.attention_mask[part], where["repo_index"][part], where["commit_index"][part])
+            labels = data.labels[part]
+            nll += [float(masked_token_cross_entropy(logits[i:i + 1], labels[i:i + 1])) for i in range(len(labels))]
+    return nll
+
+
+def fit(trainee, engine, data, where: dict[str, torch.Tensor], config: Config, rank: int, world_size: int, log,
+        validate=lambda step, loss: None) -> float:
+    """The shared training loop of every trained arm: seeded batches by global step, target CE;
+    `validate(step, loss)` every `train.eval_every` steps and at the end."""
     from workloads.code2lora.arms import batch_loss
     from workloads.sft import batch_at, batch_indices
 
@@ -263,17 +384,20 @@ def fit(trainee, engine, data, repo_index, config: Config, rank: int, world_size
     for step in range(train.max_steps):
         indices = batch_indices(step, train.batch_size, world_size, rank, len(data), config.seed)
         batch = batch_at(data, indices)
-        batch["repo_index"] = repo_index[indices]
+        batch.update({name: values[indices] for name, values in where.items()})
         loss_tensor = batch_loss(engine.module, batch)
         engine.step(loss_tensor)
         loss = float(loss_tensor.detach())
         if (step + 1) % train.log_every == 0 or step + 1 == train.max_steps:
             log(step + 1, loss, engine.lr)
+        if (step + 1) % train.eval_every == 0 and step + 1 < train.max_steps:
+            validate(step + 1, loss)
     return loss
 
 
 def train_loop_per_worker(payload: dict) -> None:
-    """Ray Train worker: one trained arm (static or shared) on every training row."""
+    """Ray Train worker: one trained arm (static, evo or shared) on the training rows; the
+    validation rows' NLL reported every `train.eval_every` steps."""
     import ray.train
 
     from workloads.lm import load_lm
@@ -283,9 +407,8 @@ def train_loop_per_worker(payload: dict) -> None:
     arm = payload["arm"]
     rank, world_size, run = train_worker_context(payload)
     base, tokenizer = load_lm(payload["base_dir"])
-    trainee = make_trainee(arm, base, config, torch.tensor(payload["vectors"]))
-    rows = [r for r in read_rows(payload["rows_dir"]) if split_of(r) == "train"]
-    data, repo_index = training_data(tokenizer, rows, payload["names"], config.prompt_tokens)
+    trainee = make_trainee(arm, base, config, payload)
+    rows, validation_rows = trained_and_validation_rows(read_rows(payload["rows_dir"], every_commit=arm == "evo"), config)
     train = config.train
     engine = train.engine(trainee, lambda ps: torch.optim.AdamW([p for p in ps if p.requires_grad], lr=train.lr, weight_decay=0.0),
                           schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm)
@@ -297,8 +420,26 @@ def train_loop_per_worker(payload: dict) -> None:
             if step % (10 * train.log_every) == 0 or step == train.max_steps:
                 say(payload, f"[code2lora] {arm} step {step}/{train.max_steps}  loss {loss:.4f}")
 
-    on_device = TokenizedExamples(data.input_ids.to(device), data.attention_mask.to(device), data.labels.to(device))
-    loss = fit(trainee, engine, on_device, repo_index.to(device), config, rank, world_size, log)
+    def on_device(rows: list[dict]):
+        tokens, indices = training_data(tokenizer, rows, payload["names"], config.prompt_tokens)
+        return (TokenizedExamples(tokens.input_ids.to(device), tokens.attention_mask.to(device), tokens.labels.to(device)),
+                {k: v.to(device) for k, v in indices.items()})
+
+    validation = on_device(validation_rows) if validation_rows else None
+
+    def validate(step: int) -> dict:
+        """val_nll on every rank (each holds the same replica; Tune reads rank 0's report)."""
+        if validation is None:
+            return {}
+        nll = row_nll(engine.model, *validation)
+        if rank == 0:
+            run.log_metrics({f"val_nll/{arm}": sum(nll) / len(nll)}, step=step)
+        return {"val_nll": sum(nll) / len(nll)}
+
+    def report(step: int, loss: float) -> None:
+        ray.train.report({"train_loss": loss, "step": step, **validate(step)})
+
+    loss = fit(trainee, engine, *on_device(rows), config, rank, world_size, log, report)
     fingerprints = check_ranks_in_sync(engine, None, train.max_steps)
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
@@ -307,7 +448,7 @@ def train_loop_per_worker(payload: dict) -> None:
             run.set_tags({f"rayworks.rank_fingerprints.{arm}": json.dumps(fingerprints)})
             torch.save(engine.model.trained_state(), Path(directory) / "trained.pt")
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report({"train_loss": loss, "step": train.max_steps}, checkpoint=checkpoint)
+        ray.train.report({"train_loss": loss, "step": train.max_steps, **validate(train.max_steps)}, checkpoint=checkpoint)
 
 
 def train_on_ray_train(arm: str, config: Config, common: dict, run_name: str, callbacks) -> dict[str, torch.Tensor]:
@@ -332,20 +473,20 @@ def per_repo_task(common: dict, repo_id: str) -> dict[str, torch.Tensor]:
     config: Config = from_dict(Config, common["config"])
     torch.set_num_threads(1)
     base, tokenizer = load_lm(common["base_dir"])
-    trainee = make_trainee("per_repo", base, config, torch.tensor(common["vectors"]))
-    rows = [r for r in read_rows(common["rows_dir"]) if split_of(r) == "train" and r["repo_id"] == repo_id]
-    data, repo_index = training_data(tokenizer, rows, common["names"], config.prompt_tokens)
+    trainee = make_trainee("per_repo", base, config, common)
+    rows = [r for r in trained_and_validation_rows(read_rows(common["rows_dir"]), config)[0] if r["repo_id"] == repo_id]
+    data, where = training_data(tokenizer, rows, common["names"], config.prompt_tokens)
     train = config.train
     engine = LocalEngine(trainee, lambda ps: torch.optim.AdamW([p for p in ps if p.requires_grad], lr=train.lr, weight_decay=0.0),
                          schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm)
-    fit(trainee, engine, data, repo_index, config, 0, 1, lambda *_: None)
+    fit(trainee, engine, data, where, config, 0, 1, lambda *_: None)
     return trainee.adapter()
 
 
 def train_per_repo(config: Config, common: dict, training_repos: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     import ray
 
-    task = ray.remote(num_cpus=config.train.cpus_per_worker)(per_repo_task)
+    task = remote_task(per_repo_task, num_cpus=config.train.cpus_per_worker)
     return dict(zip(training_repos, ray.get([task.remote(common, name) for name in training_repos])))
 
 
@@ -381,18 +522,17 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) ->
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
     base, tokenizer = load_lm(common["base_dir"])
     base.to("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
-    vectors = torch.tensor(common["vectors"])
     names = common["names"]
     held_out = [r for r in read_rows(common["rows_dir"]) if split_of(r) in SPLITS]
     results, samples = {}, []
     for arm in config.arms():
-        trainee = make_trainee(arm, copy.deepcopy(base), config, vectors)  # peft wraps a model in place: one copy per arm
+        trainee = make_trainee(arm, copy.deepcopy(base), config, common)  # peft wraps a model in place: one copy per arm
         if arm in TRAINED_ON_RAY_TRAIN:
             trainee.load_trained(trained[arm])
         adapters = {}
         for index, name in enumerate(names):
             if arm in TRAINED_ON_RAY_TRAIN:
-                adapters[name] = trainee.adapter(vectors[index])
+                adapters[name] = trainee.adapter_for(index)
             elif arm == "per_repo":
                 adapters[name] = trained["per_repo"].get(name)  # none for a held-out repository
             else:
@@ -413,7 +553,7 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) ->
                     write_adapter(trainee.model, adapters[name], Path(out_dir) / "adapters" / name)
         if arm == "static":
             save_generator(Path(out_dir) / "generator", trainee, base, tokenizer, config.hypernet,
-                           {"encoder_chunk_tokens": config.encoder_chunk_tokens, "prompt_tokens": config.prompt_tokens,
+                           {"encoder": config.encoder, "encoder_chunk_tokens": config.encoder_chunk_tokens, "prompt_tokens": config.prompt_tokens,
                             "max_new_tokens": config.max_new_tokens})
     return {"results": results, "samples": samples}
 
@@ -441,7 +581,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     from pipelines import code2lora_data
 
     data_config = code2lora_data.Config(seed=config.seed, experiment=config.experiment, storage_path=config.storage_path,
-                                        repos=config.repos, cross_repo_test=config.cross_repo_test,
+                                        repos=config.repos, cross_repo_test=config.cross_repo_test, history_every=config.history_every,
                                         num_actors=config.num_actors, mining=config.mining)
     scratch = Path(tempfile.gettempdir()) / "rayworks-code2lora-repos"
     tasks = code2lora_data.plan_tasks(data_config, scratch, Counter(), {})
@@ -464,19 +604,22 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         base_dir, key = prepare_base(config, repositories, payload)  # 2. base (committed or cached)
         stage_done("base")
         vectors = repository_vectors(config, base_dir, key, repositories)  # 3. encode (cached)
+        history = history_vectors(config, base_dir, key, repositories, mined.artifacts) if "evo" in config.arms() else {}
         stage_done("encode")
         common = {"config": to_dict(config), "base_dir": base_dir, "rows_dir": mined.artifacts, "names": names,
-                  "vectors": [vectors[n] for n in names], "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri}
+                  "vectors": [vectors[n] for n in names], "history": history,
+                  "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri}
         trained = {}
         for arm in config.arms():  # 4. train
             if arm in TRAINED_ON_RAY_TRAIN:
-                trained[arm] = train_on_ray_train(arm, config, common, run_name, train_callbacks)
+                # Tune follows the reported arm's training; the baselines train beside it
+                trained[arm] = train_on_ray_train(arm, config, common, run_name, train_callbacks if arm == config.arm else ())
             elif arm == "per_repo":
                 trained[arm] = train_per_repo(config, common, training_repos)
         stage_done("train")
         # 5. evaluate; adapters and generator go to the storage path, which a cluster's nodes share
         out_dir = Path(storage_path(config.storage_path)) / "code2lora-runs" / run_record.run_id
-        task = ray.remote(num_cpus=config.train.cpus_per_worker, num_gpus=int(config.train.use_gpu))(evaluate_task)
+        task = remote_task(evaluate_task, num_cpus=config.train.cpus_per_worker, num_gpus=int(config.train.use_gpu))
         outcome = ray.get(task.remote(common, trained, config.arm, str(out_dir)))
         for part in ("adapters", "generator"):
             if (out_dir / part).is_dir():
@@ -502,7 +645,8 @@ def log_outcome(run_record, config: Config, metrics: dict, outcome: dict, rows: 
             if f"{name}/{config.arm}" in metrics:
                 metrics[name] = metrics[f"{name}/{config.arm}"]
     counts = Counter(split_of(r) for r in rows)
-    run_record.log_metrics({**metrics, **{f"rows_{split}": counts[split] for split in ("train", *SPLITS)}}, step=step)
+    counts["validation"] = sum(is_validation(r, config) for r in rows if split_of(r) == "train")  # within train
+    run_record.log_metrics({**metrics, **{f"rows_{split}": counts[split] for split in ("train", "validation", *SPLITS)}}, step=step)
     arms = config.arms()
     lines = ["| arm | " + " | ".join(f"EM {s} | NLL {s}" for s in SPLITS) + " |", "|---" * (1 + 2 * len(SPLITS)) + "|"]
     for arm in arms:

@@ -154,6 +154,15 @@ def train_worker_context(payload: dict) -> tuple[int, int, tracking.Run | None]:
     return rank, world_size, tracking.Run(payload["mlflow_run_id"], payload["mlflow_uri"]) if rank == 0 else None
 
 
+def remote_task(fn, **options):
+    """`fn` as a Ray task that runs outside any placement group its caller is in: a Tune trial's
+    bundle holds only the trial driver's memory, so a task captured into it could never start."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return ray.remote(fn).options(scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None), **options)
+
+
 class ProgressLines:
     """Progress lines from the training workers to the console of the driver that started them.
 

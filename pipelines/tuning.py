@@ -73,7 +73,7 @@ def load_space(path: str | Path, pipeline: str, config_path: str | None, overrid
             if kind == "randint":
                 sample = int(sample)
             load_config(module.Config, config_path, overrides, values={field: sample})
-    mode = data.get("mode", "max")
+    mode = data.get("mode", getattr(module, "TUNE_MODE", "max"))  # a pipeline whose metric is a loss says min
     if mode not in ("max", "min"):
         raise ConfigError(f"search space {path}: mode: expected max or min, got {mode!r}")
     # A pipeline with a validation split names it (`TUNE_METRIC`): trials are chosen on it, not on the test metric.
@@ -89,6 +89,7 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
     module = get_pipeline(pipeline)
     search = load_space(space_path, pipeline, config_path, overrides)
     base = load_config(module.Config, config_path, overrides)
+    max_t, grace_period = step_budget(module, base)  # before the parent run: a pipeline may refuse the search
     experiment = base.experiment or f"rayworks-{pipeline}"
     parent = tracking.start_run(experiment, f"tune-{pipeline}-{time.strftime('%Y%m%d-%H%M%S')}",
                                 tags={"rayworks.tune": "parent", "rayworks.pipeline": pipeline,
@@ -105,7 +106,6 @@ def run_search(pipeline: str, space_path: str, num_samples: int, config_path: st
         config = load_config(module.Config, config_path, overrides, values={"storage_path": storage, **params})
         module.run(config, parent_run_id=parent.run_id, train_callbacks=[TuneReportCallback()])
 
-    max_t, grace_period = step_budget(module, base)
     tuner = tune.Tuner(
         # The trial only drives a Ray Train run: it asks for memory, not CPUs, which belong to
         # its training workers (so two 1-worker trials fit on 2 CPUs).

@@ -68,10 +68,13 @@ def resolve_generator(checkpoint: Optional[str], tracking_uri: Optional[str]) ->
 class AdapterServer:
     def __init__(self, checkpoint: Optional[str] = None, tracking_uri: Optional[str] = None):
         from workloads.code2lora.arms import load_generator
+        from workloads.code2lora.base import load_encoder
 
         torch.set_num_threads(1)
         self.source = resolve_generator(checkpoint, tracking_uri)
         self.trainee, self.tokenizer, self.settings = load_generator(self.source)
+        # The repository encoder: the frozen base (None) or the embedding model the generator was trained with.
+        self.encoder = load_encoder(self.settings["encoder"], "") if self.settings.get("encoder") else None
         self.adapters: "OrderedDict[str, dict]" = OrderedDict()
         self.scratch = tempfile.mkdtemp(prefix="rayworks-adapter-repos-")
         # One model, one set of LoRA slots: loading an adapter and generating with it is one step.
@@ -100,8 +103,12 @@ class AdapterServer:
         texts = list(encoder_sources(repo, head).values())
         if not texts:
             return error_response(422, [f"repo: {request.repo} has no non-test Python file at HEAD to encode"])
-        with self.lock, self.trainee.model.disable_adapter():  # the encoder is the base alone, not the last adapter loaded
-            vector = encode_repository(self.trainee.model, self.tokenizer, texts, self.settings["encoder_chunk_tokens"])
+        with self.lock:
+            if self.encoder is not None:  # the generator's own embedding model
+                vector = encode_repository(*self.encoder, texts, self.settings["encoder_chunk_tokens"])
+            else:
+                with self.trainee.model.disable_adapter():  # the encoder is the base alone, not the last adapter loaded
+                    vector = encode_repository(self.trainee.model, self.tokenizer, texts, self.settings["encoder_chunk_tokens"])
             self.adapters[adapter_id] = self.trainee.adapter(vector)
         while len(self.adapters) > MAX_ADAPTERS:
             self.adapters.popitem(last=False)

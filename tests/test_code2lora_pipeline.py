@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.code2lora import Config, summarise
-from workloads.code2lora.arms import LoRATrainee, StaticTrainee, load_adapter
-from workloads.code2lora.base import encode_repository, encoder_sources, pretraining_sources
+from pipelines.code2lora import Config, step_budget, summarise, trained_and_validation_rows
+from workloads.code2lora.arms import EvoTrainee, LoRATrainee, StaticTrainee, load_adapter
+from workloads.code2lora.base import encode_history, encode_repository, encoder_diff, encoder_sources, pretraining_sources
 from workloads.code2lora.hypernet import HypernetConfig, adapted_logits
 from workloads.code2lora.mining import file_rank, held_out_rank
 from workloads.code2lora.repos import open_repository
@@ -22,14 +22,18 @@ from workloads.sft import IGNORE_INDEX, tokenize_examples
 SMALL = TinyLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
 
 
-def git_checkout(root: Path, files: dict[str, str]) -> Path:
+def git_checkout(root: Path, *commits: dict[str, str]) -> Path:
+    """A git repository with one commit per mapping of path -> text (files are never removed)."""
     root.mkdir()
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "files"]):
-        subprocess.run(["git", *command], cwd=root, check=True, env={**env, "PATH": "/usr/bin:/bin"})
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": "/usr/bin:/bin"}
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
+    for number, files in enumerate(commits):
+        for path, text in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text)
+        for command in (["add", "."], ["commit", "-qm", f"commit {number}"]):
+            subprocess.run(["git", *command], cwd=root, check=True, env=env)
     return root
 
 
@@ -129,8 +133,108 @@ def test_the_metrics_are_means_per_arm_split_and_repository():
     assert metrics["em_cross_repo/static"] == 1.0 and "em_cross_repo/static/a" not in metrics
 
 
+def test_an_evo_adapter_depends_on_the_history_up_to_its_commit_and_nothing_after():
+    base, tokenizer = tiny_lm(SMALL, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    starts, diffs = torch.randn(2, 6, generator=generator), torch.randn(2, 5, 6, generator=generator)
+    trainee = EvoTrainee(base, HypernetConfig(rank=2, width=16, max_scale=1.0, bptt=2), starts, diffs, torch.tensor([5, 3]))
+    with torch.no_grad():  # away from the no-op start, so that adapters differ
+        trainee.hypernet.head.body[2].weight.normal_(0, 0.5)
+    examples = tokenize_examples(tokenizer, ["a = 1\nassert a == ", "b = [2]\nassert b == ", "c = 'x'\nassert c == "],
+                                 ["1", "[2]", "'x'"], 0)
+    repo_index, commit_index = torch.tensor([0, 1, 0]), torch.tensor([2, 3, 0])
+    logits = trainee(examples.input_ids, examples.attention_mask, repo_index, commit_index).detach()
+    # a later diff changes nothing before it; an earlier one changes what follows
+    trainee.diff_vectors[0, 2:] += 1.0
+    torch.testing.assert_close(trainee(examples.input_ids, examples.attention_mask, repo_index, commit_index), logits)
+    trainee.diff_vectors[0, 1] += 1.0
+    changed = trainee(examples.input_ids, examples.attention_mask, repo_index, commit_index).detach()
+    assert (changed[0] - logits[0]).abs().max() > 1e-4
+    torch.testing.assert_close(changed[1:], logits[1:])  # repository 1, and commit 0 of repository 0
+    # the last commit's adapter, loaded into the slots, is the forward's adapter at that commit
+    load_adapter(trainee.model, trainee.adapter_for(1))
+    with torch.no_grad():
+        loaded = trainee.model(input_ids=examples.input_ids[1:2], attention_mask=examples.attention_mask[1:2]).logits
+    last = trainee(examples.input_ids[1:2], examples.attention_mask[1:2], torch.tensor([1]), torch.tensor([3]))
+    torch.testing.assert_close(loaded, last.detach())
+
+
+def test_truncated_bptt_stops_the_gradient_bptt_diffs_back():
+    base, _ = tiny_lm(SMALL, seed=0)
+    diffs = torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    trainee = EvoTrainee(base, HypernetConfig(rank=2, width=16, bptt=2), torch.randn(1, 6), torch.zeros(1, 4, 6), torch.tensor([4]))
+    trainee.hypernet.states(trainee.start_vectors[0], diffs[0])[-1].sum().backward()
+    reached = diffs.grad[0].abs().sum(dim=-1)
+    assert reached[0] == 0 and reached[1] == 0 and reached[2] > 0 and reached[3] > 0
+    start_grad = trainee.hypernet.start[0].weight.grad  # zero: the slice of the stacked states it reaches is unused
+    assert start_grad is None or start_grad.abs().sum() == 0
+
+
+def test_the_history_encoder_reads_no_test_file(tmp_path):
+    diff = ("diff --git a/pkg/x.py b/pkg/x.py\n+a = 1\n"
+            "diff --git a/tests/test_x.py b/tests/test_x.py\n+assert f() == 1\n"
+            "diff --git a/y.py b/y.py\n-b = 2\n")
+    assert encoder_diff(diff) == "diff --git a/pkg/x.py b/pkg/x.py\n+a = 1\ndiff --git a/y.py b/y.py\n-b = 2\n"
+    root = git_checkout(tmp_path / "repo", {"pkg/x.py": "def f():\n    return 1\n", "tests/test_x.py": "assert 1 == 1\n"},
+                        {"pkg/x.py": "def f():\n    return 2\n"}, {"tests/test_x.py": "assert 2 == 2\n"})
+    repo = open_repository(root, tmp_path / "scratch")
+    commits = repo.python_commits()
+    model, tokenizer = tiny_lm(SMALL, seed=0)
+    diffs = ["", repo.python_diff(commits[1], commits[0]), repo.python_diff(commits[2], commits[1])]
+    start, later = encode_history(model, tokenizer, repo, commits, diffs, chunk_tokens=16)
+    torch.testing.assert_close(start, encode_repository(model, tokenizer, ["def f():\n    return 1\n"], 16))
+    torch.testing.assert_close(later[0], encode_repository(model, tokenizer, [encoder_diff(diffs[1])], 16))
+    assert later.shape == (2, start.shape[0]) and later[1].abs().sum() == 0  # a commit to test files only: zeros
+
+
+def test_validation_rows_are_whole_test_functions_kept_out_of_training():
+    config = load_config(Config, None, ["validation_share=0.3"])
+    rows = [{"repo_id": "r", "test_file": f"tests/test_{f}.py", "test_function": f"test_{g}", "commit_index": c,
+             "cross_repo_split": "train", "in_repo_split": "train"} for f in range(5) for g in range(8) for c in range(2)]
+    trained, validation = trained_and_validation_rows(rows, config)
+    key = lambda r: (r["test_file"], r["test_function"])  # noqa: E731
+    assert validation and not {key(r) for r in trained} & {key(r) for r in validation}
+    assert len(trained) + len(validation) == len(rows) and 0.1 < len(validation) / len(rows) < 0.5
+    assert trained_and_validation_rows(rows, load_config(Config, None, ["validation_share=0"]))[1] == []
+
+
+def test_tune_is_refused_without_a_validation_metric():
+    assert step_budget(load_config(Config, None, ["train.max_steps=40", "train.eval_every=10"])) == (40, 10)
+    for override in ("validation_share=0", "arm=none"):
+        with pytest.raises(ConfigError, match="val_nll"):
+            step_budget(load_config(Config, None, [override]))
+
+
 @pytest.mark.parametrize("override, field", [("arm=hyper", "arm"), ("baselines=[none, lora]", "baselines"),
-                                             ("train.strategy=fsdp", "strategy"), ("prompt_tokens=250", "prompt_tokens")])
+                                             ("train.strategy=fsdp", "strategy"), ("prompt_tokens=250", "prompt_tokens"),
+                                             ("arm=evo", "history_every"), ("validation_share=1.0", "validation_share")])
 def test_a_bad_config_names_its_field(override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(Config, None, [override])
+
+
+def test_an_hf_embedding_model_can_be_the_repository_encoder(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from pipelines.code2lora import encode_task, encoder_or_error
+
+    base, tokenizer = tiny_lm(SMALL, seed=0)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=48, max_position_embeddings=64)).eval()
+    bert.save_pretrained(tmp_path / "embedder")
+    tokenizer.save_pretrained(tmp_path / "embedder")
+    source = "def f():\n    return 1\n"
+    root = git_checkout(tmp_path / "repo", {"pkg/x.py": source, "tests/test_x.py": "assert f() == 1\n"})
+    repositories = [{"repo_id": "repo", "source": str(root), "head": open_repository(root, tmp_path / "s").head()}]
+    vector = torch.tensor(encode_task(str(tmp_path / "base"), str(tmp_path / "embedder"), repositories, 32)["repo"])
+    ids = torch.tensor([tokenizer.encode(source, add_special_tokens=False)])
+    with torch.no_grad():
+        mean = bert(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0].mean(dim=0)
+    torch.testing.assert_close(vector, torch.nn.functional.normalize(torch.cat([mean, mean]), dim=0))  # one file, one chunk
+    with pytest.raises(ValueError, match="encoder_chunk_tokens"):  # longer chunks than the embedder's positions
+        encode_task(str(tmp_path / "base"), str(tmp_path / "embedder"), repositories, 128)
+    with pytest.raises(ConfigError, match="encoder"):
+        encoder_or_error(str(tmp_path / "missing-embedder"), str(tmp_path / "base"))

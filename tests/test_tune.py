@@ -1,6 +1,9 @@
-"""`rayworks tune sft`: a 2-trial ASHA search, one MLflow parent run with a child per trial."""
+"""`rayworks tune`: a 2-trial ASHA search, one MLflow parent run with a child per trial; code2lora's
+trials chosen on its validation NLL."""
 
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import mlflow_client, rayworks, result_lines
 
@@ -45,8 +48,6 @@ def test_space_with_unknown_field_fails_before_ray(workdir: Path):
 
 
 def test_a_pipeline_without_a_training_loop_is_refused(workdir: Path):
-    import pytest
-
     from pipelines.tuning import load_space
     from workloads.config import ConfigError
 
@@ -54,3 +55,20 @@ def test_a_pipeline_without_a_training_loop_is_refused(workdir: Path):
     space.write_text("space:\n  context.tier1_share: {choice: [0.3, 0.5]}\n")
     with pytest.raises(ConfigError, match="longtrace_data: has no training loop"):
         load_space(space, "longtrace_data", None, [])
+
+
+def test_code2lora_trials_are_chosen_on_validation_nll_not_the_test_splits(workdir: Path):
+    space = workdir / "space.yaml"
+    space.write_text("space:\n  hypernet.rank: {grid: [2, 4]}\n")  # metric and mode: the pipeline's val_nll, min
+    proc = rayworks(workdir, "tune", "code2lora", "--space", str(space), "--num-samples", "1",
+                    "--set", "train.max_steps=4", "train.eval_every=2", "baselines=[]", "register_model=false", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (outcome,) = result_lines(proc.stdout)
+    assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and outcome["metric"] == "val_nll"
+    client = mlflow_client(workdir)
+    children = client.search_runs([client.get_experiment_by_name("rayworks-code2lora").experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{outcome['parent_run_id']}'")
+    trials = [c for c in children if c.data.tags.get("rayworks.pipeline") == "code2lora"]
+    assert len(trials) == 2
+    # the search took the lowest validation NLL the trials reported, never a test-split metric
+    assert outcome["best_value"] == pytest.approx(min(c.data.metrics["val_nll/static"] for c in trials), rel=1e-9)

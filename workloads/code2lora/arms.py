@@ -5,14 +5,16 @@ Every arm ends as LoRA weights in the same peft slots, chosen per repository:
 | arm        | what is trained                           | the adapter a repository gets          |
 |------------|-------------------------------------------|----------------------------------------|
 | `static`   | the hypernetwork (`StaticHypernetwork`)   | generated from its repository vector   |
+| `evo`      | the GRU hypernetwork (`EvolvingHypernetwork`) | generated from its history up to the commit |
 | `shared`   | one peft LoRA on all training rows        | the same one for every repository      |
 | `per_repo` | one peft LoRA per training repository     | its own (none exists for a held-out repository) |
 | `none`     | nothing                                   | no adapter: the base alone             |
 
-A trainee's `forward(input_ids, attention_mask, repo_index)` returns logits for a batch that
-mixes repositories (the static arm generates one adapter per repository present, inside one
-forward, so data-parallel training all-reduces once per step), and `adapter(repo)` the LoRA
-weights by parameter name that evaluation copies into the slots; `trained_state` /
+A trainee's `forward(input_ids, attention_mask, repo_index, commit_index)` returns logits for a
+batch that mixes repositories (and, for evo, commits: the hypernetworks generate one adapter per
+(repository, commit) present, inside one forward, so data-parallel training all-reduces once per
+step), and `adapter_for(repo)` the LoRA weights by parameter name that evaluation copies into
+the slots (for evo, the adapter at the repository's last mined commit); `trained_state` /
 `load_trained` carry what was trained (the hypernetwork, or the LoRA weights) between processes.
 """
 
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from workloads.code2lora.hypernet import (
+    EvolvingHypernetwork,
     HypernetConfig,
     StaticHypernetwork,
     adapted_logits,
@@ -37,8 +40,8 @@ from workloads.code2lora.mining import exact_match
 from workloads.lm import greedy_complete
 from workloads.sft import masked_token_cross_entropy
 
-ARMS = ("static", "shared", "per_repo", "none")
-TRAINED_ON_RAY_TRAIN = ("static", "shared")  # per_repo trains one small LoRA per repository as Ray tasks
+ARMS = ("static", "evo", "shared", "per_repo", "none")
+TRAINED_ON_RAY_TRAIN = ("static", "evo", "shared")  # per_repo trains one small LoRA per repository as Ray tasks
 
 
 def lora_names(model) -> list[str]:
@@ -56,7 +59,7 @@ class StaticTrainee(nn.Module):
         self.hypernet = StaticHypernetwork(repo_vectors.shape[1], slot_shapes(self.model, self.slots), config)
         self.register_buffer("repo_vectors", repo_vectors.float(), persistent=False)
 
-    def forward(self, input_ids, attention_mask, repo_index):
+    def forward(self, input_ids, attention_mask, repo_index, commit_index=None):
         logits = None
         for repo in repo_index.unique().tolist():
             rows = repo_index == repo
@@ -76,6 +79,52 @@ class StaticTrainee(nn.Module):
         with torch.no_grad():
             return {k: v.detach().clone() for k, v in adapter_weights(self.slots, self.hypernet(repo_vector.float())).items()}
 
+    def adapter_for(self, repo: int) -> dict[str, torch.Tensor]:
+        return self.adapter(self.repo_vectors[repo])
+
+
+class EvoTrainee(nn.Module):
+    """The frozen peft model + the GRU hypernetwork; each repository's first-commit vector
+    [R, D] and its later commits' diff vectors, padded [R, T, D] (`history_lengths` [R] real)."""
+
+    def __init__(self, base, config: HypernetConfig, start_vectors: torch.Tensor, diff_vectors: torch.Tensor,
+                 history_lengths: torch.Tensor, seed: int = 0):
+        super().__init__()
+        self.model = lora_model(base, config)
+        self.slots = lora_slots(self.model)
+        torch.manual_seed(seed)
+        self.hypernet = EvolvingHypernetwork(start_vectors.shape[1], slot_shapes(self.model, self.slots), config)
+        self.register_buffer("start_vectors", start_vectors.float(), persistent=False)
+        self.register_buffer("diff_vectors", diff_vectors.float(), persistent=False)
+        self.register_buffer("history_lengths", history_lengths.long(), persistent=False)
+
+    def forward(self, input_ids, attention_mask, repo_index, commit_index):
+        logits = None
+        for repo in repo_index.unique().tolist():
+            in_repo = repo_index == repo
+            # one pass of the GRU per repository, as far as the latest commit in the batch
+            last = int(commit_index[in_repo].max())
+            states = self.hypernet.states(self.start_vectors[repo], self.diff_vectors[repo, :last])
+            for commit in commit_index[in_repo].unique().tolist():
+                rows = in_repo & (commit_index == commit)
+                out = adapted_logits(self.model, self.slots, self.hypernet.head(states[commit]), input_ids[rows], attention_mask[rows])
+                if logits is None:
+                    logits = out.new_zeros((input_ids.shape[0], *out.shape[1:]))
+                logits[rows] = out
+        return logits
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.hypernet.state_dict().items()}
+
+    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
+        self.hypernet.load_state_dict(state)
+
+    def adapter_for(self, repo: int) -> dict[str, torch.Tensor]:
+        """The adapter after the repository's whole mined history (its last mined commit)."""
+        with torch.no_grad():
+            adapters = self.hypernet(self.start_vectors[repo], self.diff_vectors[repo, :int(self.history_lengths[repo])])
+            return {k: v.detach().clone() for k, v in adapter_weights(self.slots, adapters).items()}
+
 
 class LoRATrainee(nn.Module):
     """A plain peft LoRA (peft's own initialisation: B = 0) on the frozen base; `repo_index` is ignored."""
@@ -87,11 +136,14 @@ class LoRATrainee(nn.Module):
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(".lora_" in name)
 
-    def forward(self, input_ids, attention_mask, repo_index=None):
+    def forward(self, input_ids, attention_mask, repo_index=None, commit_index=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def adapter(self, repo_vector=None) -> dict[str, torch.Tensor]:
+    def adapter(self) -> dict[str, torch.Tensor]:
         return {name: parameter.detach().cpu().clone() for name, parameter in self.model.named_parameters() if ".lora_" in name}
+
+    def adapter_for(self, repo: int) -> dict[str, torch.Tensor]:
+        return self.adapter()  # the same adapter for every repository
 
     trained_state = adapter
 
@@ -101,7 +153,7 @@ class LoRATrainee(nn.Module):
 
 def batch_loss(trainee, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy on the target tokens (and eos) only."""
-    logits = trainee(batch["input_ids"], batch["attention_mask"], batch["repo_index"])
+    logits = trainee(batch["input_ids"], batch["attention_mask"], batch["repo_index"], batch["commit_index"])
     return masked_token_cross_entropy(logits, batch["labels"])
 
 

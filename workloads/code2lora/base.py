@@ -9,11 +9,14 @@
 - `encode_repository`: the method's encoder: the base's mean last hidden state over each file
   chunk, mean over a file's chunks, then [mean over files; max over files], L2-normalised.
   It reads a repository's non-test Python files only: test files hold the targets.
+- `encode_history`: the evolving track's input: the repository at its first mined commit, then
+  each later mined commit's Python diff without its test files' sections, embedded the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -99,7 +102,8 @@ def pretrain_base(texts: Sequence[str], model_config: TinyLMConfig, config: Pret
 @torch.no_grad()
 def encode_repository(model, tokenizer, texts: Sequence[str], chunk_tokens: int, batch_size: int = 16) -> torch.Tensor:
     """[mean over files; max over files] of each file's mean chunk embedding, L2-normalised
-    ([2 * hidden]); a chunk's embedding is the mean of the base's last hidden states over it."""
+    ([2 * hidden]); a chunk's embedding is the mean of the encoder's last hidden states over it
+    (the frozen base's, by default, or an embedding model's: `load_encoder`)."""
     model.eval()
     chunks, owner = [], []
     for index, text in enumerate(texts):
@@ -109,13 +113,63 @@ def encode_repository(model, tokenizer, texts: Sequence[str], chunk_tokens: int,
             owner.append(index)
     if not chunks:
         raise ValueError("the repository has no Python source to encode")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and chunk_tokens > limit:
+        raise ValueError(f"encoder_chunk_tokens ({chunk_tokens}) exceeds the encoder's max_position_embeddings ({limit})")
+    # The transformer without its LM head: the last hidden states are all the encoder needs.
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model
+    device = next(model.parameters()).device
     embeddings = []
     for start in range(0, len(chunks), batch_size):
         ids, mask = pad(chunks[start:start + batch_size], tokenizer.pad_token_id, side="right")
-        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         embeddings.append((hidden * weights).sum(dim=1) / weights.sum(dim=1))
     chunk_embeddings = torch.cat(embeddings)
-    owners = torch.tensor(owner)
+    owners = torch.tensor(owner, device=chunk_embeddings.device)
     files = torch.stack([chunk_embeddings[owners == index].mean(dim=0) for index in owners.unique()])
-    return torch.nn.functional.normalize(torch.cat([files.mean(dim=0), files.max(dim=0).values]), dim=0).float()
+    return torch.nn.functional.normalize(torch.cat([files.mean(dim=0), files.max(dim=0).values]), dim=0).float().cpu()
+
+
+def load_encoder(encoder: str, base_dir: str):
+    """(model, tokenizer) of the repository encoder: `encoder`, an HF embedding model (a
+    directory or hub id, read with `AutoModel`), or, empty, the frozen base itself."""
+    if not encoder:
+        from workloads.lm import load_lm
+
+        return load_lm(base_dir)
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(encoder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return AutoModel.from_pretrained(encoder).eval(), tokenizer
+
+
+def encoder_diff(diff: str) -> str:
+    """A `git diff` without the sections of test files (what the encoder reads of a commit)."""
+    sections = re.split(r"(?m)^(?=diff --git )", diff)
+    kept = []
+    for section in sections:
+        header = re.match(r"diff --git a/(\S+) b/(\S+)", section)
+        if header and not (is_test_file(header.group(1)) or is_test_file(header.group(2))):
+            kept.append(section)
+    return "".join(kept)
+
+
+def encode_history(model, tokenizer, repo, commits: Sequence[str], diffs: Sequence[str], chunk_tokens: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the repository's vector at `commits[0]` [D], each later commit's diff vector [T, D]):
+    `diffs[t]` is the diff that leads to `commits[t]`; a commit that changed only test files (or
+    nothing the encoder can read) embeds as zeros."""
+
+    def encode_or_zeros(texts: list[str]) -> torch.Tensor | None:
+        texts = [text for text in texts if text.strip()]
+        return encode_repository(model, tokenizer, texts, chunk_tokens) if texts else None
+
+    start = encode_or_zeros(list(encoder_sources(repo, commits[0]).values()))
+    later = [encode_or_zeros([encoder_diff(diff)]) for diff in diffs[1:]]
+    size = next((v.shape[0] for v in [start, *later] if v is not None), 2 * model.config.hidden_size)
+    zeros = torch.zeros(size)
+    return (zeros if start is None else start), torch.stack([zeros if v is None else v for v in later] or [zeros])[:len(later)]

@@ -1,5 +1,5 @@
-"""The static Code2LoRA hypernetwork: a repository vector in, LoRA adapters for a frozen code
-LM out.
+"""The Code2LoRA hypernetworks: a repository vector (and, for Evo, its commit history) in, LoRA
+adapters for a frozen code LM out.
 
 The base model is wrapped once with peft (`LoraConfig` on the projection types), so the LoRA
 modules, their scaling and the adapter format are peft's own. The generated A [r, d_in] and
@@ -11,6 +11,10 @@ writes the same adapter as a standard peft directory (`PeftModel.from_pretrained
 Each matrix is tanh(raw) times a learned scale bounded by `max_scale` (sigmoid), as in the
 method; the B half of the output layer starts at zero, so an untrained hypernetwork leaves
 the base model's outputs unchanged, as a fresh LoRA does.
+
+`EvolvingHypernetwork` (Evo) puts a GRU in front of the same head: its state starts from the
+repository vector of the first mined commit and reads one embedded diff per later commit, so the
+adapter for a commit depends on the history up to it and on nothing after it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class HypernetConfig:
     width: int = 256  # hidden width of the 2-layer GELU MLP
     max_scale: float = 0.2  # bound on each matrix's learned scale (entries lie in [-max_scale, max_scale])
     projections: list[str] = dataclasses.field(default_factory=lambda: list(PROJECTIONS))  # projection types that get adapters (those the base has)
+    bptt: int = 4  # Evo: the GRU state is cut from the graph every bptt diffs (truncated BPTT); 0: never
 
     section: ClassVar[str] = "hypernet"
 
@@ -45,6 +50,7 @@ class HypernetConfig:
         require(self.rank >= 1, "rank", "must be >= 1")
         require(self.width >= 1, "width", "must be >= 1")
         require(self.max_scale > 0, "max_scale", "must be > 0")
+        require(self.bptt >= 0, "bptt", "must be >= 0 (0: back-propagate through the whole history)")
         unknown = sorted(set(self.projections) - set(PROJECTIONS))
         require(not unknown, "projections", f"unknown {unknown}; expected a subset of {list(PROJECTIONS)}")
 
@@ -118,6 +124,36 @@ class StaticHypernetwork(nn.Module):
             b = scales[2 * index + 1] * torch.tanh(raw[2 * index + 1]).view(d_out, rank)
             adapters[kind] = (a, b)
         return adapters
+
+
+class EvolvingHypernetwork(nn.Module):
+    """Evo: a GRU over a repository's commit history, the static head on its state.
+
+    state_0 = tanh(W repo_vector) (the repository at its first mined commit); state_t =
+    GRU(diff_t, state_{t-1}), diff_t the t-th later commit's embedded diff (embedded like a
+    repository, so of the same size); the adapter for commit t is head(state_t)."""
+
+    def __init__(self, repo_dim: int, shapes: dict[str, tuple[int, int, int]], config: HypernetConfig):
+        super().__init__()
+        self.bptt = config.bptt
+        self.start = nn.Sequential(nn.Linear(repo_dim, config.width), nn.Tanh())
+        self.cell = nn.GRUCell(repo_dim, config.width)
+        self.head = StaticHypernetwork(config.width, shapes, config)
+
+    def states(self, start_vector: torch.Tensor, diffs: torch.Tensor) -> torch.Tensor:
+        """[1 + T, width]: the state at each mined commit, from the first vector and T diffs [T, D]."""
+        state = self.start(start_vector).unsqueeze(0)
+        states = [state]
+        for step, diff in enumerate(diffs):
+            if self.bptt and step and step % self.bptt == 0:
+                state = state.detach()  # truncated BPTT: no gradient flows further back than bptt diffs
+            state = self.cell(diff.unsqueeze(0), state)
+            states.append(state)
+        return torch.cat(states)
+
+    def forward(self, start_vector: torch.Tensor, diffs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The adapter after the whole history (the repository at its last mined commit)."""
+        return self.head(self.states(start_vector, diffs)[-1])
 
 
 def adapter_weights(slots: dict[str, list[tuple[str, str]]], adapters: dict[str, tuple[torch.Tensor, torch.Tensor]]
