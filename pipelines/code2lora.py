@@ -208,6 +208,11 @@ def trained_and_validation_rows(rows: list[dict], config: "Config") -> tuple[lis
 
 # ---- stage 2 and 3: the base and the repository vectors (Ray tasks) ---------------------------
 
+def task_device(config: "Config") -> torch.device:
+    """A Ray task's device: the GPU Ray gave it (`train.use_gpu`), else the CPU."""
+    return torch.device("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
+
+
 def pretrain_task(repositories: list[dict], config: dict, out_dir: str) -> str:
     """Pre-train the tiny base on the training repositories' source and save it to `out_dir`."""
     from workloads.code2lora.base import pretrain_base, pretraining_sources
@@ -219,8 +224,8 @@ def pretrain_task(repositories: list[dict], config: dict, out_dir: str) -> str:
     for repo in repositories:
         opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
         texts += pretraining_sources(opened, repo["head"], config.seed, repo["held_out"]).values()
-    model, tokenizer = pretrain_base(texts, config.model, config.pretrain, config.seed)
-    model.save_pretrained(out_dir)
+    model, tokenizer = pretrain_base(texts, config.model, config.pretrain, config.seed, device=task_device(config))
+    model.cpu().save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
@@ -287,7 +292,7 @@ def prepare_base(config: Config, repositories: list[dict], payload: dict) -> tup
     def build(directory: Path) -> None:
         say(payload, f"[code2lora] pre-training the base on {', '.join(r['repo_id'] for r in training)} "
                      f"({config.pretrain.steps} steps)")
-        task = remote_task(pretrain_task, num_cpus=config.train.cpus_per_worker)
+        task = remote_task(pretrain_task, num_cpus=config.train.cpus_per_worker, num_gpus=int(config.train.use_gpu))
         ray.get(task.remote(training, to_dict(config), str(directory)))
 
     return str(cached_directory(target, build)), key
@@ -401,7 +406,7 @@ def train_loop_per_worker(payload: dict) -> None:
     import ray.train
 
     from workloads.lm import load_lm
-    from workloads.sft import TokenizedExamples, warmup_cosine
+    from workloads.sft import warmup_cosine
 
     config: Config = from_dict(Config, payload["config"])
     arm = payload["arm"]
@@ -422,8 +427,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     def on_device(rows: list[dict]):
         tokens, indices = training_data(tokenizer, rows, payload["names"], config.prompt_tokens)
-        return (TokenizedExamples(tokens.input_ids.to(device), tokens.attention_mask.to(device), tokens.labels.to(device)),
-                {k: v.to(device) for k, v in indices.items()})
+        return tokens.to(device), {k: v.to(device) for k, v in indices.items()}
 
     validation = on_device(validation_rows) if validation_rows else None
 
@@ -476,17 +480,17 @@ def per_repo_task(common: dict, repo_id: str) -> dict[str, torch.Tensor]:
     trainee = make_trainee("per_repo", base, config, common)
     rows = [r for r in trained_and_validation_rows(read_rows(common["rows_dir"]), config)[0] if r["repo_id"] == repo_id]
     data, where = training_data(tokenizer, rows, common["names"], config.prompt_tokens)
-    train = config.train
+    train, device = config.train, task_device(config)
     engine = LocalEngine(trainee, lambda ps: torch.optim.AdamW([p for p in ps if p.requires_grad], lr=train.lr, weight_decay=0.0),
-                         schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm)
-    fit(trainee, engine, data, where, config, 0, 1, lambda *_: None)
+                         schedule=warmup_cosine(train.warmup_steps, train.max_steps), max_grad_norm=train.max_grad_norm, device=device)
+    fit(trainee, engine, data.to(device), {k: v.to(device) for k, v in where.items()}, config, 0, 1, lambda *_: None)
     return trainee.adapter()
 
 
 def train_per_repo(config: Config, common: dict, training_repos: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     import ray
 
-    task = remote_task(per_repo_task, num_cpus=config.train.cpus_per_worker)
+    task = remote_task(per_repo_task, num_cpus=config.train.cpus_per_worker, num_gpus=int(config.train.use_gpu))
     return dict(zip(training_repos, ray.get([task.remote(common, name) for name in training_repos])))
 
 
@@ -521,7 +525,7 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) ->
     config: Config = from_dict(Config, common["config"])
     torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
     base, tokenizer = load_lm(common["base_dir"])
-    base.to("cuda" if config.train.use_gpu and torch.cuda.is_available() else "cpu")
+    base.to(task_device(config))
     names = common["names"]
     held_out = [r for r in read_rows(common["rows_dir"]) if split_of(r) in SPLITS]
     results, samples = {}, []

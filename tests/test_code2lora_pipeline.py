@@ -14,7 +14,7 @@ from workloads.code2lora.base import encode_history, encode_repository, encoder_
 from workloads.code2lora.hypernet import HypernetConfig, adapted_logits
 from workloads.code2lora.mining import file_rank, held_out_rank
 from workloads.code2lora.repos import open_repository
-from workloads.config import ConfigError, load_config
+from workloads.config import ConfigError, load_config, to_dict
 from workloads.lm import encode_text, tiny_lm
 from workloads.lm.tiny import TinyLMConfig
 from workloads.sft import IGNORE_INDEX, tokenize_examples
@@ -238,3 +238,45 @@ def test_an_hf_embedding_model_can_be_the_repository_encoder(tmp_path):
         encode_task(str(tmp_path / "base"), str(tmp_path / "embedder"), repositories, 128)
     with pytest.raises(ConfigError, match="encoder"):
         encoder_or_error(str(tmp_path / "missing-embedder"), str(tmp_path / "base"))
+
+
+def test_the_tiny_base_pretrains_and_a_per_repository_lora_learns_its_rows(tmp_path):
+    import math
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from actors.code2lora import ROW_SCHEMA
+    from pipelines.code2lora import per_repo_task, row_nll, training_data
+    from workloads.code2lora.arms import LoRATrainee
+    from workloads.code2lora.base import PretrainConfig, pretrain_base, windows
+    from workloads.sft import masked_token_cross_entropy
+
+    source = [f"def scale_{i}(values):\n    return [v * {i} for v in values]\n" for i in range(60)]
+    model, tokenizer = pretrain_base(source[:50], SMALL, PretrainConfig(steps=60, batch_size=8, window=64, bpe_merges=64), seed=0)
+    held_out = windows(tokenizer, source[50:], 64)
+    with torch.no_grad():
+        loss = float(masked_token_cross_entropy(model(input_ids=held_out.input_ids, attention_mask=held_out.attention_mask).logits,
+                                                held_out.labels))
+    assert loss < math.log(len(tokenizer)) - 1.5, loss  # a uniform guess costs log(vocabulary)
+    model.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+
+    def row(i: int, split: str) -> dict:
+        return {"repo_id": "r", "commit_sha": "c", "commit_index": 0, "in_repo_split": split, "cross_repo_split": "train",
+                "test_file": f"tests/test_{i % 4}.py", "test_function": f"test_{i}",
+                "prefix": f"def test_{i}(self):\n    self.assertEqual(scale_{i}([1]), ", "target": f"[{i}]"}
+    (tmp_path / "rows" / "rows").mkdir(parents=True)
+    rows = [row(i, "train") for i in range(40)] + [row(i, "test") for i in range(40, 50)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), tmp_path / "rows" / "rows" / "part.parquet")
+    config = load_config(Config, None, ["train.max_steps=30", "train.batch_size=8", "train.lr=3e-3", "hypernet.rank=4",
+                                        "train.warmup_steps=3"])
+    common = {"config": to_dict(config),
+              "base_dir": str(tmp_path / "base"), "rows_dir": str(tmp_path / "rows"), "names": ["r"], "vectors": [[0.0]]}
+    adapter = per_repo_task(common, "r")
+    scored = LoRATrainee(model, config.hypernet)
+    data, where = training_data(tokenizer, rows[40:], ["r"], config.prompt_tokens)
+    before = sum(row_nll(scored, data, where)) / 10
+    scored.load_trained(adapter)
+    after = sum(row_nll(scored, data, where)) / 10
+    assert after < before - 0.5, (before, after)  # held-out test rows of the same repository

@@ -28,6 +28,9 @@ class TokenizedExamples:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device) -> "TokenizedExamples":
+        return TokenizedExamples(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
 
 def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str], max_length: int,
                       prompt_tokens: int = 0) -> TokenizedExamples:

@@ -82,7 +82,7 @@ def windows(tokenizer, texts: Sequence[str], window: int) -> TokenizedExamples:
 
 
 def pretrain_base(texts: Sequence[str], model_config: TinyLMConfig, config: PretrainConfig, seed: int,
-                  log=lambda step, loss: None):
+                  log=lambda step, loss: None, device: torch.device | None = None):
     """(model, tokenizer) pre-trained from scratch on `texts` (see the module docstring)."""
     from workloads.strategies import LocalEngine
 
@@ -91,7 +91,9 @@ def pretrain_base(texts: Sequence[str], model_config: TinyLMConfig, config: Pret
     model, tokenizer = tiny_lm(model_config, texts, seed=seed)
     data = windows(tokenizer, texts, config.window)
     engine = LocalEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=config.lr, weight_decay=0.01),
-                         schedule=warmup_cosine(max(1, config.steps // 20), config.steps))
+                         schedule=warmup_cosine(max(1, config.steps // 20), config.steps), device=device)
+    if device is not None:
+        data = data.to(device)
     for step in range(config.steps):
         loss = train_step(engine, batch_at(data, batch_indices(step, config.batch_size, 1, 0, len(data), seed)))
         log(step + 1, loss)
