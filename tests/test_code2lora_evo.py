@@ -9,13 +9,14 @@ from tests.helpers import mlflow_client, rayworks, result_lines
 
 
 def test_evo_reads_the_history_on_two_ranks_and_lowers_held_out_nll(workdir: Path):
-    # every 40th Python-changing commit: 5-6 mined commits per repository; 30 steps
-    proc = rayworks(workdir, "run", "code2lora", "--set", "arm=evo", "history_every=40", "train.num_workers=2",
-                    "train.max_steps=30", "train.eval_every=10", "register_model=false", timeout=900)
+    # every 80th Python-changing commit: 3-4 mined commits per repository; 24 steps; the held-out
+    # NLL is teacher-forced, so short greedy completions (exact match) keep the evaluation cheap
+    proc = rayworks(workdir, "run", "code2lora", "--set", "arm=evo", "history_every=80", "train.num_workers=2",
+                    "train.max_steps=24", "train.eval_every=8", "max_new_tokens=4", "register_model=false", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (summary,) = result_lines(proc.stdout)
     extra = summary["extra"]
-    # measured (seed 0): in-repo 6.10 -> 5.63, cross-repo 6.67 -> 6.03; an untrained Evo is the base exactly
+    # measured (seed 0): in-repo 6.10 -> 5.69, cross-repo 6.67 -> 6.17; an untrained Evo is the base exactly
     assert summary["value"] == extra["nll_in_repo/evo"] <= extra["nll_in_repo/none"] - 0.25, summary
     assert extra["nll_cross_repo/evo"] <= extra["nll_cross_repo/none"] - 0.25, summary
     client = mlflow_client(workdir)
@@ -26,4 +27,4 @@ def test_evo_reads_the_history_on_two_ranks_and_lowers_held_out_nll(workdir: Pat
     assert len(validation) == 3 and validation[-1] < validation[0], validation
     (mined,) = client.search_runs([client.get_experiment_by_name("rayworks-code2lora_data").experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{summary['run_id']}'")
-    assert mined.data.metrics["commits_mined"] > 3 * 3 and mined.data.metrics["commit_diffs"] > 3 * 3  # the history
+    assert mined.data.metrics["commits_mined"] >= 3 * 3 and mined.data.metrics["commit_diffs"] >= 3 * 3  # the history

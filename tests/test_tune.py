@@ -61,7 +61,8 @@ def test_code2lora_trials_are_chosen_on_validation_nll_not_the_test_splits(workd
     space = workdir / "space.yaml"
     space.write_text("space:\n  hypernet.rank: {grid: [2, 4]}\n")  # metric and mode: the pipeline's val_nll, min
     proc = rayworks(workdir, "tune", "code2lora", "--space", str(space), "--num-samples", "1",
-                    "--set", "train.max_steps=4", "train.eval_every=2", "baselines=[]", "register_model=false", timeout=900)
+                    "--set", "train.max_steps=4", "train.eval_every=2", "baselines=[]", "register_model=false",
+                    "max_new_tokens=2", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (outcome,) = result_lines(proc.stdout)
     assert outcome["num_trials"] == 2 and outcome["errors"] == 0 and outcome["metric"] == "val_nll"

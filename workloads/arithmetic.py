@@ -59,6 +59,13 @@ class Problem:
             total = result
         return lines
 
+    def values(self) -> list[int]:
+        """The running value before the first operation and after each one."""
+        values = [self.operands[0]]
+        for op, value in zip(self.operators, self.operands[1:]):
+            values.append(_OPS[op](values[-1], value))
+        return values
+
     @property
     def answer(self) -> int:
         total = self.operands[0]

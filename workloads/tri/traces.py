@@ -1,0 +1,191 @@
+"""Step-verified traces: task families whose every step can be checked on its own.
+
+A trace is one step per line. A step *verifies* when the value it states is the true value of
+that quantity for the problem, judged without the steps before it: after a wrong step, a later
+step that states the right value still verifies. That is what makes a milestone exist for TRI
+(a later verified step to infill towards), and why `verify_trace` is not
+`workloads.arithmetic.check_steps` (which follows the student's own chain).
+
+Families (`STEP_TASKS`):
+- `arithmetic`: the project's chain arithmetic with long settings (4-6 operations by default);
+  step i is `v_i op x = v_(i+1)` with the true running values, the last step `Answer: v_n`.
+- `units`: exact unit conversions along a chain (`3 wk = 21 d`, `21 d = 504 h`, ...); step i
+  states the quantity in the i-th unit of the chain, the last step `Answer: <value> <unit>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from typing import ClassVar, Protocol
+
+from workloads.arithmetic import ANSWER_MARKER, Problem as ArithmeticProblem, distinct_splits
+from workloads.config import require
+
+
+@dataclasses.dataclass
+class TraceConfig:
+    """Which step-structured task and how long its traces are."""
+
+    task: str = "arithmetic"  # arithmetic or units
+    min_steps: int = 4  # fewest operations (arithmetic) or conversions (units); the answer line adds one step
+    max_steps: int = 6  # most
+    max_operand: int = 9  # arithmetic: largest operand
+    max_quantity: int = 99  # units: largest starting quantity
+    max_value: int = 99  # arithmetic: running values stay in [0, max_value]
+    num_train: int = 1000  # training problems
+    num_eval: int = 200  # held-out problems
+
+    section: ClassVar[str] = "traces"
+
+    def validate(self) -> None:
+        require(self.task in STEP_TASKS, "task", f"expected one of {', '.join(STEP_TASKS)}, got {self.task!r}")
+        require(1 <= self.min_steps <= self.max_steps, "min_steps", "need 1 <= min_steps <= max_steps")
+        longest = STEP_TASKS[self.task].LONGEST
+        require(self.min_steps <= longest, "min_steps", f"task {self.task} has chains of at most {longest} steps")
+        require(self.max_operand >= 1, "max_operand", "must be >= 1")
+        require(self.max_quantity >= 1, "max_quantity", "must be >= 1")
+        require(self.max_value >= self.max_operand, "max_value", "must be >= max_operand")
+        require(self.num_train >= 1 and self.num_eval >= 1, "num_train", "num_train and num_eval must be >= 1")
+
+
+@dataclasses.dataclass
+class TraceVerdict:
+    steps: list[str]  # the trace's non-empty lines
+    verified: list[bool]  # one per step written, each judged on its own
+    first_failure: int | None  # first step that does not verify (a missing step counts), None if none
+    solved: bool  # every reference step written and verified, nothing after the answer
+
+
+def split_steps(text: str) -> list[str]:
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+class StepTask(Protocol):
+    LONGEST: ClassVar[int]
+
+    def splits(self, config: TraceConfig, seed: int) -> tuple[list, list]: ...
+
+    def reference(self, problem) -> list[str]: ...
+
+    def verify_step(self, problem, index: int, step: str) -> bool: ...
+
+
+def verify_trace(task: StepTask, problem, text: str) -> TraceVerdict:
+    """Every step of `text` judged on its own, and the first that fails."""
+    steps = split_steps(text)
+    expected = len(task.reference(problem))
+    verified = [task.verify_step(problem, index, step) for index, step in enumerate(steps)]
+    failures = [index for index, ok in enumerate(verified) if not ok]
+    if len(steps) < expected:
+        failures.append(len(steps))  # the first missing step
+    first = min(failures) if failures else None
+    return TraceVerdict(steps, verified, first, first is None and len(steps) == expected)
+
+
+class ArithmeticSteps:
+    """`workloads.arithmetic` problems with long chains; the answer line is the last step."""
+
+    LONGEST: ClassVar[int] = 50
+
+    def splits(self, config: TraceConfig, seed: int) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
+        def sample(rng: random.Random) -> ArithmeticProblem | None:
+            operands, operators = [rng.randint(0, config.max_operand)], []
+            total = operands[0]
+            for _ in range(rng.randint(config.min_steps, config.max_steps)):
+                op, value = rng.choice("+-"), rng.randint(0, config.max_operand)
+                total = total + value if op == "+" else total - value
+                if not 0 <= total <= config.max_value:
+                    return None
+                operators.append(op)
+                operands.append(value)
+            return ArithmeticProblem(tuple(operands), tuple(operators))
+
+        return distinct_splits(sample, lambda p: p.expression, config, seed)
+
+    def reference(self, problem: ArithmeticProblem) -> list[str]:
+        return [*problem.steps(), f"{ANSWER_MARKER} {problem.answer}"]
+
+    def verify_step(self, problem: ArithmeticProblem, index: int, step: str) -> bool:
+        if index == len(problem.operators):
+            return re.fullmatch(rf"{re.escape(ANSWER_MARKER)}\s*(-?\d+)", step) is not None and int(step.split()[-1]) == problem.answer
+        if index > len(problem.operators):
+            return False
+        match = re.fullmatch(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)", step)
+        if match is None:
+            return False
+        values = problem.values()
+        a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
+        before, expected_op, operand, after = values[index], problem.operators[index], problem.operands[index + 1], values[index + 1]
+        same = (a, b) == (before, operand) or (op in "+*" and (a, b) == (operand, before))
+        return same and op == expected_op and c == after
+
+
+# Exact conversion chains: (unit, how many of the next unit it holds); the last unit holds none.
+UNIT_CHAINS: dict[str, list[tuple[str, int]]] = {
+    "time": [("wk", 7), ("d", 24), ("h", 60), ("min", 60), ("s", 1000), ("ms", 0)],
+    "imperial length": [("mi", 1760), ("yd", 3), ("ft", 12), ("in", 0)],
+    "metric length": [("km", 10), ("hm", 10), ("dam", 10), ("m", 10), ("dm", 10), ("cm", 10), ("mm", 0)],
+    "mass": [("t", 1000), ("kg", 1000), ("g", 1000), ("mg", 0)],
+    "volume": [("kl", 10), ("hl", 10), ("dal", 10), ("l", 10), ("dl", 10), ("cl", 10), ("ml", 0)],
+    "data": [("TB", 1000), ("GB", 1000), ("MB", 1000), ("kB", 1000), ("B", 8), ("bit", 0)],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    quantity: int
+    units: tuple[str, ...]  # the chain walked, first to last
+    factors: tuple[int, ...]  # one per step
+
+    @property
+    def key(self) -> str:
+        return f"{self.quantity} {'>'.join(self.units)}"
+
+    @property
+    def prompt(self) -> str:
+        return f"Q: convert {self.quantity} {self.units[0]} to {self.units[-1]}\n"
+
+    def values(self) -> list[int]:
+        """The quantity in each unit of the chain."""
+        values = [self.quantity]
+        for factor in self.factors:
+            values.append(values[-1] * factor)
+        return values
+
+    @property
+    def answer(self) -> str:
+        return f"{self.values()[-1]} {self.units[-1]}"
+
+
+class UnitSteps:
+    """Unit conversion along a chain: each step multiplies by one exact factor."""
+
+    LONGEST: ClassVar[int] = max(len(chain) - 1 for chain in UNIT_CHAINS.values())
+
+    def splits(self, config: TraceConfig, seed: int) -> tuple[list[Conversion], list[Conversion]]:
+        chains = [chain for chain in UNIT_CHAINS.values() if len(chain) - 1 >= config.min_steps]
+
+        def sample(rng: random.Random) -> Conversion:
+            chain = rng.choice(chains)
+            length = rng.randint(config.min_steps, min(config.max_steps, len(chain) - 1))
+            start = rng.randint(0, len(chain) - 1 - length)
+            walked = chain[start:start + length + 1]
+            return Conversion(rng.randint(1, config.max_quantity), tuple(u for u, _ in walked), tuple(f for _, f in walked[:-1]))
+
+        return distinct_splits(sample, lambda p: p.key, config, seed)
+
+    def reference(self, problem: Conversion) -> list[str]:
+        values = problem.values()
+        steps = [f"{values[i]} {problem.units[i]} = {values[i + 1]} {problem.units[i + 1]}" for i in range(len(problem.factors))]
+        return [*steps, f"{ANSWER_MARKER} {problem.answer}"]
+
+    def verify_step(self, problem: Conversion, index: int, step: str) -> bool:
+        reference = self.reference(problem)
+        # The stated values are exact integers in fixed units: the step verifies iff it says the
+        # reference's step (whitespace aside).
+        return index < len(reference) and " ".join(step.split()) == reference[index]
+
+
+STEP_TASKS: dict[str, StepTask] = {"arithmetic": ArithmeticSteps(), "units": UnitSteps()}
