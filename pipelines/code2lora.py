@@ -265,8 +265,10 @@ def history_task(base_dir: str, encoder: str, repositories: list[dict], commits:
     history = {}
     for repo in repositories:
         opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
-        mined = commits[repo["repo_id"]]
-        start, diffs = encode_history(model, tokenizer, opened, [c["commit_sha"] for c in mined], [c["diff"] for c in mined], chunk_tokens)
+        # by commit_index: a commit the miner could not read keeps its place (an empty diff, zeros)
+        mined = {c["commit_index"]: c for c in commits[repo["repo_id"]]}
+        diffs = [mined[index]["diff"] if index in mined else "" for index in range(1, max(mined) + 1)]
+        start, diffs = encode_history(model, tokenizer, opened, mined[min(mined)]["commit_sha"], diffs, chunk_tokens)
         history[repo["repo_id"]] = {"start": start.tolist(), "diffs": diffs.tolist()}
     return history
 

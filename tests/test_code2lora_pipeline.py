@@ -180,10 +180,10 @@ def test_the_history_encoder_reads_no_test_file(tmp_path):
     repo = open_repository(root, tmp_path / "scratch")
     commits = repo.python_commits()
     model, tokenizer = tiny_lm(SMALL, seed=0)
-    diffs = ["", repo.python_diff(commits[1], commits[0]), repo.python_diff(commits[2], commits[1])]
-    start, later = encode_history(model, tokenizer, repo, commits, diffs, chunk_tokens=16)
+    diffs = [repo.python_diff(commits[1], commits[0]), repo.python_diff(commits[2], commits[1])]
+    start, later = encode_history(model, tokenizer, repo, commits[0], diffs, chunk_tokens=16)
     torch.testing.assert_close(start, encode_repository(model, tokenizer, ["def f():\n    return 1\n"], 16))
-    torch.testing.assert_close(later[0], encode_repository(model, tokenizer, [encoder_diff(diffs[1])], 16))
+    torch.testing.assert_close(later[0], encode_repository(model, tokenizer, [encoder_diff(diffs[0])], 16))
     assert later.shape == (2, start.shape[0]) and later[1].abs().sum() == 0  # a commit to test files only: zeros
 
 

@@ -160,18 +160,18 @@ def encoder_diff(diff: str) -> str:
     return "".join(kept)
 
 
-def encode_history(model, tokenizer, repo, commits: Sequence[str], diffs: Sequence[str], chunk_tokens: int
+def encode_history(model, tokenizer, repo, first_commit: str, diffs: Sequence[str], chunk_tokens: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the repository's vector at `commits[0]` [D], each later commit's diff vector [T, D]):
-    `diffs[t]` is the diff that leads to `commits[t]`; a commit that changed only test files (or
-    nothing the encoder can read) embeds as zeros."""
+    """(the repository's vector at `first_commit` [D], each later mined commit's diff vector
+    [T, D]): `diffs[t]` leads to the (t+1)-th mined commit; a commit that changed only test files
+    (or nothing the encoder can read) embeds as zeros."""
 
     def encode_or_zeros(texts: list[str]) -> torch.Tensor | None:
         texts = [text for text in texts if text.strip()]
         return encode_repository(model, tokenizer, texts, chunk_tokens) if texts else None
 
-    start = encode_or_zeros(list(encoder_sources(repo, commits[0]).values()))
-    later = [encode_or_zeros([encoder_diff(diff)]) for diff in diffs[1:]]
+    start = encode_or_zeros(list(encoder_sources(repo, first_commit).values()))
+    later = [encode_or_zeros([encoder_diff(diff)]) for diff in diffs]
     size = next((v.shape[0] for v in [start, *later] if v is not None), 2 * model.config.hidden_size)
     zeros = torch.zeros(size)
     return (zeros if start is None else start), torch.stack([zeros if v is None else v for v in later] or [zeros])[:len(later)]
