@@ -12,10 +12,9 @@ Recipe:
    what it read; the default split's base ships in `data/code2lora-base/` (`python -m
    pipelines.code2lora --set train.max_steps=1` rebuilds it when missing). Frozen in every arm.
 3. encode: each repository's non-test Python files through the base, or the HF embedding model
-   `encoder` (mean hidden states per
-   chunk, per file, [mean; max] over files, L2-normalised), cached per (base, head); for evo
-   (`history_every` > 0) also each repository at its first mined commit and every later mined
-   commit's diff without test files, embedded the same way.
+   `encoder` (mean hidden states per chunk, per file, [mean; max] over files, L2-normalised),
+   cached per (base, head); for evo (`history_every` > 0) also each repository at its first
+   mined commit and every later mined commit's diff without test files, embedded the same way.
 4. train: `arm` and every arm in `baselines` (`workloads.code2lora.arms`): static, evo and
    shared on Ray Train (`train.num_workers` ranks over gloo or NCCL, data parallel, ranks checked
    identical at the end); per_repo as one Ray task per training repository, with the same step
@@ -265,10 +264,12 @@ def history_task(base_dir: str, encoder: str, repositories: list[dict], commits:
     history = {}
     for repo in repositories:
         opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
-        # by commit_index: a commit the miner could not read keeps its place (an empty diff, zeros)
-        mined = {c["commit_index"]: c for c in commits[repo["repo_id"]]}
-        diffs = [mined[index]["diff"] if index in mined else "" for index in range(1, max(mined) + 1)]
-        start, diffs = encode_history(model, tokenizer, opened, mined[min(mined)]["commit_sha"], diffs, chunk_tokens)
+        # by commit_index: a commit the miner could not read keeps its place (an empty diff, zeros);
+        # a repository with no mined commit at all starts from HEAD and has no history
+        mined = {c["commit_index"]: c for c in commits.get(repo["repo_id"], [])}
+        first = mined[min(mined)]["commit_sha"] if mined else repo["head"]
+        diffs = [mined[index]["diff"] if index in mined else "" for index in range(1, max(mined, default=0) + 1)]
+        start, diffs = encode_history(model, tokenizer, opened, first, diffs, chunk_tokens)
         history[repo["repo_id"]] = {"start": start.tolist(), "diffs": diffs.tolist()}
     return history
 

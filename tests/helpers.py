@@ -178,3 +178,15 @@ def _rank_entry(rank: int, world_size: int, init: str, results, target, args) ->
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def assert_code2lora_arm_learned(workdir: Path, summary: dict, arm: str, margin: float):
+    """A `code2lora` run's `arm` lowered the held-out target NLL of the frozen base (the `none`
+    arm) by `margin` on both splits, and its Ray Train ranks ended identical; its MLflow run."""
+    extra = summary["extra"]
+    assert summary["value"] == extra[f"nll_in_repo/{arm}"] <= extra["nll_in_repo/none"] - margin, summary
+    assert extra[f"nll_cross_repo/{arm}"] <= extra["nll_cross_repo/none"] - margin, summary
+    run = mlflow_client(workdir).get_run(summary["run_id"])
+    assert run.data.metrics[f"ranks_in_sync/{arm}"] == 1.0
+    assert len(set(json.loads(run.data.tags[f"rayworks.rank_fingerprints.{arm}"]))) == 1
+    return run

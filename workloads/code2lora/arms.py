@@ -48,82 +48,85 @@ def lora_names(model) -> list[str]:
     return [name for name, _ in model.named_parameters() if ".lora_" in name]
 
 
-class StaticTrainee(nn.Module):
-    """The frozen peft model + the hypernetwork; repository vectors as a buffer [R, D]."""
+class HypernetTrainee(nn.Module):
+    """What the hypernetwork arms share: the frozen peft model, the hypernetwork (made by
+    `make_hypernet(slot shapes)` after seeding) whose state is what was trained, and a forward
+    that runs each group of rows with the adapter generated for it."""
 
-    def __init__(self, base, config: HypernetConfig, repo_vectors: torch.Tensor, seed: int = 0):
+    def __init__(self, base, config: HypernetConfig, make_hypernet, seed: int):
         super().__init__()
         self.model = lora_model(base, config)
         self.slots = lora_slots(self.model)
         torch.manual_seed(seed)
-        self.hypernet = StaticHypernetwork(repo_vectors.shape[1], slot_shapes(self.model, self.slots), config)
-        self.register_buffer("repo_vectors", repo_vectors.float(), persistent=False)
+        self.hypernet = make_hypernet(slot_shapes(self.model, self.slots))
 
-    def forward(self, input_ids, attention_mask, repo_index, commit_index=None):
+    def grouped_logits(self, input_ids, attention_mask, groups) -> torch.Tensor:
+        """Logits of the batch; `groups` yields (row mask, generated adapters) covering every row."""
         logits = None
-        for repo in repo_index.unique().tolist():
-            rows = repo_index == repo
-            out = adapted_logits(self.model, self.slots, self.hypernet(self.repo_vectors[repo]), input_ids[rows], attention_mask[rows])
+        for rows, adapters in groups:
+            out = adapted_logits(self.model, self.slots, adapters, input_ids[rows], attention_mask[rows])
             if logits is None:
                 logits = out.new_zeros((input_ids.shape[0], *out.shape[1:]))
             logits[rows] = out
         return logits
 
+    def weights(self, adapters: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Generated adapters as LoRA weights by parameter name, detached."""
+        return {k: v.detach().clone() for k, v in adapter_weights(self.slots, adapters).items()}
+
     def trained_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.hypernet.state_dict().items()}
 
     def load_trained(self, state: dict[str, torch.Tensor]) -> None:
         self.hypernet.load_state_dict(state)
 
+
+class StaticTrainee(HypernetTrainee):
+    """The static hypernetwork; repository vectors as a buffer [R, D]."""
+
+    def __init__(self, base, config: HypernetConfig, repo_vectors: torch.Tensor, seed: int = 0):
+        super().__init__(base, config, lambda shapes: StaticHypernetwork(repo_vectors.shape[1], shapes, config), seed)
+        self.register_buffer("repo_vectors", repo_vectors.float(), persistent=False)
+
+    def forward(self, input_ids, attention_mask, repo_index, commit_index=None):
+        groups = ((repo_index == repo, self.hypernet(self.repo_vectors[repo])) for repo in repo_index.unique().tolist())
+        return self.grouped_logits(input_ids, attention_mask, groups)
+
     def adapter(self, repo_vector: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            return {k: v.detach().clone() for k, v in adapter_weights(self.slots, self.hypernet(repo_vector.float())).items()}
+            return self.weights(self.hypernet(repo_vector.float()))
 
     def adapter_for(self, repo: int) -> dict[str, torch.Tensor]:
         return self.adapter(self.repo_vectors[repo])
 
 
-class EvoTrainee(nn.Module):
-    """The frozen peft model + the GRU hypernetwork; each repository's first-commit vector
-    [R, D] and its later commits' diff vectors, padded [R, T, D] (`history_lengths` [R] real)."""
+class EvoTrainee(HypernetTrainee):
+    """The GRU hypernetwork; each repository's first-commit vector [R, D] and its later commits'
+    diff vectors, padded [R, T, D] (`history_lengths` [R] real)."""
 
     def __init__(self, base, config: HypernetConfig, start_vectors: torch.Tensor, diff_vectors: torch.Tensor,
                  history_lengths: torch.Tensor, seed: int = 0):
-        super().__init__()
-        self.model = lora_model(base, config)
-        self.slots = lora_slots(self.model)
-        torch.manual_seed(seed)
-        self.hypernet = EvolvingHypernetwork(start_vectors.shape[1], slot_shapes(self.model, self.slots), config)
+        super().__init__(base, config, lambda shapes: EvolvingHypernetwork(start_vectors.shape[1], shapes, config), seed)
         self.register_buffer("start_vectors", start_vectors.float(), persistent=False)
         self.register_buffer("diff_vectors", diff_vectors.float(), persistent=False)
         self.register_buffer("history_lengths", history_lengths.long(), persistent=False)
 
     def forward(self, input_ids, attention_mask, repo_index, commit_index):
-        logits = None
-        for repo in repo_index.unique().tolist():
-            in_repo = repo_index == repo
-            # one pass of the GRU per repository, as far as the latest commit in the batch
-            last = int(commit_index[in_repo].max())
-            states = self.hypernet.states(self.start_vectors[repo], self.diff_vectors[repo, :last])
-            for commit in commit_index[in_repo].unique().tolist():
-                rows = in_repo & (commit_index == commit)
-                out = adapted_logits(self.model, self.slots, self.hypernet.head(states[commit]), input_ids[rows], attention_mask[rows])
-                if logits is None:
-                    logits = out.new_zeros((input_ids.shape[0], *out.shape[1:]))
-                logits[rows] = out
-        return logits
+        def groups():
+            for repo in repo_index.unique().tolist():
+                in_repo = repo_index == repo
+                # one pass of the GRU per repository, as far as the latest commit in the batch
+                last = int(commit_index[in_repo].max())
+                states = self.hypernet.states(self.start_vectors[repo], self.diff_vectors[repo, :last])
+                for commit in commit_index[in_repo].unique().tolist():
+                    yield in_repo & (commit_index == commit), self.hypernet.head(states[commit])
 
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.hypernet.state_dict().items()}
-
-    def load_trained(self, state: dict[str, torch.Tensor]) -> None:
-        self.hypernet.load_state_dict(state)
+        return self.grouped_logits(input_ids, attention_mask, groups())
 
     def adapter_for(self, repo: int) -> dict[str, torch.Tensor]:
         """The adapter after the repository's whole mined history (its last mined commit)."""
         with torch.no_grad():
-            adapters = self.hypernet(self.start_vectors[repo], self.diff_vectors[repo, :int(self.history_lengths[repo])])
-            return {k: v.detach().clone() for k, v in adapter_weights(self.slots, adapters).items()}
+            return self.weights(self.hypernet(self.start_vectors[repo], self.diff_vectors[repo, :int(self.history_lengths[repo])]))
 
 
 class LoRATrainee(nn.Module):
