@@ -301,40 +301,35 @@ def prepare_base(config: Config, repositories: list[dict], payload: dict) -> tup
     return str(cached_directory(target, build)), key
 
 
-def repository_vectors(config: Config, base_dir: str, key: str, repositories: list[dict]) -> dict[str, list[float]]:
-    """Every repository's vector, cached per (base, encoder, head)."""
+def cached_encodings(config: Config, repositories: list[dict], key_parts: list, encode) -> dict:
+    """Per repository, what `encode(missing repositories)` returns (run as one Ray task), cached
+    as JSON under `storage_path/code2lora-encodings/`, keyed by `key_parts` and the head."""
     import ray
 
     cache = Path(storage_path(config.storage_path)) / "code2lora-encodings"
-    keys = {r["repo_id"]: stable_hash([key, config.encoder, config.encoder_chunk_tokens, r["head"]]) for r in repositories}
-    vectors = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
-    missing = [r for r in repositories if r["repo_id"] not in vectors]
+    keys = {r["repo_id"]: stable_hash([*key_parts, config.encoder, config.encoder_chunk_tokens, r["head"]]) for r in repositories}
+    found = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
+    missing = [r for r in repositories if r["repo_id"] not in found]
     if missing:
-        fresh = ray.get(remote_task(encode_task, num_cpus=1).remote(base_dir, config.encoder, missing, config.encoder_chunk_tokens))
+        fresh = ray.get(remote_task(encode, num_cpus=1).remote(missing))
         cache.mkdir(parents=True, exist_ok=True)
-        for name, vector in fresh.items():
-            (cache / f"{keys[name]}.json").write_text(json.dumps(vector))
-        vectors.update(fresh)
-    return vectors
+        for name, value in fresh.items():
+            (cache / f"{keys[name]}.json").write_text(json.dumps(value))
+        found.update(fresh)
+    return found
+
+
+def repository_vectors(config: Config, base_dir: str, key: str, repositories: list[dict]) -> dict[str, list[float]]:
+    """Every repository's vector, cached per (base, encoder, head)."""
+    return cached_encodings(config, repositories, [key],
+                            lambda missing: encode_task(base_dir, config.encoder, missing, config.encoder_chunk_tokens))
 
 
 def history_vectors(config: Config, base_dir: str, key: str, repositories: list[dict], rows_dir: str) -> dict[str, dict]:
     """Evo's input per repository ({start, diffs}), cached per (base, encoder, head, history_every)."""
-    import ray
-
     commits = read_commits(rows_dir)
-    cache = Path(storage_path(config.storage_path)) / "code2lora-encodings"
-    keys = {r["repo_id"]: stable_hash([key, config.encoder, config.encoder_chunk_tokens, r["head"], config.history_every, "history"])
-            for r in repositories}
-    history = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
-    missing = [r for r in repositories if r["repo_id"] not in history]
-    if missing:
-        fresh = ray.get(remote_task(history_task, num_cpus=1).remote(base_dir, config.encoder, missing, commits, config.encoder_chunk_tokens))
-        cache.mkdir(parents=True, exist_ok=True)
-        for name, value in fresh.items():
-            (cache / f"{keys[name]}.json").write_text(json.dumps(value))
-        history.update(fresh)
-    return history
+    return cached_encodings(config, repositories, [key, config.history_every, "history"],
+                            lambda missing: history_task(base_dir, config.encoder, missing, commits, config.encoder_chunk_tokens))
 
 
 # ---- stage 4: training --------------------------------------------------------------------

@@ -173,5 +173,5 @@ def encode_history(model, tokenizer, repo, first_commit: str, diffs: Sequence[st
     start = encode_or_zeros(list(encoder_sources(repo, first_commit).values()))
     later = [encode_or_zeros([encoder_diff(diff)]) for diff in diffs]
     size = next((v.shape[0] for v in [start, *later] if v is not None), 2 * model.config.hidden_size)
-    zeros = torch.zeros(size)
-    return (zeros if start is None else start), torch.stack([zeros if v is None else v for v in later] or [zeros])[:len(later)]
+    later = [torch.zeros(size) if v is None else v for v in later]
+    return (torch.zeros(size) if start is None else start), (torch.stack(later) if later else torch.zeros(0, size))

@@ -20,7 +20,7 @@ import random
 import re
 from typing import ClassVar, Protocol
 
-from workloads.arithmetic import ANSWER_MARKER, Problem as ArithmeticProblem, distinct_splits
+from workloads.arithmetic import ANSWER_MARKER, Problem as ArithmeticProblem, distinct_splits, generate_splits
 from workloads.config import require
 
 
@@ -90,26 +90,19 @@ class ArithmeticSteps:
     LONGEST: ClassVar[int] = 50
 
     def splits(self, config: TraceConfig, seed: int) -> tuple[list[ArithmeticProblem], list[ArithmeticProblem]]:
-        def sample(rng: random.Random) -> ArithmeticProblem | None:
-            operands, operators = [rng.randint(0, config.max_operand)], []
-            total = operands[0]
-            for _ in range(rng.randint(config.min_steps, config.max_steps)):
-                op, value = rng.choice("+-"), rng.randint(0, config.max_operand)
-                total = total + value if op == "+" else total - value
-                if not 0 <= total <= config.max_value:
-                    return None
-                operators.append(op)
-                operands.append(value)
-            return ArithmeticProblem(tuple(operands), tuple(operators))
+        """The arithmetic task's own sampler (`workloads.arithmetic.generate_splits`) at these lengths."""
+        from workloads.tasks import TaskConfig
 
-        return distinct_splits(sample, lambda p: p.expression, config, seed)
+        return generate_splits(TaskConfig(min_ops=config.min_steps, max_ops=config.max_steps, max_operand=config.max_operand,
+                                          max_value=config.max_value, num_train=config.num_train, num_eval=config.num_eval), seed)
 
     def reference(self, problem: ArithmeticProblem) -> list[str]:
         return [*problem.steps(), f"{ANSWER_MARKER} {problem.answer}"]
 
     def verify_step(self, problem: ArithmeticProblem, index: int, step: str) -> bool:
         if index == len(problem.operators):
-            return re.fullmatch(rf"{re.escape(ANSWER_MARKER)}\s*(-?\d+)", step) is not None and int(step.split()[-1]) == problem.answer
+            answer = re.fullmatch(rf"{re.escape(ANSWER_MARKER)}\s*(-?\d+)", step)
+            return answer is not None and int(answer[1]) == problem.answer
         if index > len(problem.operators):
             return False
         match = re.fullmatch(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)", step)
