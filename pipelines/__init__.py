@@ -19,6 +19,7 @@ PIPELINES: dict[str, str] = {
     "ppo": "pipelines.ppo",
     "code2lora_data": "pipelines.code2lora_data",
     "code2lora": "pipelines.code2lora",
+    "tri": "pipelines.tri",
 }
 
 

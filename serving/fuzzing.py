@@ -28,6 +28,9 @@ ROUTES: dict[str, dict[str, dict]] = {
         "/v1/completions": {"prompt": "Q: 1+1", "max_tokens": 2},
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "Q: 1+1"}], "max_tokens": 2},
     },
+    "repair": {
+        "/repair": {"task": "units", "problem": "4 km>hm>dam>m", "draft": "4 km = 40 hm\n40 hm = 400 dam\n", "rounds": 1},
+    },
     # Valid bodies name a repository on the server and an adapter it made: the caller passes
     # them (`fuzz_app(..., examples=...)`); these are their shapes.
     "adapter": {

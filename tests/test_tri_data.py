@@ -112,3 +112,17 @@ def test_the_step_verifier_actor_finds_the_first_failing_step(local_ray):
     assert verdict["first_failure"] == 1 and verdict["verified"] == [True, False, True] and not verdict["solved"]
     with pytest.raises(ray.exceptions.RayTaskError, match="task: expected one of"):
         ray.get(verifier.verify.remote("lean", CHAIN, ""))
+
+
+def test_problems_parse_back_from_their_keys_and_bad_keys_name_the_problem():
+    config = TraceConfig(task="units", min_steps=3, max_steps=5, num_train=50, num_eval=10)
+    for name, task_config in (("units", config), ("arithmetic", TraceConfig(task="arithmetic", num_train=50, num_eval=10))):
+        task = STEP_TASKS[name]
+        train, _ = task.splits(task_config, 0)
+        assert all(task.parse(p.key) == p for p in train)
+    assert UNITS.parse("3 wk>d>h").factors == (7, 24)
+    for bad in ("4 km>g", "4 km", "km>m", "4 km>>m"):
+        with pytest.raises(ValueError, match="problem"):
+            UNITS.parse(bad)
+    with pytest.raises(ValueError, match="problem"):
+        ARITHMETIC.parse("7+")

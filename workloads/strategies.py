@@ -365,6 +365,16 @@ def trainer_arguments(strategy: str, zero_stage: int = 2, offload: bool = False,
     return {"max_grad_norm": max_grad_norm}
 
 
+def release_from_trainer(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo what a Hugging Face/TRL trainer patched onto `model` itself: accelerate's fp32 wrapper
+    and TRL's fused LM head replace `model.forward` on the instance, and those closures call the
+    original module. A deepcopy of a patched model (a warm start, DPO's reference) would keep
+    running the original's weights; after this, the class's own forward runs."""
+    model.__dict__.pop("forward", None)
+    model.__dict__.pop("_original_forward", None)
+    return model
+
+
 def prebuild_deepspeed_ops(timeout_s: float = 900.0) -> None:
     """Compile DeepSpeed's CPU communication op once, in this process, before the workers start.
 

@@ -5,6 +5,7 @@ the experts and the Serve `generate` app go through it.
 
 from workloads.lm.generation import (
     Rollouts,
+    complete_counted,
     completion_mask,
     generate_ids,
     greedy_complete,
@@ -33,7 +34,7 @@ from workloads.lm.tiny import (
 from workloads.lm.tokens import bos_ids, device_of, encode_text, format_prompt, forward_logits, pad, position_ids
 
 __all__ = [
-    "Rollouts", "TOKENIZER_STYLES", "TinyLMConfig", "bos_ids", "build_tiny_lm", "build_tokenizer", "completion_logits",
+    "Rollouts", "TOKENIZER_STYLES", "complete_counted", "TinyLMConfig", "bos_ids", "build_tiny_lm", "build_tokenizer", "completion_logits",
     "completion_logprobs", "completion_mask", "continuation_logprobs", "count_parameters", "device_of", "encode_text",
     "format_prompt", "forward_logits", "generate_ids", "greedy_complete", "load_lm", "load_tokenizer", "model_config",
     "next_token_logprobs", "pad", "position_ids", "sample_groups", "stream_tokens", "tiny_lm", "top_k_logprobs", "zero_loss",

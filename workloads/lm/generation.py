@@ -92,6 +92,17 @@ def greedy_complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     return outputs
 
 
+def complete_counted(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, temperature: float = 0.0,
+                     seed: int | None = None) -> tuple[list[str], list[int], list[int]]:
+    """(completions, generated tokens each (eos included), prompt tokens each) of formatted
+    prompts, greedy at temperature 0: what a loop that budgets its tokens reads."""
+    sequences = [encode_text(tokenizer, p) for p in prompts]
+    _, _, completion = generate_ids(model, tokenizer, sequences, max_new_tokens, temperature, seed=seed)
+    kept = completion_mask(completion, tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(completion * kept + tokenizer.pad_token_id * (1 - kept), skip_special_tokens=True)
+    return texts, kept.sum(dim=1).tolist(), [len(s) for s in sequences]
+
+
 @torch.no_grad()
 def stream_tokens(model, sequence: Sequence[int], max_new_tokens: int, temperature: float,
                   seed: int | None = None) -> Iterator[int]:

@@ -11,6 +11,8 @@ Families (`STEP_TASKS`):
   step i is `v_i op x = v_(i+1)` with the true running values, the last step `Answer: v_n`.
 - `units`: exact unit conversions along a chain (`3 wk = 21 d`, `21 d = 504 h`, ...); step i
   states the quantity in the i-th unit of the chain, the last step `Answer: <value> <unit>`.
+  The decimal chains (metric, mass, volume, data) need only the next unit and its power of ten:
+  what a tiny model learns in a minute; time and imperial need real multiplication.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TraceConfig:
     max_steps: int = 6  # most
     max_operand: int = 9  # arithmetic: largest operand
     max_quantity: int = 99  # units: largest starting quantity
+    chains: str = ""  # units: comma-separated UNIT_CHAINS names to draw from; empty: all
     max_value: int = 99  # arithmetic: running values stay in [0, max_value]
     num_train: int = 1000  # training problems
     num_eval: int = 200  # held-out problems
@@ -48,6 +51,14 @@ class TraceConfig:
         require(self.max_quantity >= 1, "max_quantity", "must be >= 1")
         require(self.max_value >= self.max_operand, "max_value", "must be >= max_operand")
         require(self.num_train >= 1 and self.num_eval >= 1, "num_train", "num_train and num_eval must be >= 1")
+        unknown = [name for name in self.chain_names() if name not in UNIT_CHAINS]
+        require(not unknown, "chains", f"unknown chains {unknown}: expected names from {', '.join(UNIT_CHAINS)}")
+        if self.task == "units":
+            longest = max(len(UNIT_CHAINS[name]) - 1 for name in self.chain_names() or UNIT_CHAINS)
+            require(self.min_steps <= longest, "min_steps", f"the chosen chains have at most {longest} conversions")
+
+    def chain_names(self) -> list[str]:
+        return [name.strip() for name in self.chains.split(",") if name.strip()]
 
 
 @dataclasses.dataclass
@@ -68,6 +79,8 @@ class StepTask(Protocol):
     def splits(self, config: TraceConfig, seed: int) -> tuple[list, list]: ...
 
     def reference(self, problem) -> list[str]: ...
+
+    def parse(self, key: str): ...
 
     def verify_step(self, problem, index: int, step: str) -> bool: ...
 
@@ -99,6 +112,14 @@ class ArithmeticSteps:
     def reference(self, problem: ArithmeticProblem) -> list[str]:
         return [*problem.steps(), f"{ANSWER_MARKER} {problem.answer}"]
 
+    def parse(self, key: str) -> ArithmeticProblem:
+        """The problem whose key is `key` (its expression, e.g. "7+5-3"); ValueError if it is not one."""
+        match = re.fullmatch(r"\s*(\d+)((?:\s*[+\-*]\s*\d+)+)\s*", key)
+        if match is None:
+            raise ValueError(f"problem: {key!r} is not an arithmetic chain such as '7+5-3'")
+        tail = re.findall(r"([+\-*])\s*(\d+)", match[2])
+        return ArithmeticProblem((int(match[1]), *(int(v) for _, v in tail)), tuple(op for op, _ in tail))
+
     def verify_step(self, problem: ArithmeticProblem, index: int, step: str) -> bool:
         if index == len(problem.operators):
             answer = re.fullmatch(rf"{re.escape(ANSWER_MARKER)}\s*(-?\d+)", step)
@@ -118,8 +139,8 @@ class ArithmeticSteps:
 # Exact conversion chains: (unit, how many of the next unit it holds); the last unit holds none.
 UNIT_CHAINS: dict[str, list[tuple[str, int]]] = {
     "time": [("wk", 7), ("d", 24), ("h", 60), ("min", 60), ("s", 1000), ("ms", 0)],
-    "imperial length": [("mi", 1760), ("yd", 3), ("ft", 12), ("in", 0)],
-    "metric length": [("km", 10), ("hm", 10), ("dam", 10), ("m", 10), ("dm", 10), ("cm", 10), ("mm", 0)],
+    "imperial": [("mi", 1760), ("yd", 3), ("ft", 12), ("in", 0)],
+    "metric": [("km", 10), ("hm", 10), ("dam", 10), ("m", 10), ("dm", 10), ("cm", 10), ("mm", 0)],
     "mass": [("t", 1000), ("kg", 1000), ("g", 1000), ("mg", 0)],
     "volume": [("kl", 10), ("hl", 10), ("dal", 10), ("l", 10), ("dl", 10), ("cl", 10), ("ml", 0)],
     "data": [("TB", 1000), ("GB", 1000), ("MB", 1000), ("kB", 1000), ("B", 8), ("bit", 0)],
@@ -158,7 +179,8 @@ class UnitSteps:
     LONGEST: ClassVar[int] = max(len(chain) - 1 for chain in UNIT_CHAINS.values())
 
     def splits(self, config: TraceConfig, seed: int) -> tuple[list[Conversion], list[Conversion]]:
-        chains = [chain for chain in UNIT_CHAINS.values() if len(chain) - 1 >= config.min_steps]
+        chosen = config.chain_names() or list(UNIT_CHAINS)
+        chains = [UNIT_CHAINS[name] for name in chosen if len(UNIT_CHAINS[name]) - 1 >= config.min_steps]
 
         def sample(rng: random.Random) -> Conversion:
             chain = rng.choice(chains)
@@ -173,6 +195,20 @@ class UnitSteps:
         values = problem.values()
         steps = [f"{values[i]} {problem.units[i]} = {values[i + 1]} {problem.units[i + 1]}" for i in range(len(problem.factors))]
         return [*steps, f"{ANSWER_MARKER} {problem.answer}"]
+
+    def parse(self, key: str) -> Conversion:
+        """The problem whose key is `key` (quantity and the units walked, e.g. "4 km>hm>dam"); each
+        unit must follow the one before in a chain of UNIT_CHAINS. ValueError naming what is wrong."""
+        match = re.fullmatch(r"\s*(\d+)\s+(\w+(?:>\w+)+)\s*", key)
+        if match is None:
+            raise ValueError(f"problem: {key!r} is not a conversion such as '4 km>hm>dam'")
+        units = match[2].split(">")
+        for chain in UNIT_CHAINS.values():
+            names = [unit for unit, _ in chain]
+            if units[0] in names and names[names.index(units[0]):names.index(units[0]) + len(units)] == units:
+                start = names.index(units[0])
+                return Conversion(int(match[1]), tuple(units), tuple(f for _, f in chain[start:start + len(units) - 1]))
+        raise ValueError(f"problem: {' > '.join(units)} is not a walk along one chain of {', '.join(UNIT_CHAINS)}")
 
     def verify_step(self, problem: Conversion, index: int, step: str) -> bool:
         reference = self.reference(problem)
