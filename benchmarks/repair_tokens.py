@@ -8,8 +8,9 @@ Each seed is one `tri` run at its embedded default (`--set` overrides it, as `ra
 (infill from the verified prefix to the milestone, regenerate when there is none) and the
 baseline (the same draft model regenerates the suffix from the first failure) each get
 `repair.rounds` rounds. Both count every generated token, drafts included, and prompt tokens
-apart. The last line is the JSON record: generated tokens per solved problem over all seeds,
-TRI against regeneration; the ratio is regeneration / TRI (above 1: TRI spends fewer).
+apart; the summary also gives repair tokens (after the draft) per problem the repair fixed.
+The last line is the JSON record: generated tokens per solved problem over all seeds, TRI
+against regeneration; the ratio is regeneration / TRI (above 1: TRI spends fewer).
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ COLUMNS = ("accuracy_before", "accuracy_after", "repair_success", "generated_tok
 
 def main(argv: list[str] | None = None) -> int:
     from cluster.connect import connect
+    from pipelines.launch import quiet_libraries
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.repair_tokens", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    connect(None, None)
+    quiet_libraries(verbose=False)
+    connect(None, None, log_to_driver=False)
     os.chdir(tempfile.mkdtemp(prefix="repair-tokens-"))  # a scratch MLflow store and Ray results
-    rows, totals = [], {method: {"generated": 0.0, "solved": 0.0} for method in tri.METHODS}
+    rows, totals = [], {method: {"generated": 0.0, "solved": 0.0, "repair": 0.0, "repaired": 0.0} for method in tri.METHODS}
     for seed in range(args.seeds):
         config = load_config(tri.Config, None, [*args.overrides, f"seed={seed}", "register_model=false"])
         extra = tri.run(config).extra
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             problems = len(tri.splits(config)[3][: config.repair.problems or None])
             totals[method]["generated"] += extra[f"{method}/generated_tokens_per_problem"] * problems
             totals[method]["solved"] += extra[f"{method}/accuracy_after"] * problems
+            totals[method]["repair"] += extra[f"{method}/repair_tokens_per_problem"] * problems
+            totals[method]["repaired"] += (extra[f"{method}/accuracy_after"] - extra[f"{method}/accuracy_before"]) * problems
 
     header = ("seed", "method", *COLUMNS)
     widths = [max(len(header[i]), *(len(f"{row[i]:.3f}" if isinstance(row[i], float) else str(row[i])) for row in rows))
@@ -52,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for row in rows:
         print("  ".join((f"{cell:.3f}" if isinstance(cell, float) else str(cell)).ljust(w) for cell, w in zip(row, widths)))
+    print("\nover all seeds: " + "; ".join(
+        f"{m}: {t['generated'] / t['solved']:.1f} generated tokens per solved problem, "
+        f"{t['repair'] / max(t['repaired'], 1e-9):.1f} repair tokens per repaired problem" for m, t in totals.items() if t["solved"]))
     per_solved = {m: t["generated"] / t["solved"] if t["solved"] else float("inf") for m, t in totals.items()}
     ratio = per_solved["regenerate"] / per_solved["tri"] if per_solved["tri"] != float("inf") else 0.0
     print(json.dumps({"benchmark": "repair_tokens", "value": round(per_solved["tri"], 2),

@@ -311,8 +311,9 @@ def validation_repair(config: Config, task, problems: list, draft, draft_tokeniz
 
 
 def step_budget(config: Config) -> tuple[int, int]:
-    """What Tune's scheduler counts: one report, at the end of training."""
-    return 1, 1
+    """What Tune's scheduler counts: one report (step 1), at the end of training. The budget is
+    one step past it, so that ASHA never stops a trial before its evaluation, repair and logging."""
+    return 2, 2
 
 
 def train_loop_per_worker(payload: dict) -> None:

@@ -73,3 +73,22 @@ def test_code2lora_trials_are_chosen_on_validation_nll_not_the_test_splits(workd
     assert len(trials) == 2
     # the search took the lowest validation NLL the trials reported, never a test-split metric
     assert outcome["best_value"] == pytest.approx(min(c.data.metrics["val_nll/static"] for c in trials), rel=1e-9)
+
+
+def test_tri_trials_are_chosen_on_validation_repairs_not_the_held_out_problems(workdir: Path):
+    space = workdir / "space.yaml"
+    space.write_text("space:\n  repair.window: {grid: [2]}\n")  # metric: the pipeline's val_repair_accuracy
+    proc = rayworks(workdir, "tune", "tri", "--space", str(space), "--num-samples", "1",
+                    "--set", "train.draft_steps=2", "train.infiller_steps=2", "train.dpo_steps=1", "train.dpo_prompts=4",
+                    "repair.problems=4", "repair.rounds=1", "eval_quadruples=4", "validation_problems=6", "register_model=false",
+                    timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (outcome,) = result_lines(proc.stdout)
+    assert outcome["num_trials"] == 1 and outcome["errors"] == 0 and outcome["metric"] == "val_repair_accuracy"
+    client = mlflow_client(workdir)
+    children = client.search_runs([client.get_experiment_by_name("rayworks-tri").experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{outcome['parent_run_id']}'")
+    (trial,) = children  # a complete run: ASHA let it finish its repair and logging
+    assert trial.data.params["repair.window"] == "2" and trial.info.status == "FINISHED"
+    assert "tri/accuracy_after" in trial.data.metrics
+    assert outcome["best_value"] == trial.data.metrics["val_repair_accuracy"]
