@@ -1,6 +1,6 @@
 """TRI's actors: the step verifier (the first failing step of any trace), and the three stages
 of the repair loop as Ray Data callables, each run in its own actor pool (`map_batches` with
-`concurrency`): `Drafter` (the draft model: first drafts and regenerated suffixes), `Infiller`
+`compute=ActorPoolStrategy`): `Drafter` (the draft model: first drafts and regenerated suffixes), `Infiller`
 (the TRI model: bridges to a milestone) and `RoundVerifier` (verify, ExtractMilestone, and the
 next action). The loop itself is `workloads.tri.repair`; these only load models and move
 batches. A batch is a pandas frame whose rows are `Attempt` fields.

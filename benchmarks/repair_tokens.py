@@ -8,7 +8,9 @@ Each seed is one `tri` run at its embedded default (`--set` overrides it, as `ra
 (infill from the verified prefix to the milestone, regenerate when there is none) and the
 baseline (the same draft model regenerates the suffix from the first failure) each get
 `repair.rounds` rounds. Both count every generated token, drafts included, and prompt tokens
-apart; the summary also gives repair tokens (after the draft) per problem the repair fixed.
+apart; the summary also gives repair tokens (after the draft) per problem the repair fixed,
+and TRI's paired differences from regeneration over the seeds (`workloads.comparison`, as
+`rayworks compare` reports them).
 The last line is the JSON record: generated tokens per solved problem over all seeds, TRI
 against regeneration; the ratio is regeneration / TRI (above 1: TRI spends fewer).
 """
@@ -21,6 +23,7 @@ import os
 import tempfile
 
 from pipelines import tri
+from workloads.comparison import paired_differences
 from workloads.config import load_config
 
 COLUMNS = ("accuracy_before", "accuracy_after", "repair_success", "generated_tokens_per_solved",
@@ -60,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\nover all seeds: " + "; ".join(
         f"{m}: {t['generated'] / t['solved']:.1f} generated tokens per solved problem, "
         f"{t['repair'] / max(t['repaired'], 1e-9):.1f} repair tokens per repaired problem" for m, t in totals.items() if t["solved"]))
+    # TRI and regeneration repair the same drafts of the same seed: a pair per seed
+    print("\nTRI minus regeneration, paired over seeds (mean, 95% interval):")
+    for column in ("accuracy_after", "repair_tokens_per_problem", "generated_tokens_per_solved"):
+        by_method = {m: [row[2 + COLUMNS.index(column)] for row in rows if row[1] == m] for m in tri.METHODS}
+        difference = paired_differences(by_method, "regenerate")["tri"]
+        print(f"  {column}: {difference.mean:+.3f} [{difference.ci95[0]:+.3f}, {difference.ci95[1]:+.3f}] "
+              f"over {difference.pairs} seeds: {difference.verdict}")
     per_solved = {m: t["generated"] / t["solved"] if t["solved"] else float("inf") for m, t in totals.items()}
     ratio = per_solved["regenerate"] / per_solved["tri"] if per_solved["tri"] != float("inf") else 0.0
     print(json.dumps({"benchmark": "repair_tokens", "value": round(per_solved["tri"], 2),

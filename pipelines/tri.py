@@ -95,6 +95,7 @@ class TrainConfig(Workers):
     dpo_prompts: int = 256  # training quadruples whose bridges are sampled for pairs
     dpo_samples: int = 4  # bridges sampled per prompt
     dpo_temperature: float = 1.0
+    gradient_checkpointing: bool = False  # TRL's SFT default is on; it trades compute for memory a tiny model does not need
 
     section: ClassVar[str] = "train"
 
@@ -222,7 +223,7 @@ def trl_arguments(config: Config, output_dir: str, steps: int, lr: float, warmup
     return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=train.batch_size, learning_rate=lr,
                 lr_scheduler_type="cosine", warmup_steps=warmup, weight_decay=train.weight_decay, logging_steps=max(1, steps // 5),
                 save_strategy="no", report_to=[], seed=config.seed, data_seed=config.seed, use_cpu=not train.use_gpu,
-                dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=False,  # TRL turns it on; tiny models need no memory saved
+                dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=train.gradient_checkpointing,
                 **trainer_arguments(train.strategy, train.zero_stage, train.offload, train.max_grad_norm))
 
 
