@@ -84,8 +84,8 @@ class TrainConfig(Workers):
     batch_size: int = 32  # examples per worker per step, every stage
     lr: float = 5e-3  # SFT peak learning rate (draft and infiller)
     warmup_steps: int = 20  # SFT linear warm-up, then cosine decay
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.01  # AdamW's, every stage
+    max_grad_norm: float = 1.0  # gradient clipping, every stage
     draft_steps: int = 300  # draft model SFT steps
     infiller_steps: int = 150  # infiller SFT steps (it starts from the draft)
     dpo_steps: int = 20  # DPO steps; 0: no DPO (the SFT infiller repairs)
@@ -94,7 +94,7 @@ class TrainConfig(Workers):
     sft_weight: float = 1.0  # weight of the chosen bridges' NLL beside the DPO loss (TRL's loss_type "sft"); 0: DPO alone
     dpo_prompts: int = 256  # training quadruples whose bridges are sampled for pairs
     dpo_samples: int = 4  # bridges sampled per prompt
-    dpo_temperature: float = 1.0
+    dpo_temperature: float = 1.0  # sampling temperature of the bridges that become pairs
     gradient_checkpointing: bool = False  # TRL's SFT default is on; it trades compute for memory a tiny model does not need
 
     section: ClassVar[str] = "train"
@@ -145,8 +145,8 @@ class Config(RunFields):
     max_bridge: int = 2  # longest bridge cut from a trace (steps)
     eval_quadruples: int = 200  # held-out quadruples whose sampled bridges are verified
     validation_problems: int = 40  # training problems kept out of training, repaired by TRI at its end (tune's metric)
-    register_model: bool = True
-    num_samples_logged: int = 20
+    register_model: bool = True  # register the draft and the infiller in MLflow's model registry
+    num_samples_logged: int = 20  # held-out bridges logged per infiller in bridge_samples.jsonl
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
     traces: TraceConfig = dataclasses.field(default_factory=default_traces)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
