@@ -418,26 +418,29 @@ def repair(config: Config, model_dirs: dict[str, Path]) -> dict[str, RepairSumma
     pool = dict(compute=ray.data.ActorPoolStrategy(size=r.actors), batch_size=max(1, len(problems) // r.actors),
                 batch_format="pandas", num_cpus=0.25)
 
-    def drafter(method: str, action: str):
+    def drafter(method: str, action: str, seed: int):
         return dict(fn_constructor_kwargs=dict(model_dir=str(model_dirs["draft"]), max_new_tokens=trace_tokens,
-                                               temperature=r.temperature, seed=config.seed, method=method, action=action), **pool)
+                                               temperature=r.temperature, seed=seed, method=method, action=action), **pool)
 
     def verifier(method: str, first: bool = False):
         return dict(fn_constructor_kwargs=dict(traces=to_dict(config.traces), seed=config.seed, window=r.window, method=method,
                                                first=first), **pool)
 
     attempts = [dataclasses.asdict(Attempt(p.key, p.prompt, action="draft")) for p in problems]
-    drafts = ray.data.from_items(attempts).map_batches(Drafter, **drafter("tri", "draft")).materialize()
+    drafts = ray.data.from_items(attempts).map_batches(Drafter, **drafter("tri", "draft", config.seed)).materialize()
     draft_tokens = {row["key"]: row["generated_tokens"] for row in drafts.take_all()}
     summaries = {}
     for method in METHODS:
         plan = drafts.map_batches(RoundVerifier, **verifier(method, first=True))
         for round_ in range(r.rounds):
+            # every round samples afresh (a stage's actors start their seed count over); both
+            # methods use the same seed in the same round
+            round_seed = config.seed + 101 * (round_ + 1)
             if method == "tri":
                 plan = plan.map_batches(Infiller, fn_constructor_kwargs=dict(
                     model_dir=str(model_dirs["infiller"]), max_new_tokens=bridge_tokens, temperature=r.temperature,
-                    seed=config.seed + 101 * (round_ + 1), method=method), **pool)
-            plan = plan.map_batches(Drafter, **drafter(method, "regenerate"))
+                    seed=round_seed + 50, method=method), **pool)
+            plan = plan.map_batches(Drafter, **drafter(method, "regenerate", round_seed))
             plan = plan.map_batches(RoundVerifier, **verifier(method))
         summaries[method] = summarise([Attempt(**row) for row in plan.take_all()], draft_tokens)
     return summaries
