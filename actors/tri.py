@@ -51,7 +51,7 @@ class _ModelStage:
 
     action = ""
 
-    def __init__(self, model_dir: str, max_new_tokens: int, temperature: float, seed: int, method: str):
+    def __init__(self, model_dir: str, max_new_tokens: int, temperature: float, seed: int):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         import torch
 
@@ -60,7 +60,6 @@ class _ModelStage:
         torch.set_num_threads(1)
         model, tokenizer = load_lm(model_dir)
         self.generate = model_generator(model, tokenizer, max_new_tokens, temperature, seed)
-        self.method = method
 
     def prompt(self, attempt: Attempt) -> str:
         raise NotImplementedError
@@ -78,9 +77,8 @@ class Drafter(_ModelStage):
     """The draft model: a first draft (action "draft"), or the suffix after the verified prefix
     (action "regenerate": the baseline's every round, TRI's fallback)."""
 
-    def __init__(self, model_dir: str, max_new_tokens: int, temperature: float, seed: int, method: str,
-                 action: str = "regenerate"):
-        super().__init__(model_dir, max_new_tokens, temperature, seed, method)
+    def __init__(self, model_dir: str, max_new_tokens: int, temperature: float, seed: int, action: str = "regenerate"):
+        super().__init__(model_dir, max_new_tokens, temperature, seed)
         self.action = action
 
     def prompt(self, attempt: Attempt) -> str:
@@ -90,7 +88,7 @@ class Drafter(_ModelStage):
         if self.action == "draft":
             set_draft(attempt, text, generated, prompt_tokens)
         else:
-            apply_regeneration(attempt, text, generated, prompt_tokens, self.method)
+            apply_regeneration(attempt, text, generated, prompt_tokens)
 
 
 class Infiller(_ModelStage):
@@ -106,21 +104,21 @@ class Infiller(_ModelStage):
 
 
 class RoundVerifier:
-    """Verify every row, find its milestone within `window`, set its next action; with
-    `first`, also record whether the draft itself was right."""
+    """Verify every row, find its milestone within `window`, set its next action (by the row's
+    method); with `first`, also record whether the draft itself was right."""
 
-    def __init__(self, traces: dict, seed: int, window: int, method: str, first: bool = False):
+    def __init__(self, traces: dict, seed: int, window: int, first: bool = False):
         from workloads.config import from_dict
 
         config = from_dict(TraceConfig, traces)
         self.task = STEP_TASKS[config.task]
         train, held_out = self.task.splits(config, seed)
         self.problems = {p.key: p for p in [*train, *held_out]}
-        self.window, self.method, self.first = window, method, first
+        self.window, self.first = window, first
 
     def __call__(self, batch):
         attempts = _attempts(batch)
-        verify_round(self.task, self.problems, attempts, self.window, self.method)
+        verify_round(self.task, self.problems, attempts, self.window)
         if self.first:
             for attempt in attempts:
                 attempt.draft_solved = attempt.solved

@@ -51,6 +51,15 @@ def mlflow_client(workdir: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def free_port() -> int:
+    """A TCP port no process holds now: tests run in parallel, so fixed ports collide."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def start_app(workdir: Path, app: str, port: int, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
     """`rayworks serve APP` in a fresh process and session; its output lines arrive on the queue.
 

@@ -10,7 +10,7 @@ import requests
 import torch
 import yaml
 
-from tests.helpers import mlflow_client, rayworks, result_lines, start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import free_port, mlflow_client, rayworks, result_lines, start_app, stop_with_ctrl_c, wait_for
 from workloads.arithmetic import generate_splits
 from workloads.lm import continuation_logprobs
 from workloads.experts import EndpointExpert, HFExpert, StudentState, ends_step
@@ -19,7 +19,7 @@ from workloads.lm import TinyLMConfig, build_tiny_lm, load_tokenizer
 
 TINY = ["student_sft_steps=20", "expert_sft_steps=20", "iterations=2", "eval_every=2", "prompts_per_iteration=4", "eval_problems=10",
         "eval_samples=2", "register_model=false"]
-PORT = 8131
+PORT = free_port()
 
 
 # Two arms: a divergence against the expert's distributions (jsd) and self-distillation (the student

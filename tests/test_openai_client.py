@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import free_port, start_app, stop_with_ctrl_c, wait_for
 
-PORT = 8133
+PORT = free_port()
 
 
 @pytest.fixture(scope="module")

@@ -204,6 +204,7 @@ def check_tri(workdir: Path, summary: dict) -> None:
         assert extra[f"{method}/repair_tokens_per_problem"] > 0 and extra[f"{method}/prompt_tokens_per_problem"] > 0
     assert extra["tri/infills_per_problem"] > 0 and extra["regenerate/infills_per_problem"] == 0
     assert extra["tri/accuracy_before"] == extra["regenerate/accuracy_before"]  # the same drafts
+    assert summary["metric"] == "repair/accuracy_after" and summary["value"] == extra["tri/accuracy_after"]  # the headline: TRI
     for name in ("rayworks-tri-draft", "rayworks-tri-infiller"):
         (version,) = client.search_model_versions(f"name='{name}'")
         assert version.run_id == summary["run_id"]

@@ -11,14 +11,14 @@ import torch
 from pipelines.code2lora import COMMITTED_BASES
 from pipelines.code2lora_data import BUNDLED_REPOS as BUNDLED_REPOS_DIR
 from serving.fuzzing import fuzz_app
-from tests.helpers import start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import free_port, start_app, stop_with_ctrl_c, wait_for
 from workloads.code2lora.arms import StaticTrainee, complete, load_generator, save_generator
 from workloads.code2lora.base import encode_repository, encoder_sources
 from workloads.code2lora.hypernet import HypernetConfig
 from workloads.code2lora.repos import open_repository
 from workloads.lm import load_lm
 
-PORT = 8131
+PORT = free_port()
 SETTINGS = {"encoder_chunk_tokens": 128, "prompt_tokens": 96, "max_new_tokens": 8}
 PREFIX = "import six\n\n\ndef test_b():\n    assert six.b('x') == "
 

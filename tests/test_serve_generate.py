@@ -8,9 +8,9 @@ from pathlib import Path
 import requests
 
 from serving.fuzzing import fuzz_app
-from tests.helpers import start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import free_port, start_app, stop_with_ctrl_c, wait_for
 
-PORT = 8127
+PORT = free_port()
 
 
 def _register_tiny_model(workdir: Path) -> str:

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from serving.fuzzing import fuzz_app
-from tests.helpers import rayworks, start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import free_port, rayworks, start_app, stop_with_ctrl_c, wait_for
 
-PORT = 8131
+PORT = free_port()
 URL = f"http://127.0.0.1:{PORT}"
 RIGHT = "4 km = 40 hm\n40 hm = 400 dam\n400 dam = 4000 m\nAnswer: 4000 m\n"
 # step 1 is wrong; step 2 verifies on its own: the milestone
@@ -79,5 +79,5 @@ def test_repair_endpoint(workdir: Path, models: tuple[str, str]):
 
 
 def test_repair_without_models_names_what_is_missing(workdir: Path):
-    proc = rayworks(workdir, "serve", "repair", "--port", str(PORT + 1), timeout=180)
+    proc = rayworks(workdir, "serve", "repair", "--port", str(free_port()), timeout=180)
     assert proc.returncode == 2 and "rayworks-tri-draft" in proc.stderr and "rayworks run tri" in proc.stderr, proc.stderr

@@ -9,10 +9,10 @@ from pathlib import Path
 import requests
 
 from serving.fuzzing import fuzz_app
-from tests.helpers import start_app, stop_with_ctrl_c, wait_for
+from tests.helpers import free_port, start_app, stop_with_ctrl_c, wait_for
 from tests.test_reward_hacks import CHECK, HACKS
 
-PORT = 8129
+PORT = free_port()
 URL = f"http://127.0.0.1:{PORT}"
 
 

@@ -102,6 +102,14 @@ def test_a_bad_trace_config_names_its_field():
         load_config(TraceConfig, None, ["task=units", "min_steps=7", "max_steps=8"])
 
 
+@pytest.mark.parametrize("methods", ["", "tri,tri", "tri,beam"])
+def test_bad_repair_methods_name_the_field(methods):
+    from pipelines.tri import Config
+
+    with pytest.raises(ConfigError, match="repair.methods"):
+        load_config(Config, None, [f"repair.methods={methods}"])
+
+
 def test_the_step_verifier_actor_finds_the_first_failing_step(local_ray):
     import ray
 

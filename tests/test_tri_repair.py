@@ -41,41 +41,41 @@ def test_extract_milestone_scans_the_window_after_the_first_failure(verified, fi
 
 def test_tri_infills_between_the_verified_prefix_and_the_milestone():
     broken = attempt("4 km = 40 hm\n40 hm = 401 dam\n401 dam = 4010 m\n4000 m = 40000 dm\nAnswer: 40000 dm\n")
-    verify_round(UNITS, PROBLEMS, [broken], window=3, method="tri")
+    verify_round(UNITS, PROBLEMS, [broken], window=3)
     assert (broken.first_failure, broken.milestone, broken.action) == (1, 3, "infill")
     assert infill_prompt(broken) == f"{METRES.prompt}{PREMISE}4 km = 40 hm\n{MILESTONE}4000 m = 40000 dm{BRIDGE}"
 
     apply_infill(broken, "40 hm = 400 dam\n400 dam = 4000 m\n", generated=12, prompt=30)
     assert broken.trace == REFERENCE and broken.infills == 1 and broken.action == ""
     assert (broken.generated_tokens, broken.prompt_tokens) == (62, 40)
-    verify_round(UNITS, PROBLEMS, [broken], window=3, method="tri")
+    verify_round(UNITS, PROBLEMS, [broken], window=3)
     assert broken.solved and broken.action == "" and broken.first_failure == -1
 
 
 def test_the_baseline_regenerates_the_suffix_even_when_a_milestone_exists():
     broken = attempt("4 km = 40 hm\n40 hm = 401 dam\n401 dam = 4010 m\n4000 m = 40000 dm\nAnswer: 40000 dm\n")
-    verify_round(UNITS, PROBLEMS, [broken], window=3, method="regenerate")
+    broken.method = "regenerate"
+    verify_round(UNITS, PROBLEMS, [broken], window=3)
     assert broken.milestone == 3 and broken.action == "regenerate"
     assert regenerate_prompt(broken) == METRES.prompt + "4 km = 40 hm\n"
-    apply_regeneration(broken, "40 hm = 400 dam\n400 dam = 4000 m\n4000 m = 40000 dm\nAnswer: 40000 dm\n", 30, 20,
-                       method="regenerate")
+    apply_regeneration(broken, "40 hm = 400 dam\n400 dam = 4000 m\n4000 m = 40000 dm\nAnswer: 40000 dm\n", 30, 20)
     assert broken.trace == REFERENCE and broken.regenerations == 1 and broken.fallbacks == 0
 
 
 def test_tri_falls_back_to_regeneration_when_no_milestone_verifies():
     # Every step after the error carries it forward: nothing later verifies on its own.
     carried = attempt("4 km = 41 hm\n41 hm = 410 dam\n410 dam = 4100 m\n4100 m = 41000 dm\nAnswer: 41000 dm\n")
-    verify_round(UNITS, PROBLEMS, [carried], window=3, method="tri")
+    verify_round(UNITS, PROBLEMS, [carried], window=3)
     assert (carried.first_failure, carried.milestone, carried.action) == (0, -1, "regenerate")
     assert regenerate_prompt(carried) == METRES.prompt
-    apply_regeneration(carried, REFERENCE, 40, 10, method="tri")
+    apply_regeneration(carried, REFERENCE, 40, 10)
     assert carried.fallbacks == 1 and carried.trace == REFERENCE
 
 
 @pytest.mark.parametrize("draft", ["", "\n\n", "no steps at all", "Answer:"])
 def test_a_draft_without_usable_steps_is_a_verdict_and_a_regeneration(draft):
     bad = attempt(draft)
-    verify_round(UNITS, PROBLEMS, [bad], window=3, method="tri")
+    verify_round(UNITS, PROBLEMS, [bad], window=3)
     assert not bad.solved and bad.first_failure == 0 and bad.milestone == -1 and bad.action == "regenerate"
 
 

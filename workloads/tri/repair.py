@@ -37,6 +37,7 @@ METHODS = ("tri", "regenerate")
 class Attempt:
     key: str  # the problem's key
     question: str
+    method: str = "tri"  # how it is repaired: "tri" or "regenerate" (the baseline)
     trace: str = ""  # the current solution, one step per line
     generated_tokens: int = 0  # every token any model wrote for this problem
     prompt_tokens: int = 0  # every token read as a prompt for it
@@ -63,23 +64,23 @@ def extract_milestone(verified: list[bool], first_failure: int, window: int) -> 
     return None
 
 
-def verify_round(task: StepTask, problems: dict, attempts: list[Attempt], window: int, method: str) -> None:
+def verify_round(task: StepTask, problems: dict, attempts: list[Attempt], window: int) -> None:
     """Judge every attempt's trace; set `solved`, `first_failure`, `milestone` and the next
-    `action` under `method` (tri or regenerate) in place."""
+    `action` under its `method` in place."""
     for attempt in attempts:
         verdict = verify_trace(task, problems[attempt.key], attempt.trace)
         attempt.solved = verdict.solved
         attempt.first_failure = -1 if verdict.first_failure is None else verdict.first_failure
         found = None if verdict.first_failure is None else extract_milestone(verdict.verified, verdict.first_failure, window)
         attempt.milestone = -1 if found is None else found
-        attempt.action = next_action(attempt, method)
+        attempt.action = next_action(attempt)
 
 
-def next_action(attempt: Attempt, method: str) -> str:
+def next_action(attempt: Attempt) -> str:
     """What the next round does to `attempt`: "infill", "regenerate" or "" (solved)."""
     if attempt.solved:
         return ""
-    if method == "tri" and attempt.milestone >= 0:
+    if attempt.method == "tri" and attempt.milestone >= 0:
         return "infill"
     return "regenerate"
 
@@ -104,12 +105,12 @@ def regenerate_prompt(attempt: Attempt) -> str:
     return attempt.question + lines(attempt.steps()[: max(attempt.first_failure, 0)])
 
 
-def apply_regeneration(attempt: Attempt, suffix: str, generated: int, prompt: int, method: str) -> None:
+def apply_regeneration(attempt: Attempt, suffix: str, generated: int, prompt: int) -> None:
     attempt.trace = lines(attempt.steps()[: max(attempt.first_failure, 0)] + split_steps(suffix))
     attempt.generated_tokens += generated
     attempt.prompt_tokens += prompt
     attempt.regenerations += 1
-    attempt.fallbacks += method == "tri"  # TRI regenerates only when no milestone was found
+    attempt.fallbacks += attempt.method == "tri"  # TRI regenerates only when no milestone was found
     attempt.action = ""
 
 
@@ -128,21 +129,20 @@ def repair_batch(task: StepTask, problems: list, window: int, rounds: int, metho
     repair): drafts (`write` on the questions unless given), then up to `rounds` rounds of
     verify -> infill or regenerate, then the verdict. The Ray Data plan runs the same steps, a
     round per actor pool."""
-    attempts = [Attempt(p.key, p.prompt, action="draft") for p in problems]
+    attempts = [Attempt(p.key, p.prompt, method, action="draft") for p in problems]
     if drafts is None:
         generate_for(write, attempts, lambda a: a.question, set_draft)
     else:
         for attempt, draft in zip(attempts, drafts):
             attempt.trace = draft
     by_key = {p.key: p for p in problems}
-    verify_round(task, by_key, attempts, window, method)
+    verify_round(task, by_key, attempts, window)
     for attempt in attempts:
         attempt.draft_solved = attempt.solved
     for _ in range(rounds):
         generate_for(infill, [a for a in attempts if a.action == "infill"], infill_prompt, apply_infill)
-        generate_for(write, [a for a in attempts if a.action == "regenerate"], regenerate_prompt,
-                  lambda a, *out: apply_regeneration(a, *out, method=method))
-        verify_round(task, by_key, attempts, window, method)
+        generate_for(write, [a for a in attempts if a.action == "regenerate"], regenerate_prompt, apply_regeneration)
+        verify_round(task, by_key, attempts, window)
     return attempts
 
 
@@ -206,6 +206,7 @@ class RepairSummary:
 
 
 def summarise(attempts: list[Attempt], draft_tokens: dict[str, int]) -> RepairSummary:
+    """One method's attempts (one per problem) summarised; `draft_tokens` per problem key."""
     n = len(attempts)
     wrong = [a for a in attempts if not a.draft_solved]
     solved = sum(a.solved for a in attempts)
