@@ -3,11 +3,13 @@
     POST /repair {"task": "units", "problem": "4 km>hm>dam>m", "draft": optional str,
                   "method": "tri" | "regenerate", "window": int, "rounds": int, "seed": int}
          -> {"solution", "solved", "draft_solved", "steps": [{"step", "verified"}], "first_failure",
-             "generated_tokens", "prompt_tokens", "infills", "regenerations", "fallbacks", "too_long"}
+             "generated_tokens", "prompt_tokens", "infills", "regenerations", "fallbacks", "too_long",
+             "checker_errors"}
     GET  /healthz
 
-`problem` is the problem's key as the task writes it (units: quantity and the units walked;
-arithmetic: the expression). Without `draft`, the draft model writes one. The models are the
+`problem` is the problem's key as the task writes it (units: quantity and the units walked,
+"4 km>hm>dam"; arithmetic: the expression, "7+5-3"; python: the start and the operations, "7; *3;
++4"; python steps are checked in the sandbox, and a step it stops counts in `checker_errors`). Without `draft`, the draft model writes one. The models are the
 `rayworks-tri-draft` and `rayworks-tri-infiller` directories given, else the newest registered
 versions in MLflow (the `tri` pipeline registers both). Start it with `rayworks serve repair`.
 """
@@ -36,7 +38,7 @@ api = json_api("rayworks repair")
 class RepairRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: Literal["units", "arithmetic"]
+    task: Literal["units", "arithmetic", "python"]
     problem: Annotated[Utf8Str, Field(min_length=1, max_length=256)]
     draft: Optional[Annotated[Utf8Str, Field(max_length=MAX_DRAFT_CHARS)]] = None
     method: Literal["tri", "regenerate"] = "tri"
@@ -88,7 +90,8 @@ class Repairer:
                 "steps": [{"step": step, "verified": ok} for step, ok in zip(verdict.steps, verdict.verified)],
                 "first_failure": verdict.first_failure, "generated_tokens": attempt.generated_tokens,
                 "prompt_tokens": attempt.prompt_tokens, "infills": attempt.infills,
-                "regenerations": attempt.regenerations, "fallbacks": attempt.fallbacks, "too_long": attempt.too_long}
+                "regenerations": attempt.regenerations, "fallbacks": attempt.fallbacks, "too_long": attempt.too_long,
+                "checker_errors": attempt.checker_errors}
 
 
 def build_app(args: dict | None = None):

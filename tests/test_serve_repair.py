@@ -58,6 +58,11 @@ def test_repair_endpoint(workdir: Path, models: tuple[str, str]):
         written = post({"task": "units", "problem": problem, "rounds": 0}).json()
         assert written["generated_tokens"] > 0 and written["infills"] + written["regenerations"] == 0
 
+        # python steps run in the sandbox: one that loops is stopped, fails and is counted
+        looping = post({"task": "python", "problem": "7; *3; +4", "draft": "x0 = 7\nwhile True: pass\nx2 = x1 + 4\n",
+                        "rounds": 0}).json()
+        assert [s["verified"] for s in looping["steps"]] == [True, False, True] and looping["checker_errors"] == 1
+
         # bad drafts are verdicts: no steps -> no milestone -> a counted fallback to regeneration
         empty = post({"task": "units", "problem": problem, "draft": "", "rounds": 1}).json()
         assert empty["fallbacks"] == 1 and empty["regenerations"] == 1

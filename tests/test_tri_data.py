@@ -12,9 +12,10 @@ from workloads.lm.infilling import BRIDGE, MILESTONE, PREMISE, add_infilling_tok
 from workloads.lm.tiny import TinyLMConfig
 from workloads.sft import IGNORE_INDEX
 from workloads.tri.quadruples import FEATURES, bridge_reaches, quadruple_dataset, quadruples
-from workloads.tri.traces import STEP_TASKS, Conversion, TraceConfig, verify_trace
+from workloads.tri.traces import STEP_TASKS, Conversion, Program, TraceConfig, verify_trace
 
-ARITHMETIC, UNITS = STEP_TASKS["arithmetic"], STEP_TASKS["units"]
+ARITHMETIC, UNITS, PYTHON = STEP_TASKS["arithmetic"], STEP_TASKS["units"], STEP_TASKS["python"]
+PROGRAM = Program(7, (("*", 3), ("+", 4), ("//", 2), ("%", 5)))  # 21, 25, 12, 2
 CHAIN = Problem((7, 5, 3, 4, 2), ("+", "-", "+", "-"))  # 7+5=12, 12-3=9, 9+4=13, 13-2=11
 SMALL = TinyLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
 
@@ -39,7 +40,27 @@ def test_unit_conversions_are_exact_and_judged_step_by_step():
     assert weeks.prompt == "Q: convert 3 wk to min\n"
 
 
-@pytest.mark.parametrize("task", ["arithmetic", "units"])
+def test_python_steps_run_in_the_sandbox_each_after_the_references_steps_before_it():
+    assert PYTHON.reference(PROGRAM) == ["x0 = 7", "x1 = x0 * 3", "x2 = x1 + 4", "x3 = x2 // 2", "x4 = x3 % 5", "answer = x4"]
+    assert PROGRAM.prompt == "Q: python x0 = 7; *3; +4; //2; %5\n" and PROGRAM.values() == [7, 21, 25, 12, 2]
+    assert verify_trace(PYTHON, PROGRAM, "\n".join(PYTHON.reference(PROGRAM))).solved
+    # x1 is wrong; x2 = x1 + 4 runs after the reference's x1 = 21 and verifies on its own; a
+    # step may state the value instead of computing it, or import (the sandbox holds it);
+    # answer = x3 leaves the wrong value
+    verdict = verify_trace(PYTHON, PROGRAM, "x0 = 7\nx1 = x0 * 4\nx2 = x1 + 4\nx3 = 12\nimport os; x4 = 2\nanswer = x3")
+    assert verdict.verified == [True, False, True, True, True, False] and verdict.first_failure == 1
+    assert verdict.checker_errors == 0 and not verdict.solved
+    assert verify_trace(PYTHON, PROGRAM, "x0 = 7\nx1 = x0 * 3\nx2 = x1 + 4\nx3 = x2 // 2\nx4 = x3 % 5\nanswer = x4\nx5 = 1").verified[-1] is False
+    for bad in ("x0 = 7\nx1 = x0 *", "x0 = 7\nx1 = y * 3", "x0 = 7\nx9 = 21"):  # syntax, name and wrong-variable errors
+        assert verify_trace(PYTHON, PROGRAM, bad).verified == [True, False]
+
+
+def test_a_step_the_sandbox_stops_fails_and_is_counted_as_a_checker_error():
+    verdict = verify_trace(PYTHON, PROGRAM, "x0 = 7\nwhile True: pass\nx2 = x1 + 4")
+    assert verdict.verified == [True, False, True] and verdict.checker_errors == 1 and verdict.first_failure == 1
+
+
+@pytest.mark.parametrize("task", ["arithmetic", "units", "python"])
 def test_default_traces_are_long_distinct_and_verify(task):
     config = load_config(TraceConfig, None, [f"task={task}", "num_train=200", "num_eval=50"])
     train, held_out = STEP_TASKS[task].splits(config, seed=0)
@@ -124,7 +145,8 @@ def test_the_step_verifier_actor_finds_the_first_failing_step(local_ray):
 
 def test_problems_parse_back_from_their_keys_and_bad_keys_name_the_problem():
     config = TraceConfig(task="units", min_steps=3, max_steps=5, num_train=50, num_eval=10)
-    for name, task_config in (("units", config), ("arithmetic", TraceConfig(task="arithmetic", num_train=50, num_eval=10))):
+    for name, task_config in (("units", config), ("arithmetic", TraceConfig(task="arithmetic", num_train=50, num_eval=10)),
+                              ("python", TraceConfig(task="python", num_train=50, num_eval=10))):
         task = STEP_TASKS[name]
         train, _ = task.splits(task_config, 0)
         assert all(task.parse(p.key) == p for p in train)
@@ -134,3 +156,7 @@ def test_problems_parse_back_from_their_keys_and_bad_keys_name_the_problem():
             UNITS.parse(bad)
     with pytest.raises(ValueError, match="problem"):
         ARITHMETIC.parse("7+")
+    assert PYTHON.parse("7; *3; +4; //2; %5") == PROGRAM
+    for bad in ("7 * 3", "7; **3", "x; +1"):
+        with pytest.raises(ValueError, match="problem"):
+            PYTHON.parse(bad)

@@ -116,3 +116,18 @@ def test_the_loop_spends_fewer_tokens_infilling_than_regenerating_the_same_draft
     too_long = lambda prompts: [None for _ in prompts]  # noqa: E731  (every prompt over the context)
     (refused,) = repair_batch(UNITS, [METRES], window=3, rounds=2, method="tri", write=too_long, infill=too_long)
     assert refused.too_long == 3 and not refused.solved and refused.generated_tokens == 0
+
+
+def test_a_step_the_verifier_times_out_on_is_counted_and_repaired_around():
+    """Python traces: the sandbox stops a step that loops; it fails, is counted, and TRI infills
+    from the verified prefix to the next step that verifies on its own."""
+    from workloads.tri.repair import repair_batch
+    from workloads.tri.traces import Program
+
+    python = STEP_TASKS["python"]
+    program = Program(7, (("*", 3), ("+", 4), ("//", 2)))
+    looping = "x0 = 7\nwhile True: pass\nx2 = x1 + 4\nx3 = x2 // 2\nanswer = x3\n"
+    write, infill = scripted(lambda p: "unused"), scripted(lambda p: "x1 = x0 * 3\n")
+    (attempt,) = repair_batch(python, [program], window=3, rounds=1, method="tri", write=write, infill=infill, drafts=[looping])
+    assert attempt.checker_errors == 1 and attempt.infills == 1 and attempt.fallbacks == 0 and attempt.solved
+    assert attempt.trace == "".join(step + "\n" for step in python.reference(program))

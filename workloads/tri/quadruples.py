@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from workloads.tri.traces import StepTask, split_steps, verify_trace
+from workloads.tri.traces import PASSED, StepTask, split_steps, verify_traces
 
 FEATURES = {  # column -> datasets dtype (the schema the dataset is built and tested against)
     "task": "string",  # the step task family
@@ -31,17 +31,16 @@ def lines(steps: list[str]) -> str:
 def quadruples(task_name: str, task: StepTask, problems: Iterable, max_bridge: int) -> list[dict]:
     """Every (Q, P, S, M) cut of each problem's reference trace (see the module docstring)."""
     rows = []
-    for problem in problems:
-        trace = lines(task.reference(problem))
-        verdict = verify_trace(task, problem, trace)
+    problems = list(problems)
+    verdicts = verify_traces(task, problems, [lines(task.reference(problem)) for problem in problems])
+    for problem, verdict in zip(problems, verdicts):
         if not verdict.solved:
             raise ValueError(f"{task_name}: the reference trace of {problem.key} does not verify ({verdict})")
         steps = verdict.steps
         for i in range(len(steps) - 1):
             for j in range(i + 1, min(len(steps), i + max_bridge + 1)):
                 premise, milestone = steps[:i], steps[j]
-                on_their_own = all(task.verify_step(problem, k, step) for k, step in enumerate(premise))
-                if not (on_their_own and task.verify_step(problem, j, milestone)):
+                if not (all(verdict.verified[:i]) and verdict.verified[j]):  # each judged on its own
                     continue
                 rows.append({"task": task_name, "problem": problem.key, "question": problem.prompt, "premise": lines(premise),
                              "milestone": milestone, "bridge": lines(steps[i:j]), "premise_steps": i, "bridge_steps": j - i})
@@ -64,12 +63,15 @@ def bridge_reaches(task: StepTask, problem, premise: str, bridge: str, milestone
     step that follows)."""
     before, between = split_steps(premise), split_steps(bridge)
     reference = task.reference(problem)
-    at = next((j for j in range(len(before), len(reference)) if task.verify_step(problem, j, milestone)), None)
+    places = range(len(before), len(reference))  # where the milestone could stand
+    statuses = task.check_steps([(problem, j, milestone) for j in places]
+                                + [(problem, len(before) + k, step) for k, step in enumerate(between)])
+    at = next((j for j, status in zip(places, statuses) if status == PASSED), None)
     if not between:
         return False, "malformed"
     if at is not None and len(before) + len(between) > at:
         return False, "over length"
-    if not all(task.verify_step(problem, len(before) + k, step) for k, step in enumerate(between)):
+    if not all(status == PASSED for status in statuses[len(places):]):
         return False, "wrong step"
     if at is None or len(before) + len(between) != at:
         return False, "misses milestone"

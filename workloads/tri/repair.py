@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from workloads.lm.infilling import infilling_prompt
 from workloads.tri.quadruples import lines
-from workloads.tri.traces import StepTask, split_steps, verify_trace
+from workloads.tri.traces import StepTask, split_steps, verify_traces
 
 METHODS = ("tri", "regenerate")
 
@@ -49,6 +49,7 @@ class Attempt:
     regenerations: int = 0
     fallbacks: int = 0  # rounds that had to regenerate because no milestone was in the window
     too_long: int = 0  # rounds skipped: the prompt and the generation would not fit the model's context
+    checker_errors: int = 0  # steps the verifier could not judge (a sandbox timeout), over all rounds
     action: str = ""  # what this round does to it: "infill", "regenerate" or "" (set by verify_round)
 
     def steps(self) -> list[str]:
@@ -66,9 +67,11 @@ def extract_milestone(verified: list[bool], first_failure: int, window: int) -> 
 
 def verify_round(task: StepTask, problems: dict, attempts: list[Attempt], window: int) -> None:
     """Judge every attempt's trace; set `solved`, `first_failure`, `milestone` and the next
-    `action` under its `method` in place."""
-    for attempt in attempts:
-        verdict = verify_trace(task, problems[attempt.key], attempt.trace)
+    `action` under its `method` in place. Steps the checker could not judge count as
+    `checker_errors` (they fail: the loop goes on)."""
+    verdicts = verify_traces(task, [problems[a.key] for a in attempts], [a.trace for a in attempts])
+    for attempt, verdict in zip(attempts, verdicts):
+        attempt.checker_errors += verdict.checker_errors
         attempt.solved = verdict.solved
         attempt.first_failure = -1 if verdict.first_failure is None else verdict.first_failure
         found = None if verdict.first_failure is None else extract_milestone(verdict.verified, verdict.first_failure, window)
@@ -200,6 +203,7 @@ class RepairSummary:
     regenerations_per_problem: float
     fallbacks_per_problem: float
     too_long_per_problem: float
+    checker_errors_per_problem: float
 
     def metrics(self, prefix: str) -> dict[str, float]:
         return {f"{prefix}/{name}": value for name, value in dataclasses.asdict(self).items()}
@@ -223,4 +227,5 @@ def summarise(attempts: list[Attempt], draft_tokens: dict[str, int]) -> RepairSu
         regenerations_per_problem=sum(a.regenerations for a in attempts) / n,
         fallbacks_per_problem=sum(a.fallbacks for a in attempts) / n,
         too_long_per_problem=sum(a.too_long for a in attempts) / n,
+        checker_errors_per_problem=sum(a.checker_errors for a in attempts) / n,
     )

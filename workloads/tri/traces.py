@@ -13,6 +13,16 @@ Families (`STEP_TASKS`):
   states the quantity in the i-th unit of the chain, the last step `Answer: <value> <unit>`.
   The decimal chains (metric, mass, volume, data) need only the next unit and its power of ten:
   what a tiny model learns in a minute; time and imperial need real multiplication.
+- `python`: straight-line programs (`x0 = 7`, `x1 = x0 * 3`, `x2 = x1 // 2`, ...,
+  `answer = x5`), checked in the sandboxed Python verifier's step mode
+  (`workloads.verifiers.python_sandbox`): step i verifies when, run after the reference's steps
+  before it, it leaves the variable the reference's step i sets with the reference's value.
+  Steps read earlier variables rather than restating values, so a later step verifies after
+  an earlier error whenever it is itself right. A step the sandbox stops (a timeout, a memory
+  limit) fails with that status, which `TraceVerdict.checker_errors` counts.
+
+Steps are checked in batches (`StepTask.check_steps`: one call per trace, or per round of the
+repair loop), which the sandboxed family needs; the others check each step in process.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
+import threading
 from typing import ClassVar, Protocol
 
 from workloads.arithmetic import ANSWER_MARKER, Problem as ArithmeticProblem, distinct_splits, generate_splits
@@ -30,13 +41,13 @@ from workloads.config import require
 class TraceConfig:
     """Which step-structured task and how long its traces are."""
 
-    task: str = "arithmetic"  # arithmetic or units
+    task: str = "arithmetic"  # arithmetic, units or python
     min_steps: int = 4  # fewest operations (arithmetic) or conversions (units); the answer line adds one step
     max_steps: int = 6  # most
-    max_operand: int = 9  # arithmetic: largest operand
+    max_operand: int = 9  # arithmetic and python: largest operand
     max_quantity: int = 99  # units: largest starting quantity
     chains: str = ""  # units: comma-separated UNIT_CHAINS names to draw from; empty: all
-    max_value: int = 99  # arithmetic: running values stay in [0, max_value]
+    max_value: int = 99  # arithmetic and python: running values stay in [0, max_value]
     num_train: int = 1000  # training problems
     num_eval: int = 200  # held-out problems
 
@@ -67,10 +78,15 @@ class TraceVerdict:
     verified: list[bool]  # one per step written, each judged on its own
     first_failure: int | None  # first step that does not verify (a missing step counts), None if none
     solved: bool  # every reference step written and verified, nothing after the answer
+    checker_errors: int = 0  # steps the checker could not judge (a sandbox timeout): counted as failing
 
 
 def split_steps(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+# A step's verdict: "passed", "failed", or the checker's own failure ("timeout", "sandbox_error", ...)
+PASSED, FAILED = "passed", "failed"
 
 
 class StepTask(Protocol):
@@ -82,22 +98,48 @@ class StepTask(Protocol):
 
     def parse(self, key: str): ...
 
-    def verify_step(self, problem, index: int, step: str) -> bool: ...
+    def check_steps(self, items: list[tuple]) -> list[str]:
+        """The verdict of each (problem, step index, step text), judged on its own."""
+        ...
+
+
+class InProcessSteps:
+    """A family whose steps are checked in process, one `verify_step` at a time."""
+
+    def check_steps(self, items: list[tuple]) -> list[str]:
+        return [PASSED if self.verify_step(problem, index, step) else FAILED for problem, index, step in items]
+
+    def verify_step(self, problem, index: int, step: str) -> bool:
+        raise NotImplementedError
+
+
+def verify_traces(task: StepTask, problems: list, texts: list[str]) -> list[TraceVerdict]:
+    """Every step of every text judged on its own (one `check_steps` call), and each trace's
+    first failing step."""
+    steps = [split_steps(text) for text in texts]
+    statuses = iter(task.check_steps([(problem, index, step) for problem, trace in zip(problems, steps)
+                                      for index, step in enumerate(trace)]))
+    verdicts = []
+    for problem, trace in zip(problems, steps):
+        judged = [next(statuses) for _ in trace]
+        verified = [status == PASSED for status in judged]
+        failures = [index for index, ok in enumerate(verified) if not ok]
+        expected = len(task.reference(problem))
+        if len(trace) < expected:
+            failures.append(len(trace))  # the first missing step
+        first = min(failures) if failures else None
+        verdicts.append(TraceVerdict(trace, verified, first, first is None and len(trace) == expected,
+                                     sum(status not in (PASSED, FAILED) for status in judged)))
+    return verdicts
 
 
 def verify_trace(task: StepTask, problem, text: str) -> TraceVerdict:
     """Every step of `text` judged on its own, and the first that fails."""
-    steps = split_steps(text)
-    expected = len(task.reference(problem))
-    verified = [task.verify_step(problem, index, step) for index, step in enumerate(steps)]
-    failures = [index for index, ok in enumerate(verified) if not ok]
-    if len(steps) < expected:
-        failures.append(len(steps))  # the first missing step
-    first = min(failures) if failures else None
-    return TraceVerdict(steps, verified, first, first is None and len(steps) == expected)
+    (verdict,) = verify_traces(task, [problem], [text])
+    return verdict
 
 
-class ArithmeticSteps:
+class ArithmeticSteps(InProcessSteps):
     """`workloads.arithmetic` problems with long chains; the answer line is the last step."""
 
     LONGEST: ClassVar[int] = 50
@@ -173,7 +215,7 @@ class Conversion:
         return f"{self.values()[-1]} {self.units[-1]}"
 
 
-class UnitSteps:
+class UnitSteps(InProcessSteps):
     """Unit conversion along a chain: each step multiplies by one exact factor."""
 
     LONGEST: ClassVar[int] = max(len(chain) - 1 for chain in UNIT_CHAINS.values())
@@ -217,4 +259,141 @@ class UnitSteps:
         return index < len(reference) and " ".join(step.split()) == reference[index]
 
 
-STEP_TASKS: dict[str, StepTask] = {"arithmetic": ArithmeticSteps(), "units": UnitSteps()}
+PY_OPERATORS = ("+", "-", "*", "//", "%")
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    start: int
+    operations: tuple[tuple[str, int], ...]  # (operator, operand), applied in order
+
+    @property
+    def key(self) -> str:
+        return f"{self.start}" + "".join(f"; {op}{operand}" for op, operand in self.operations)
+
+    @property
+    def prompt(self) -> str:
+        return f"Q: python x0 = {self.key}\n"
+
+    def values(self) -> list[int]:
+        values = [self.start]
+        for op, operand in self.operations:
+            values.append(apply_operation(values[-1], op, operand))
+        return values
+
+    @property
+    def answer(self) -> int:
+        return self.values()[-1]
+
+
+def apply_operation(value: int, op: str, operand: int) -> int:
+    return {"+": value + operand, "-": value - operand, "*": value * operand, "//": value // operand,
+            "%": value % operand}[op]
+
+
+class PythonSteps:
+    """Straight-line programs, one assignment per step, checked in the Python sandbox (see the
+    module docstring). The sandbox pool starts on first use, in whatever process checks."""
+
+    LONGEST: ClassVar[int] = 50
+    STEP_TIMEOUT_S: ClassVar[float] = 2.0  # a step is one assignment: anything slower is stopped
+
+    def splits(self, config: TraceConfig, seed: int) -> tuple[list[Program], list[Program]]:
+        return distinct_splits(lambda rng: self._sample(rng, config), lambda p: p.key, config, seed)
+
+    @staticmethod
+    def _sample(rng: random.Random, config: TraceConfig) -> Program | None:
+        """A start value and operations whose running values stay in [0, max_value]; None (a
+        rejected draw) when one leaves it."""
+        start = rng.randint(0, config.max_value)
+        value, operations = start, []
+        for _ in range(rng.randint(config.min_steps, config.max_steps)):
+            op, operand = rng.choice(PY_OPERATORS), rng.randint(2, max(2, config.max_operand))
+            value = apply_operation(value, op, operand)
+            if not 0 <= value <= config.max_value:
+                return None
+            operations.append((op, operand))
+        return Program(start, tuple(operations))
+
+    def reference(self, problem: Program) -> list[str]:
+        steps = [f"x0 = {problem.start}"]
+        steps += [f"x{i + 1} = x{i} {op} {operand}" for i, (op, operand) in enumerate(problem.operations)]
+        return [*steps, f"answer = x{len(problem.operations)}"]
+
+    def reference_state(self, problem: Program, index: int) -> dict[str, int]:
+        """What the reference's step `index` sets."""
+        values = problem.values()
+        return {"answer": values[-1]} if index == len(values) else {f"x{index}": values[index]}
+
+    def parse(self, key: str) -> Program:
+        """The problem whose key is `key` (a start and operations applied in order, e.g.
+        "7; *3; +4; //2"); ValueError if it is not one."""
+        match = re.fullmatch(r"\s*(\d+)((?:\s*;\s*(?://|[+\-*%])\s*\d+)+)\s*", key)
+        if match is None:
+            raise ValueError(f"problem: {key!r} is not a program such as '7; *3; +4; //2'")
+        return Program(int(match[1]), tuple((op, int(v)) for op, v in re.findall(r"(//|[+\-*%])\s*(\d+)", match[2])))
+
+    def step_job(self, problem: Program, index: int, step: str):
+        """The sandbox job for one step: the reference's steps before it, then the step; the
+        judge compares the variable the reference's step sets."""
+        from workloads.verifiers.python_sandbox import Limits, PythonJob
+
+        prefix = "\n".join(self.reference(problem)[:index])
+        return PythonJob("", limits=Limits(timeout_s=self.STEP_TIMEOUT_S), steps=(prefix, step),
+                         reference_states=({}, self.reference_state(problem, index)))
+
+    def check_steps(self, items: list[tuple]) -> list[str]:
+        jobs = [(i, problem, index, step) for i, (problem, index, step) in enumerate(items)
+                if index < len(self.reference(problem))]
+        statuses = [FAILED] * len(items)  # a step past the reference's end never verifies
+        if jobs:
+            verdicts = process_sandbox().run(lambda pool: pool.verify_batch(
+                [self.step_job(problem, index, step) for _, problem, index, step in jobs]))
+            for (i, *_), verdict in zip(jobs, verdicts):
+                statuses[i] = step_status(verdict)
+        return statuses
+
+
+
+def step_status(verdict) -> str:
+    """A step job's verdict as a step's: its second step (the candidate's) passed or failed; a
+    job the sandbox stopped keeps its status (timeout, memory_limit, sandbox_error)."""
+    if verdict.steps is None:
+        return verdict.status if verdict.status not in ("passed", "failed") else FAILED
+    candidate = verdict.steps[-1].get("status", "sandbox_error")
+    return PASSED if candidate == "passed" else FAILED if candidate in ("failed", "runtime_error", "syntax_error") else candidate
+
+
+_SANDBOX: list = []  # this process's SandboxThread, started on first use (module state: the task itself is pickled)
+_SANDBOX_LOCK = threading.Lock()
+
+
+def process_sandbox() -> "SandboxThread":
+    with _SANDBOX_LOCK:
+        if not _SANDBOX:
+            _SANDBOX.append(SandboxThread())
+        return _SANDBOX[0]
+
+
+class SandboxThread:
+    """A `PythonSandboxPool` on its own event loop in a daemon thread, so that synchronous code
+    (the repair loop, a Ray Data actor, a Serve replica) can check steps: the pool's zygote
+    pipes belong to one loop, which `asyncio.run` per call would not give."""
+
+    def __init__(self, num_workers: int = 2):
+        import asyncio
+
+        from workloads.verifiers.python_sandbox import PythonSandboxPool
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="tri-sandbox", daemon=True).start()
+        self.pool = PythonSandboxPool(num_workers=num_workers)
+        self.run(lambda pool: pool.start())
+
+    def run(self, call):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(call(self.pool), self.loop).result()
+
+
+STEP_TASKS: dict[str, StepTask] = {"arithmetic": ArithmeticSteps(), "units": UnitSteps(), "python": PythonSteps()}
