@@ -42,7 +42,7 @@ def test_unit_conversions_are_exact_and_judged_step_by_step():
 
 def test_python_steps_run_in_the_sandbox_each_after_the_references_steps_before_it():
     assert PYTHON.reference(PROGRAM) == ["x0 = 7", "x1 = x0 * 3", "x2 = x1 + 4", "x3 = x2 // 2", "x4 = x3 % 5", "answer = x4"]
-    assert PROGRAM.prompt == "Q: python x0 = 7; *3; +4; //2; %5\n" and PROGRAM.values() == [7, 21, 25, 12, 2]
+    assert PROGRAM.prompt == "Q: python x0 = 7; x1: *3; x2: +4; x3: //2; x4: %5\n" and PROGRAM.values() == [7, 21, 25, 12, 2]
     assert verify_trace(PYTHON, PROGRAM, "\n".join(PYTHON.reference(PROGRAM))).solved
     # x1 is wrong; x2 = x1 + 4 runs after the reference's x1 = 21 and verifies on its own; a
     # step may state the value instead of computing it, or import (the sandbox holds it);

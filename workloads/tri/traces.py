@@ -273,7 +273,9 @@ class Program:
 
     @property
     def prompt(self) -> str:
-        return f"Q: python x0 = {self.key}\n"
+        # each operation named by the variable it sets: the step that writes x2 reads "x2: %9"
+        operations = "".join(f"; x{i + 1}: {op}{operand}" for i, (op, operand) in enumerate(self.operations))
+        return f"Q: python x0 = {self.start}{operations}\n"
 
     def values(self) -> list[int]:
         values = [self.start]
