@@ -356,7 +356,6 @@ class PythonSteps:
         return statuses
 
 
-
 def step_status(verdict) -> str:
     """A step job's verdict as a step's: its second step (the candidate's) passed or failed; a
     job the sandbox stopped keeps its status (timeout, memory_limit, sandbox_error)."""
