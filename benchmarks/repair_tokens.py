@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(tempfile.mkdtemp(prefix="repair-tokens-"))  # a scratch MLflow store and Ray results
     rows, totals = [], {method: {"generated": 0.0, "solved": 0.0, "repair": 0.0, "repaired": 0.0} for method in tri.METHODS}
     for seed in range(args.seeds):
-        config = load_config(tri.Config, None, [*args.overrides, f"seed={seed}", "register_model=false"])
+        # both methods on the same drafts, whatever --set says: the comparison is the benchmark
+        config = load_config(tri.Config, None, [*args.overrides, f"seed={seed}", "register_model=false",
+                                                "repair.methods=tri,regenerate"])
         extra = tri.run(config).extra
         for method in tri.METHODS:
             rows.append((seed, method, *(extra[f"{method}/{column}"] for column in COLUMNS)))

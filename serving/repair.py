@@ -8,8 +8,9 @@
     GET  /healthz
 
 `problem` is the problem's key as the task writes it (units: quantity and the units walked,
-"4 km>hm>dam"; arithmetic: the expression, "7+5-3"; python: the start and the operations, "7; *3;
-+4"; python steps are checked in the sandbox, and a step it stops counts in `checker_errors`). Without `draft`, the draft model writes one. The models are the
+"4 km>hm>dam"; arithmetic: the expression, "7+5-3"; python: the start and the operations,
+"7; *3; +4"; python steps run in the sandbox, and a step it stops counts in `checker_errors`).
+Without `draft`, the draft model writes one. The models are the
 `rayworks-tri-draft` and `rayworks-tri-infiller` directories given, else the newest registered
 versions in MLflow (the `tri` pipeline registers both). Start it with `rayworks serve repair`.
 """

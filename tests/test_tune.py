@@ -81,6 +81,8 @@ def test_tri_trials_are_chosen_on_validation_repairs_not_the_held_out_problems(w
     proc = rayworks(workdir, "tune", "tri", "--space", str(space), "--num-samples", "1",
                     "--set", "train.draft_steps=2", "train.infiller_steps=2", "train.dpo_steps=1", "train.dpo_prompts=4",
                     "repair.problems=4", "repair.rounds=1", "eval_quadruples=4", "validation_problems=6", "register_model=false",
+                    # the python family: its steps are checked in the sandbox from the train worker and the Ray Data actors
+                    "traces.task=python", "traces.num_train=200", "traces.num_eval=20",
                     timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (outcome,) = result_lines(proc.stdout)
@@ -90,5 +92,6 @@ def test_tri_trials_are_chosen_on_validation_repairs_not_the_held_out_problems(w
                                   filter_string=f"tags.`mlflow.parentRunId` = '{outcome['parent_run_id']}'")
     (trial,) = children  # a complete run: ASHA let it finish its repair and logging
     assert trial.data.params["repair.window"] == "2" and trial.info.status == "FINISHED"
-    assert "tri/accuracy_after" in trial.data.metrics
+    assert "tri/accuracy_after" in trial.data.metrics and trial.data.params["traces.task"] == "python"
+    assert "tri/checker_errors_per_problem" in trial.data.metrics
     assert outcome["best_value"] == trial.data.metrics["val_repair_accuracy"]
