@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lean-project", help="verifier: Lake project with the Lean REPL built")
     serve.add_argument("--draft", help="repair: the draft model's directory (default: newest rayworks-tri-draft)")
     serve.add_argument("--infiller", help="repair: the infiller's directory (default: newest rayworks-tri-infiller)")
+    serve.add_argument("--solver", help="streamma: the solver's directory (default: newest rayworks-streamma-solver)")
+    serve.add_argument("--checker", help="streamma: the checker's directory (default: newest rayworks-streamma-checker)")
     serve.add_argument("--address")
     add_local_ray_arguments(serve)
 
@@ -191,7 +193,8 @@ def cmd_serve(args) -> int:
 
     builder = get_app_builder(args.app)
     options = {"checkpoint": args.checkpoint, "isolation": args.isolation, "workers": args.workers,
-               "lean_project": args.lean_project, "draft": args.draft, "infiller": args.infiller}
+               "lean_project": args.lean_project, "draft": args.draft, "infiller": args.infiller,
+               "solver": args.solver, "checker": args.checker}
     try:
         application = builder({key: value for key, value in options.items() if value is not None})
     except ValueError as exc:

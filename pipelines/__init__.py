@@ -20,6 +20,7 @@ PIPELINES: dict[str, str] = {
     "code2lora_data": "pipelines.code2lora_data",
     "code2lora": "pipelines.code2lora",
     "tri": "pipelines.tri",
+    "streamma": "pipelines.streamma",
 }
 
 

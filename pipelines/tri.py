@@ -45,6 +45,7 @@ from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
+from pipelines import trl_stages
 from pipelines.launch import (
     ProgressLines,
     RunFields,
@@ -229,31 +230,9 @@ def trace_budget(tokenizer, task, problems) -> int:
 # --- training (Ray Train + TRL) ----------------------------------------------------------------
 
 
-def trl_arguments(config: Config, output_dir: str, steps: int, lr: float, warmup: int) -> dict:
-    """Keywords shared by TRL's SFTConfig and DPOConfig: this run's schedule and strategy."""
-    from workloads.strategies import trainer_arguments
-
-    train = config.train
-    return dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=train.batch_size, learning_rate=lr,
-                lr_scheduler_type="cosine", warmup_steps=warmup, weight_decay=train.weight_decay, logging_steps=max(1, steps // 5),
-                save_strategy="no", report_to=[], seed=config.seed, data_seed=config.seed, use_cpu=not train.use_gpu,
-                dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=train.gradient_checkpointing,
-                **trainer_arguments(train.strategy, train.zero_stage, train.offload, train.max_grad_norm))
-
-
 def sft(config: Config, model, tokenizer, rows: list[dict], steps: int, scratch: str) -> float:
-    """TRL's SFTTrainer on prompt/completion rows (loss on the completion); the final loss."""
-    import datasets
-    from ray.train.huggingface.transformers import prepare_trainer
-    from trl import SFTConfig, SFTTrainer
-
-    args = SFTConfig(**trl_arguments(config, scratch, steps, config.train.lr, config.train.warmup_steps),
-                     completion_only_loss=True, max_length=config.model.max_positions)
-    trainer = prepare_trainer(SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                                         processing_class=tokenizer))
-    loss = float(trainer.train().training_loss)
-    release_from_trainer(model)
-    return loss
+    return trl_stages.sft(config.train, config.seed, config.model.max_positions, model, tokenizer, rows, steps,
+                          config.train.lr, config.train.warmup_steps, scratch)
 
 
 def dpo(config: Config, model, tokenizer, pairs: list[dict], scratch: str) -> dict[str, float]:
@@ -267,7 +246,7 @@ def dpo(config: Config, model, tokenizer, pairs: list[dict], scratch: str) -> di
 
     train = config.train
     losses = {"sigmoid": 1.0, "sft": train.sft_weight} if train.sft_weight > 0 else {"sigmoid": 1.0}
-    args = DPOConfig(**trl_arguments(config, scratch, train.dpo_steps, train.dpo_lr, 0), beta=train.beta,
+    args = DPOConfig(**trl_stages.trl_arguments(train, config.seed, scratch, train.dpo_steps, train.dpo_lr, 0), beta=train.beta,
                      loss_type=list(losses), loss_weights=list(losses.values()), max_length=config.model.max_positions)
     trainer = prepare_trainer(DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args,
                                          train_dataset=datasets.Dataset.from_list(pairs), processing_class=tokenizer))

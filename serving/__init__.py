@@ -9,6 +9,7 @@ APPS: dict[str, str] = {
     "adapter": "serving.adapter:build_app",
     "generate": "serving.generate:build_app",
     "repair": "serving.repair:build_app",
+    "streamma": "serving.streamma:build_app",
     "verifier": "serving.verifier:build_app",
 }
 

@@ -199,3 +199,16 @@ def assert_code2lora_arm_learned(workdir: Path, summary: dict, arm: str, margin:
     assert run.data.metrics[f"ranks_in_sync/{arm}"] == 1.0
     assert len(set(json.loads(run.data.tags[f"rayworks.rank_fingerprints.{arm}"]))) == 1
     return run
+
+
+def endless_model(out: Path) -> str:
+    """A tiny model that never writes an end-of-step marker or eos (its final norm zeroed: every
+    logit 0, greedy picks token 0, a special token that decodes to nothing): each step it writes
+    costs exactly the writer's `max_step_tokens`, and no agent ends early."""
+    from workloads.lm import TinyLMConfig, tiny_lm
+
+    model, tokenizer = tiny_lm(TinyLMConfig(num_layers=2, max_positions=512))
+    model.model.norm.weight.data.zero_()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -1,0 +1,1 @@
+"""StreamMA: streaming multi-agent reasoning (topologies, role data, step writers)."""
