@@ -17,7 +17,7 @@ from workloads.streamma.agents import (
     solver_rows,
 )
 from workloads.streamma.topology import AgentSpec, TopologyError, chain, check_topology, graph, tree
-from workloads.tri.traces import STEP_TASKS, TraceConfig
+from workloads.tri.traces import STEP_TASKS
 
 
 def test_ready_made_shapes_are_dags_with_one_sink():
