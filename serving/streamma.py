@@ -4,7 +4,7 @@
                  "shape": "chain" | "tree" | "graph", "depth": 1..6, "width": 1..3}
          -> text/event-stream, one `data: <json>` event each:
             {"event": "start", "run_id", "agents": [{"name", "role", "upstream"}]}
-            {"event": "step", "agent", "index", "text", "truncated"}   as each agent writes each step
+            {"event": "step", "agent", "index", "text", "truncated", "created"}   as each agent writes each step
             {"event": "final", "steps", "answer_correct", "latency_s", "first_final_token_s",
              "generated_tokens", "lost", "dead"}
             then `data: [DONE]`
@@ -146,7 +146,7 @@ class StreamingAgents:
                 kind, name, payload = await queue.get()
                 if kind == "step":
                     yield event({"event": "step", "agent": name, "index": payload["index"], "text": payload["text"],
-                                 "truncated": payload["truncated"]})
+                                 "truncated": payload["truncated"], "created": payload["created"]})
                 elif kind == "dead":
                     dead.append(name)
                 else:
