@@ -35,11 +35,6 @@ def trained_models(overrides: list[str]) -> dict[str, str]:
     return {role: tracking.client().download_artifacts(summary.run_id, role, target) for role in ("solver", "checker")}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def main(argv: list[str] | None = None) -> int:
     import ray
 
@@ -47,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.connect import connect
     from pipelines import streamma
     from pipelines.launch import quiet_libraries
+    from pipelines.streamma import percentile
     from workloads.config import load_config
     from workloads.streamma.topology import chain, check_topology
 

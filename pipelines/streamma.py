@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from actors.streamma import PROTOCOLS
 from pipelines import trl_stages
 from pipelines.launch import (
     ProgressLines,
@@ -62,7 +63,6 @@ from workloads.tri.traces import TraceConfig
 PIPELINE = "streamma"
 REGISTERED = {"solver": "rayworks-streamma-solver", "checker": "rayworks-streamma-checker"}
 KEY_METRIC = "accuracy"
-PROTOCOLS = ("stream", "serial", "single")
 THREATS = (
     "one synthetic step-task family per run; the checker's training errors are digit corruptions, not the solver's own mistakes",
     "latency is measured on one machine whose cores the agents share: with more agents than cores, streaming's overlap is capped",
