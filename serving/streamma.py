@@ -22,6 +22,7 @@ every agent stops writing, mid-step included. Start it with `rayworks serve stre
 # No `from __future__ import annotations`: FastAPI must see the real request model type.
 import asyncio
 import collections
+import contextvars
 import json
 import logging
 import time
@@ -170,7 +171,10 @@ class StreamingAgents:
             for task_ in relays:
                 task_.cancel()
             # Not awaited here: a cancelled generator may not get to await; the record is kept for GET /runs/{id}.
-            asyncio.get_running_loop().create_task(self.close(run_id, topology, cancelled=not finished))
+            # A fresh context: calls made in the request's context are its children, and Ray cancels a
+            # disconnected request's children with it (the agents' cancel and status included).
+            asyncio.get_running_loop().create_task(self.close(run_id, topology, cancelled=not finished),
+                                                   context=contextvars.Context())
 
     async def close(self, run_id: str, topology, cancelled: bool) -> None:
         import ray
@@ -186,7 +190,7 @@ class StreamingAgents:
                                                "cancelled": status["cancelled"], "lost": status["lost"]}
                 await agent.forget.remote(run_id)
             except ray.exceptions.RayError as exc:
-                record["agents"][spec.name] = {"error": type(exc).__name__}
+                record["agents"][spec.name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
         self.remember(run_id, record)
 
 

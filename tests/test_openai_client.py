@@ -116,3 +116,27 @@ def test_bad_requests_are_refused_naming_the_field(served):
         client.completions.create(model=str(model_dir), prompt="x", n=1000)
     with pytest.raises(openai.UnprocessableEntityError, match="messages"):
         client.chat.completions.create(model=str(model_dir), messages=[])
+
+
+def test_streamma_agents_write_through_the_endpoint_as_they_do_locally(served, local_ray):
+    """StreamMA's endpoint path: a step written through the app's streaming completions (stopped
+    at the end-of-step marker) is the step the local writer writes from the same checkpoint, and
+    a chain of agents pointed at the app streams its steps downstream."""
+    from actors.streamma import launch_agents, solve
+    from workloads.streamma.agents import EndpointStepWriter, StepWriter
+    from workloads.streamma.topology import chain, check_topology
+
+    client, model_dir, model, tokenizer = served
+    base_url = str(client.base_url).removesuffix("/v1/").removesuffix("/v1")
+    remote, local = EndpointStepWriter(base_url, str(model_dir), 12), StepWriter(model, tokenizer, 12)
+    # (this checkpoint's greedy continuations: an empty step, a step cut at 12 tokens, one that decodes to nothing)
+    prompts = ["Q: 12+30", "Q: 12+30\n", "A> 3 km = 3000 m\nB> "]
+    steps = [(remote.write(p, "solver", 0), local.write(p, "solver", 0)) for p in prompts]
+    assert [(r.text, r.tokens, r.truncated) for r, _ in steps] == [(lo.text, lo.tokens, lo.truncated) for _, lo in steps]
+    assert {lo.truncated for _, lo in steps} == {True, False} and any(lo.text for _, lo in steps)
+
+    topology = check_topology(chain(2))
+    agents = launch_agents(topology, {"solver": str(model_dir), "checker": str(model_dir)}, 12, 3, endpoint=base_url)
+    result = solve(agents, topology, "stream", prompts[0])
+    assert result["dead"] == [] and result["lost"] == [] and len(result["agents"]["solver"]["steps"]) >= 1
+    assert len(result["agents"]["checker1"]["hops"]) == len(result["agents"]["solver"]["steps"])  # it read every solver step

@@ -78,6 +78,7 @@ def test_streamma_endpoint(workdir: Path, model: str):
                 break
             time.sleep(0.5)
         assert record is not None and record["cancelled"], record
+        assert not [agent for agent in record["agents"].values() if "error" in agent], record
         written = sum(agent["steps"] for agent in record["agents"].values())
         assert all(agent["ended"] for agent in record["agents"].values()) and written < 6 * MAX_STEPS, record
         assert requests.get(f"{URL}/runs/nonexistent", timeout=30).status_code == 404

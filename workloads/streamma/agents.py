@@ -172,7 +172,7 @@ class EndpointStepWriter:
         body = {"model": self.model, "prompt": prompt, "max_tokens": self.max_step_tokens, "temperature": self.temperature,
                 "stop": [END_OF_STEP], "stream": True, "seed": self.seed * 100003 + self.calls}
         request = urllib.request.Request(self.url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-        text, chunks, first_token, finish = "", 0, 0.0, None
+        text, chunks, first_token, finish, stop_reason = "", 0, 0.0, None, None  # chunks: those carrying text
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 for raw in response:
@@ -184,13 +184,18 @@ class EndpointStepWriter:
                     choice = json.loads(line[5:])["choices"][0]
                     first_token = first_token or time.time()
                     text += choice.get("text", "")
-                    chunks += 1
+                    chunks += bool(choice.get("text"))
                     finish = choice.get("finish_reason") or finish
+                    stop_reason = choice.get("stop_reason") or stop_reason
         except (OSError, ValueError, KeyError, IndexError) as exc:
             raise EndpointError(f"endpoint {self.url}: streaming completion failed ({exc!r})") from None
-        if not text.strip() and finish != "length":
+        # As the local writer: an empty step that ends with the marker is a step; empty output
+        # that ends otherwise (eos; servers name the stop string in `stop_reason`, vLLM's field) ends the agent.
+        if not text.strip() and finish != "length" and stop_reason != END_OF_STEP:
             return None
-        return Step(agent, index, text.split(END_OF_STEP)[0].strip(), chunks, finish == "length", time.time(),
+        # a chunk per token (as vLLM and the generate app stream), plus the marker or eos the server keeps back
+        tokens = chunks + (finish != "length")
+        return Step(agent, index, text.split(END_OF_STEP)[0].strip(), tokens, finish == "length", time.time(),
                     first_token or time.time())
 
 
