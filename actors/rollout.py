@@ -21,6 +21,10 @@ from workloads.ppo import RolloutBatch
 
 @dataclasses.dataclass
 class PolicySpec:
+    """The PPO actor-critic. A rollout worker takes any spec whose `build()` returns a module with
+    `act(obs, deterministic) -> (actions, log_probs)` whose weights `load_state_dict` accepts
+    (e.g. `workloads.tempovla.policy.SpeedActorSpec`)."""
+
     obs_dim: int
     critic_dim: int
     action_dim: int
@@ -117,6 +121,34 @@ class RolloutWorker:
                          seconds, policy_seconds, seconds)
 
 
+    def evaluate(self, policy_state: dict, max_steps: int) -> dict[str, list]:
+        """Each environment's next whole episode from a fresh reset, acting deterministically:
+        per-episode lists (return, length, success, terms/..., metrics/...), one entry per
+        environment (its first episode only, so quick episodes are not over-counted)."""
+        import torch
+
+        self.policy.load_state_dict(policy_state)
+        env, n = self.env, self.env.num_envs
+        obs, _ = env.reset(seed=self.generator_seed)
+        self.generator_seed += 1
+        finished, episodes = np.zeros(n, dtype=bool), {}
+        for _ in range(max_steps):
+            actions, _ = self.policy.act(torch.from_numpy(obs), True)
+            obs, _, _, _, info = env.step(actions.numpy())
+            if "episode" in info:
+                ended = np.flatnonzero(info["episode"]["done"])
+                first = ~finished[ended]
+                for key, value in info["episode"].items():
+                    if key != "done":
+                        episodes.setdefault(key, []).extend(np.asarray(value)[first].tolist())
+                finished[ended] = True
+            if finished.all():
+                break
+        self.obs, info = env.reset(seed=self.generator_seed)  # collection goes on from fresh episodes
+        self.critic_obs = info["critic_obs"]
+        return episodes
+
+
 class WorkerFailed(RuntimeError):
     """Rollout workers kept dying (more replacements than allowed)."""
 
@@ -180,6 +212,15 @@ class RolloutGroup:
         ray.kill(self.workers[index], no_restart=True)
         self.workers[index] = self._start(index, generation=self.replacements)
         return self.workers[index].collect.remote(weights, steps, deterministic), index
+
+    def evaluate(self, policy_state: dict, max_steps: int) -> dict[str, list]:
+        """One deterministic episode per environment of every worker (`RolloutWorker.evaluate`), merged."""
+        weights = ray.put(policy_state)
+        try:
+            parts = ray.get([w.evaluate.remote(weights, max_steps) for w in self.workers], timeout=self.timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            raise WorkerFailed(f"a rollout worker failed during evaluation ({type(exc).__name__}); see its Ray logs") from None
+        return {k: [x for p in parts for x in p.get(k, [])] for k in sorted(set().union(*parts))}
 
     def shutdown(self) -> None:
         for worker in self.workers:

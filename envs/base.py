@@ -45,6 +45,7 @@ class MujocoTask:
         self.last_action = np.zeros((num_envs, self.action_dim), dtype=np.float32)
         self.episode_return = np.zeros(num_envs)
         self.episode_terms: dict[str, np.ndarray] = {}
+        self.episode_metrics: dict[str, np.ndarray] = {}
         self.reset()
 
     # ---------------------------------------------------------------- what a task defines
@@ -61,6 +62,11 @@ class MujocoTask:
     def terminated(self) -> np.ndarray: ...
     def success(self) -> np.ndarray: ...
 
+    def step_metrics(self) -> dict[str, np.ndarray]:
+        """(N,) per-step measurements that are not rewards (e.g. a controller's tracking gap); an
+        episode reports each one's mean over its steps as `metrics/<name>`."""
+        return {}
+
     def combine(self, terms: dict[str, np.ndarray]) -> np.ndarray:
         return sum(terms.values())
 
@@ -73,7 +79,7 @@ class MujocoTask:
         self.steps[envs] = 0
         self.last_action[envs] = 0.0
         self.episode_return[envs] = 0.0
-        for total in self.episode_terms.values():
+        for total in (*self.episode_terms.values(), *self.episode_metrics.values()):
             total[envs] = 0.0
         self._reset_envs(envs)
 
@@ -91,12 +97,15 @@ class MujocoTask:
         self.episode_return += reward
         for key, value in terms.items():
             self.episode_terms.setdefault(key, np.zeros(self.num_envs))[:] += value
+        for key, value in self.step_metrics().items():
+            self.episode_metrics.setdefault(key, np.zeros(self.num_envs))[:] += value
         done = terminated | truncated
         info: dict[str, Any] = {"success": self.success(), "reward_terms": terms}
         if done.any():
             info["episode"] = {"return": self.episode_return[done].copy(), "length": self.steps[done].copy(),
                                "success": info["success"][done].copy(), "done": done.copy(),
-                               **{f"terms/{k}": v[done].copy() for k, v in self.episode_terms.items()}}
+                               **{f"terms/{k}": v[done].copy() for k, v in self.episode_terms.items()},
+                               **{f"metrics/{k}": v[done] / self.steps[done] for k, v in self.episode_metrics.items()}}
         return self.observe(), reward.astype(np.float32), terminated, truncated, info
 
     @property

@@ -1,7 +1,13 @@
 """Franka Panda reach and pick-cube on Playground's Panda scene (Menagerie model, a cube, a target).
 
-Control follows Playground's PandaPickCube: 50 Hz, and each action moves the position
-actuators' targets by `action_scale * a` (clipped to their ranges), 4 physics steps of 5 ms.
+Control follows Playground's PandaPickCube: 50 Hz, 4 physics steps of 5 ms. Two action modes:
+- `joint` (Playground's): each action moves the position actuators' targets by
+  `action_scale * a` (clipped to their ranges);
+- `ee`: an end-effector position delta `ee_step * a[:3]` (metres per control step) turned into
+  joint-target deltas by differential inverse kinematics, and (pick-cube) an absolute gripper
+  command a[3] (+1 open, -1 closed). These actions compose linearly, so demonstrations in this
+  mode can be re-timed (`workloads.tempovla.vsta`); `tracking_gap()` is how far the gripper's
+  motion over the last step fell from the commanded delta.
 """
 
 from __future__ import annotations
@@ -15,20 +21,70 @@ from envs.base import MujocoTask
 from envs.mujoco_batch import MujocoBatch, load_model
 
 ARM_JOINTS = 7
+ACTION_MODES = ("joint", "ee")
 BOX_QPOS = slice(9, 16)  # after 7 arm joints and 2 finger joints
 BOX_QVEL = slice(9, 15)
+
+
+@dataclasses.dataclass
+class ArmControl:
+    """How actions drive the arm (both Panda tasks)."""
+
+    action_mode: str = "joint"  # joint (targets move by action_scale * a) or ee (end-effector deltas)
+    action_scale: float = 0.04  # joint mode: radians of target per unit action
+    ee_step: float = 0.01  # ee mode: metres of gripper motion per control step at |a| = 1
+    ik_damping: float = 0.05  # ee mode: damped least squares' lambda
+    posture_gain: float = 0.2  # ee mode: null-space pull toward the home posture per step
+
+
+class DifferentialIK:
+    """End-effector position deltas -> arm joint deltas: damped least squares on the gripper
+    site's positional Jacobian, dq = J^T (J J^T + lambda^2 I)^-1 dx, plus a null-space pull
+    toward the home posture so the redundant degree of freedom does not drift."""
+
+    def __init__(self, model, site: str, damping: float, posture_gain: float, home: np.ndarray):
+        import mujoco
+
+        self.model, self.data = model, mujoco.MjData(model)
+        self.site, self.damping, self.gain, self.home = model.site(site).id, damping, posture_gain, home[:ARM_JOINTS]
+        self.jacp = np.zeros((3, model.nv))
+
+    def joint_deltas(self, qpos: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        import mujoco
+
+        out = np.zeros((len(qpos), ARM_JOINTS))
+        for i in range(len(qpos)):
+            self.data.qpos[:] = qpos[i]
+            mujoco.mj_kinematics(self.model, self.data)
+            mujoco.mj_comPos(self.model, self.data)
+            mujoco.mj_jacSite(self.model, self.data, self.jacp, None, self.site)
+            jac = self.jacp[:, :ARM_JOINTS]
+            pinv = jac.T @ np.linalg.inv(jac @ jac.T + self.damping**2 * np.eye(3))
+            null = np.eye(ARM_JOINTS) - pinv @ jac
+            out[i] = pinv @ delta[i] + self.gain * null @ (self.home - qpos[i, :ARM_JOINTS])
+        return out
 
 
 class PandaTask(MujocoTask):
     ctrl_dt = 0.02
     home_key = 0
+    joint_action_dim: int  # actions in joint mode
+    has_fingers: bool  # whether the task drives the fingers
+
+    @property
+    def action_dim(self) -> int:
+        return (3 + self.has_fingers) if self.params.action_mode == "ee" else self.joint_action_dim
 
     def _build_sim(self) -> MujocoBatch:
+        if self.params.action_mode not in ACTION_MODES:
+            raise ValueError(f"{self.name}: action_mode must be one of {', '.join(ACTION_MODES)}, got {self.params.action_mode!r}")
         model = load_model(scene_path("panda_cube"), [("gripper_pos", "framepos", "gripper")])
         self.ctrl_low, self.ctrl_high = model.actuator_ctrlrange[:, 0].copy(), model.actuator_ctrlrange[:, 1].copy()
         self.home_qpos, self.home_ctrl = model.key_qpos[self.home_key].copy(), model.key_ctrl[self.home_key].copy()
         self.ctrl = np.tile(self.home_ctrl, (self.num_envs, 1))
         self.target = np.zeros((self.num_envs, 3))
+        self.ik = DifferentialIK(model, "gripper", self.params.ik_damping, self.params.posture_gain, self.home_qpos)
+        self.ee_command, self.ee_reached, self.ee_start = (np.zeros((self.num_envs, 3)) for _ in range(3))
         return MujocoBatch(model, self.num_envs, round(self.ctrl_dt / model.opt.timestep))
 
     def _reset_arm(self, envs: np.ndarray) -> np.ndarray:
@@ -40,12 +96,29 @@ class PandaTask(MujocoTask):
         return qpos
 
     def _control(self, actions: np.ndarray) -> np.ndarray:
-        self.ctrl[:, : actions.shape[1]] += self.params.action_scale * actions
+        if self.params.action_mode == "ee":
+            self.ee_command = self.params.ee_step * actions[:, :3].astype(np.float64)
+            self.ee_start = self.gripper.copy()
+            self.ctrl[:, :ARM_JOINTS] += self.ik.joint_deltas(self.sim.qpos, self.ee_command)
+            if self.has_fingers:
+                self.ctrl[:, ARM_JOINTS] = self.ctrl_high[ARM_JOINTS] * (actions[:, 3] + 1) / 2
+        else:
+            self.ctrl[:, : actions.shape[1]] += self.params.action_scale * actions
         np.clip(self.ctrl, self.ctrl_low, self.ctrl_high, out=self.ctrl)
         return self.ctrl
 
     def _after_physics(self) -> None:
-        pass
+        if self.params.action_mode == "ee":
+            self.ee_reached = self.gripper - self.ee_start
+
+    def tracking_gap(self) -> np.ndarray:
+        """(N,) metres between the commanded end-effector delta of the last step and the motion reached (ee mode)."""
+        return np.linalg.norm(self.ee_command - self.ee_reached, axis=1)
+
+    def step_metrics(self) -> dict[str, np.ndarray]:
+        if self.params.action_mode != "ee":
+            return {}
+        return {"tracking_gap_mm": 1000 * self.tracking_gap(), "ee_commanded_mm": 1000 * np.linalg.norm(self.ee_command, axis=1)}
 
     @property
     def gripper(self) -> np.ndarray:
@@ -59,8 +132,7 @@ class PandaTask(MujocoTask):
 
 
 @dataclasses.dataclass
-class ReachParams:
-    action_scale: float = 0.04
+class ReachParams(ArmControl):
     joint_noise: float = 0.1
     target_low: tuple[float, float, float] = (0.3, -0.3, 0.15)
     target_high: tuple[float, float, float] = (0.6, 0.3, 0.55)
@@ -76,7 +148,7 @@ class PandaReach(PandaTask):
 
     name = "PandaReach"
     Params = ReachParams
-    action_dim = ARM_JOINTS
+    joint_action_dim, has_fingers = ARM_JOINTS, False
 
     @property
     def episode_steps(self) -> int:
@@ -112,8 +184,7 @@ class PandaReach(PandaTask):
 
 
 @dataclasses.dataclass
-class PickCubeParams:
-    action_scale: float = 0.04
+class PickCubeParams(ArmControl):
     joint_noise: float = 0.1
     box_xy_range: float = 0.2  # the cube starts at (0.5, 0) +- this
     target_low: tuple[float, float, float] = (0.3, -0.2, 0.2)
@@ -126,6 +197,7 @@ class PickCubeParams:
     no_floor_collision_scale: float = 0.25
     robot_target_qpos_scale: float = 0.3
     episode_steps: int = 150
+    stop_on_success: bool = False  # end the episode once the cube is at the target (time-to-success is then its length)
 
 
 class PandaPickCube(PandaTask):
@@ -133,7 +205,7 @@ class PandaPickCube(PandaTask):
 
     name = "PandaPickCube"
     Params = PickCubeParams
-    action_dim = ARM_JOINTS + 1  # the fingers' actuator too
+    joint_action_dim, has_fingers = ARM_JOINTS + 1, True  # the fingers' actuator too
 
     @property
     def episode_steps(self) -> int:
@@ -157,6 +229,7 @@ class PandaPickCube(PandaTask):
         return self.sim.qpos[:, BOX_QPOS.start : BOX_QPOS.start + 3]
 
     def _after_physics(self) -> None:
+        super()._after_physics()
         self.reached |= np.linalg.norm(self.box - self.gripper, axis=1) < self.params.reach_distance
 
     def observe(self) -> np.ndarray:
@@ -178,7 +251,8 @@ class PandaPickCube(PandaTask):
                     sim.qpos[:, :ARM_JOINTS] - self.home_qpos[:ARM_JOINTS], axis=1)))}
 
     def terminated(self) -> np.ndarray:
-        return (np.abs(self.box) > 1.0).any(axis=1) | (self.box[:, 2] < 0.0) | ~np.isfinite(self.sim.qpos).all(axis=1)
+        failed = (np.abs(self.box) > 1.0).any(axis=1) | (self.box[:, 2] < 0.0) | ~np.isfinite(self.sim.qpos).all(axis=1)
+        return failed | (self.success() if self.params.stop_on_success else False)
 
     def success(self) -> np.ndarray:
         return np.linalg.norm(self.target - self.box, axis=1) < self.params.success_distance

@@ -16,6 +16,8 @@ def trl_arguments(train, seed: int, output_dir: str, steps: int, lr: float, warm
                 lr_scheduler_type="cosine", warmup_steps=warmup, weight_decay=train.weight_decay, logging_steps=max(1, steps // 5),
                 save_strategy="no", report_to=[], seed=seed, data_seed=seed, use_cpu=not train.use_gpu,
                 dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=train.gradient_checkpointing,
+                # every parameter of these full fine-tunes gets a gradient: DDP need not search the graph for unused ones
+                ddp_find_unused_parameters=False,
                 **trainer_arguments(train.strategy, train.zero_stage, train.offload, train.max_grad_norm))
 
 

@@ -19,6 +19,9 @@ from envs.mujoco_batch import random_quaternion, rotate_inverse
 from envs.panda import PandaReach
 
 IDS = list(envs.TASKS)
+# 29 G1 joints; 7 Panda arm joints, and the fingers for pick-cube
+ACTION_DIMS = {"rayworks/G1Velocity-v0": 29, "rayworks/G1Recovery-v0": 29, "rayworks/PandaReach-v0": 7,
+               "rayworks/PandaPickCube-v0": 8}
 
 
 @pytest.mark.parametrize("scene, package_dir", [("g1_feet_only", "mujoco_playground"), ("g1_full", "unitree_g1"),
@@ -53,7 +56,7 @@ def test_spaces_seeding_and_the_gymnasium_checker(env_id):
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert env.observation_space.contains(first)
-    assert env.action_space.shape == (envs.TASKS[env_id].action_dim,) and env.action_space.high.max() == 1.0
+    assert env.action_space.shape == (ACTION_DIMS[env_id],) and env.action_space.high.max() == 1.0
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert obs.shape == first.shape and np.isfinite(reward) and isinstance(terminated, bool)
     assert info["critic_obs"].shape[0] > obs.shape[0]  # the critic sees more than the policy

@@ -25,6 +25,8 @@ def test_ready_made_shapes_are_dags_with_one_sink():
     assert check_topology(chain(4)).depth == 4 and check_topology(chain(1)).depth == 1
     fan = check_topology(tree(3))
     assert fan.sink.name == "merger" and fan.sink.upstream == ["checker1", "checker2", "checker3"] and fan.depth == 3
+    # hops from the question (an agent's scheduling priority follows it)
+    assert fan.levels() == {"solver": 0, "checker1": 1, "checker2": 1, "checker3": 1, "merger": 2}
     # graph: each branch also reads its left neighbour, so the longest path runs through every branch
     assert check_topology(graph(3)).depth == 5
 

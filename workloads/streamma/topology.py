@@ -60,10 +60,14 @@ class Topology:
     @property
     def depth(self) -> int:
         """Agents on the longest path to the sink: what serial latency grows with."""
-        longest: dict[str, int] = {}
+        return self.levels()[self.sink.name] + 1
+
+    def levels(self) -> dict[str, int]:
+        """Each agent's hops from the question: 0 for agents that read no one, else 1 + its deepest upstream's."""
+        level: dict[str, int] = {}
         for agent in self.agents:
-            longest[agent.name] = 1 + max((longest[u] for u in agent.upstream), default=0)
-        return longest[self.sink.name]
+            level[agent.name] = 1 + max((level[u] for u in agent.upstream), default=-1)
+        return level
 
     def by_name(self) -> dict[str, AgentSpec]:
         return {agent.name: agent for agent in self.agents}
