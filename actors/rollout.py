@@ -75,6 +75,7 @@ class RolloutWorker:
             os.sched_setaffinity(0, {pin_cpu % os.cpu_count()})
         import envs
 
+        self.env_id, self.num_envs = env_id, num_envs
         self.env = envs.make_batched(env_id, num_envs, seed, **env_params)
         self.obs, info = self.env.reset(seed=seed)
         self.critic_obs = info["critic_obs"]
@@ -121,12 +122,21 @@ class RolloutWorker:
                          seconds, policy_seconds, seconds)
 
 
-    def evaluate(self, policy_state: dict, max_steps: int) -> dict[str, list]:
+    def evaluate(self, policy_state: dict, max_steps: int, spec=None, env_params: dict | None = None) -> dict[str, list]:
         """Each environment's next whole episode from a fresh reset, acting deterministically:
         per-episode lists (return, length, success, terms/..., metrics/...), one entry per
-        environment (its first episode only, so quick episodes are not over-counted)."""
+        environment (its first episode only, so quick episodes are not over-counted). `spec`
+        and `env_params`, when given, replace this worker's policy and environments first (one
+        group of workers evaluates several settings without restarting)."""
         import torch
 
+        import envs
+
+        if spec is not None:
+            self.policy = spec.build().eval()
+        if env_params is not None:
+            self.env.close()
+            self.env = envs.make_batched(self.env_id, self.num_envs, self.generator_seed, **env_params)
         self.policy.load_state_dict(policy_state)
         env, n = self.env, self.env.num_envs
         obs, _ = env.reset(seed=self.generator_seed)
@@ -213,11 +223,11 @@ class RolloutGroup:
         self.workers[index] = self._start(index, generation=self.replacements)
         return self.workers[index].collect.remote(weights, steps, deterministic), index
 
-    def evaluate(self, policy_state: dict, max_steps: int) -> dict[str, list]:
+    def evaluate(self, policy_state: dict, max_steps: int, spec=None, env_params: dict | None = None) -> dict[str, list]:
         """One deterministic episode per environment of every worker (`RolloutWorker.evaluate`), merged."""
         weights = ray.put(policy_state)
         try:
-            parts = ray.get([w.evaluate.remote(weights, max_steps) for w in self.workers], timeout=self.timeout_s)
+            parts = ray.get([w.evaluate.remote(weights, max_steps, spec, env_params) for w in self.workers], timeout=self.timeout_s)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             raise WorkerFailed(f"a rollout worker failed during evaluation ({type(exc).__name__}); see its Ray logs") from None
         return {k: [x for p in parts for x in p.get(k, [])] for k in sorted(set().union(*parts))}

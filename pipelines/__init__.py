@@ -21,6 +21,7 @@ PIPELINES: dict[str, str] = {
     "code2lora": "pipelines.code2lora",
     "tri": "pipelines.tri",
     "streamma": "pipelines.streamma",
+    "tempovla": "pipelines.tempovla",
 }
 
 

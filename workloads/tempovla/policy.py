@@ -27,6 +27,8 @@ from torch import nn
 # PandaPickCube.observe(): q[:9], v[:9], gripper(3), box(3), box-gripper(3), target-box(3), box quat(4), last action
 STATE_INDEX = np.r_[0:9, 18:34]  # positions: joints, gripper, cube, the two offsets, cube orientation
 BOX_TO_GRIPPER = slice(24, 27)  # within the observation
+BOX_HEIGHT = 23  # the cube's z
+RESTING_HEIGHT = 0.03 + 0.02  # the cube's centre on the table (half its height) plus a margin: below this it is not lifted
 CONDITIONINGS = ("film", "token")
 
 
@@ -97,8 +99,10 @@ def bc_loss(policy: nn.Module, batch: dict[str, torch.Tensor], gripper_weight: f
 @dataclasses.dataclass
 class SpeedCommand:
     """How fast a rollout asks the policy to go: a constant speed, or a schedule from the
-    gripper-cube distance (`slow` within `near` metres, else `fast`). `scale_actions`: the
-    policy runs at 1x and its motion is multiplied by the speed (the baseline without VSTA)."""
+    gripper-cube distance: `slow` near contact (within `near` metres of a cube that still
+    rests on the table: approach, grasp, lift-off), else `fast` (transit, the carry included).
+    `scale_actions`: the policy runs at 1x and its motion is multiplied by the speed (the
+    baseline without VSTA)."""
 
     speed: float = 1.0
     fast: float = 0.0  # > 0: scheduled
@@ -108,8 +112,8 @@ class SpeedCommand:
 
     def speeds(self, obs: torch.Tensor) -> torch.Tensor:
         if self.fast > 0:
-            distance = obs[:, BOX_TO_GRIPPER].norm(dim=-1)
-            return torch.where(distance < self.near, torch.tensor(self.slow), torch.tensor(self.fast))
+            contact = (obs[:, BOX_TO_GRIPPER].norm(dim=-1) < self.near) & (obs[:, BOX_HEIGHT] < RESTING_HEIGHT)
+            return torch.where(contact, torch.tensor(self.slow), torch.tensor(self.fast))
         return torch.full((len(obs),), float(self.speed))
 
 
