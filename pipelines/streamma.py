@@ -13,7 +13,9 @@ Recipe:
    them wrong, received in every amount from "as many as it has written" to "all".
 2. train (one Ray Train run, `train.num_workers` ranks, TRL's SFTTrainer): the solver, then
    the checker warm-started from it. Rank 0 saves both; the ranks' weights are fingerprinted.
-   Given `solver_model` and `checker_model` (directories or hub ids), training is skipped.
+   Given `solver_model` and `checker_model` (directories or hub ids), training is skipped;
+   trained models are cached by the training settings and the seed (under `storage_path`), so
+   the arms of a comparison that share a seed train once.
 3. checker check (in process): on held-out problems whose upstream trace is corrupted, how
    often the checker's own trace is right anyway (`checker/corrected_rate`), against the
    upstream's 0: what shows it re-derives rather than copies.
@@ -50,11 +52,12 @@ from pipelines.launch import (
     main_for,
     open_run,
     say,
+    storage_path,
     train_run_config,
     train_worker_context,
 )
 from workloads import tracking
-from workloads.caching import stable_hash
+from workloads.caching import cached_directory, stable_hash
 from workloads.config import from_dict, require, to_dict
 from workloads.lm import TinyLMConfig
 from workloads.streamma.topology import TopologyConfig, build_topology
@@ -228,17 +231,30 @@ def train_roles(config: Config, run_record: tracking.Run, run_name: str, train_c
 
     if config.solver_model:
         return {"solver": config.solver_model, "checker": config.checker_model}, None
-    config.train.prepare_driver()
-    with ProgressLines() as lines:
-        result = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"config": to_dict(config), "progress": lines.queue,
-                               "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
-            scaling_config=config.train.scaling_config(),
-            run_config=train_run_config(config, run_name, train_callbacks),
-        ).fit()
-    directory = result.checkpoint.to_directory(tempfile.mkdtemp(prefix="streamma-models-"))
-    return {role: str(Path(directory) / role) for role in REGISTERED}, result
+    # Cached by everything training reads: the arms of a comparison (protocols, topologies) that
+    # share a seed share their models, trained once.
+    key = stable_hash([to_dict(config.model), to_dict(config.traces), to_dict(config.train), config.seed])
+    target = Path(storage_path(config.storage_path)) / "streamma-roles" / key
+    results = []
+
+    def build(directory: Path) -> None:
+        config.train.prepare_driver()
+        with ProgressLines() as lines:
+            result = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"config": to_dict(config), "progress": lines.queue,
+                                   "mlflow_run_id": run_record.run_id, "mlflow_uri": run_record.uri},
+                scaling_config=config.train.scaling_config(),
+                run_config=train_run_config(config, run_name, train_callbacks),
+            ).fit()
+        result.checkpoint.to_directory(str(directory))
+        results.append(result)
+
+    directory = cached_directory(target, build)
+    if not results:
+        run_record.set_tags({"rayworks.roles_from_cache": str(directory)})
+        print(f"[streamma] role models from the cache ({directory})", flush=True)
+    return {role: str(directory / role) for role in REGISTERED}, (results or [None])[0]
 
 
 # --- evaluation --------------------------------------------------------------------------------
@@ -273,6 +289,8 @@ def percentile(values: list[float], q: float) -> float:
 def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str, float], list[dict]]:
     """The configured topology under `protocol`: accuracy and step accuracy by position on the
     held-out problems (several in flight), then latency one problem at a time."""
+    import ray
+
     from actors.streamma import launch_agents, solve_many
     from workloads.streamma.agents import score_traces
 
@@ -304,22 +322,18 @@ def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str,
             column = [v[i] for v in table if i < len(v)]
             metrics[f"step_accuracy/{name}/{i + 1}"] = sum(column) / len(column)
     for agent in agents.values():
-        ray_kill(agent)
+        ray.kill(agent)
     samples = [{"question": p.prompt.strip(), "reference": task.reference(p), "final": r["steps"], "correct": ok,
                 "agents": {name: [s["text"] for s in st["steps"]] for name, st in r["agents"].items()}}
                for p, r, ok in zip(problems[: config.num_samples_logged], runs, answers)]
     return {k: v for k, v in metrics.items() if v == v}, samples
 
 
-def ray_kill(actor) -> None:
-    import ray
-
-    ray.kill(actor)
-
-
 def depth_curve(config: Config, models: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
     """Mean end-to-end latency of chains of depth 1..`depth_curve_max`, stream and serial, one
     problem at a time on the same problems."""
+    import ray
+
     from actors.streamma import launch_agents, solve_many
     from workloads.streamma.topology import chain, check_topology
 
@@ -337,7 +351,7 @@ def depth_curve(config: Config, models: dict[str, str]) -> dict[str, list[tuple[
             runs = solve_many(agents, topology, protocol, questions, 1)
             curve[protocol].append((depth, statistics.fmean(r["latency"] for r in runs)))
     for agent in agents.values():
-        ray_kill(agent)
+        ray.kill(agent)
     return curve
 
 

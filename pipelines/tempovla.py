@@ -61,6 +61,7 @@ PIPELINE = "tempovla"
 ENV_ID = "rayworks/PandaPickCube-v0"
 REGISTERED = "rayworks-tempovla-policy"
 KEY_METRIC = "success_rate"  # mean over the evaluated speeds
+TUNE_METRIC, TUNE_MODE = "val_motion_mse", "min"  # searches select on held-out demonstrations, never on the evaluation
 THREATS = (
     "one task (pick and carry) and one scripted expert: demonstrations share its style",
     "a state-based policy: the speed-invariant state is chosen by hand, images are not used",
@@ -213,18 +214,21 @@ def split_demos(demos: list, held_out: float, seed: int) -> tuple[list, list]:
 # --- 2. training (Ray Train) -----------------------------------------------------------------------
 
 
-def validation_loss(policy, sampler, speeds: list[float], examples: int = 2048) -> dict[str, float]:
-    """Motion error of the policy on held-out demonstrations re-timed to each speed (fixed draws)."""
-    from workloads.tempovla.policy import bc_loss
-
+def validation_loss(policy, sampler, speeds: list[float], scale_actions: bool, examples: int = 2048) -> dict[str, float]:
+    """Motion error on held-out demonstrations re-timed to each speed (fixed draws), the policy
+    asked as it is at run time (the baseline at 1x, its motion scaled by c)."""
     out = {}
     with torch.no_grad():
         for c in speeds:
             sampler.rng = np.random.default_rng(17)
             sampler.speeds = np.array([c])
-            batch = {k: torch.from_numpy(v) for k, v in sampler.sample(examples).items() if k in ("state", "speed", "motion", "gripper")}
-            _, stats = bc_loss(policy, batch)
-            out[f"val_motion_mse/{c:g}"] = stats["motion_mse"]
+            batch = {k: torch.from_numpy(v) for k, v in sampler.sample(examples).items()}
+            asked = torch.ones_like(batch["speed"]) if scale_actions else batch["speed"]
+            motion, _ = policy(batch["state"], asked)
+            if scale_actions:
+                motion = motion * batch["speed"][:, None]
+            out[f"val_motion_mse/{c:g}"] = float(torch.nn.functional.mse_loss(motion, batch["motion"]))
+    out["val_motion_mse"] = float(np.mean(list(out.values())))
     return out
 
 
@@ -260,7 +264,7 @@ def train_loop_per_worker(payload: dict) -> None:
             run.log_metrics({"train_loss": float(loss.detach()), **stats, "lr": engine.lr}, step=step)
             say(payload, f"[tempovla] step {step}/{t.steps}  loss {float(loss):.4f}  motion mse {stats['motion_mse']:.4f}")
     check_ranks_in_sync(policy, run, t.steps)
-    metrics = validation_loss(policy, validation, config.speeds)
+    metrics = validation_loss(policy, validation, config.speeds, scale_actions=config.augment == "none")
     if rank == 0:
         run.log_metrics(metrics, step=t.steps)
         with tempfile.TemporaryDirectory() as directory:
