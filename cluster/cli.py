@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("app", help=f"one of: {', '.join(sorted(APPS))}")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--checkpoint", help="generate: model directory or hub id")
+    serve.add_argument("--checkpoint", help="generate: model directory or hub id; policy: a policy.pt or its directory")
     serve.add_argument("--isolation", choices=["bubblewrap", "rlimits-only"], help="verifier: Python sandbox mode")
     serve.add_argument("--workers", type=int, help="verifier: sandbox worker processes (default: CPU count)")
     serve.add_argument("--lean-project", help="verifier: Lake project with the Lean REPL built")

@@ -410,6 +410,7 @@ def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, weights
 
     from workloads.plots import plot_curves
     from workloads.tempovla.demos import read_info
+    from workloads.tempovla.policy import policy_artifact
 
     info = read_info(dataset)
     metrics["demo_frames"] = info["total_frames"]
@@ -426,7 +427,7 @@ def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, weights
                                 "ideal": [(c, c) for c in config.eval_speeds]}},
                            Path(scratch) / "success_per_speed.png", f"tempovla ({config.augment})")
         run_record.log_artifact(plot)
-        torch.save({"state_dict": weights, "state_dim": state_dim, "config": to_dict(config)}, Path(scratch) / "policy.pt")
+        torch.save(policy_artifact(weights, state_dim, config.policy, config.speeds, config.augment), Path(scratch) / "policy.pt")
         run_record.log_artifact(Path(scratch) / "policy.pt", "policy")
         if config.render:
             task = ray.remote(num_cpus=0, runtime_env={"env_vars": {"MUJOCO_GL": "egl"}})(render_rollout)

@@ -8,6 +8,7 @@ from typing import Callable
 APPS: dict[str, str] = {
     "adapter": "serving.adapter:build_app",
     "generate": "serving.generate:build_app",
+    "policy": "serving.policy:build_app",
     "repair": "serving.repair:build_app",
     "streamma": "serving.streamma:build_app",
     "verifier": "serving.verifier:build_app",

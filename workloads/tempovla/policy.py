@@ -153,3 +153,35 @@ class SpeedActorSpec:
 def episode_steps_at(speed: float, steps_at_1x: int) -> int:
     """The time limit of an episode at `speed`: the 1x limit scaled by 1/c."""
     return math.ceil(steps_at_1x / speed)
+
+
+# --- the policy artifact -----------------------------------------------------------------------------
+
+ARTIFACT_KIND = "rayworks.tempovla.speed_policy"
+OBSERVATION_DIM = 38  # PandaPickCube's observation in ee mode
+ACTION_NAMES = ["ee_dx", "ee_dy", "ee_dz", "gripper"]
+
+
+def policy_artifact(weights: dict, state_dim: int, policy: PolicyConfig, speeds: list[float], augment: str) -> dict:
+    """What `policy.pt` holds: the weights (the state normaliser among them as buffers) and the
+    specs a server needs to run the policy without the pipeline's config."""
+    return {"kind": ARTIFACT_KIND, "state_dict": weights, "state_dim": state_dim, "hidden": list(policy.hidden),
+            "conditioning": policy.conditioning, "speed_range": [min(speeds), max(speeds)], "augment": augment,
+            "observation_dim": OBSERVATION_DIM, "action_names": ACTION_NAMES}
+
+
+def load_policy_artifact(path) -> tuple[SpeedPolicy, dict]:
+    """A saved `policy.pt` (or the directory holding it) -> (the policy, its specs); a clear
+    error for a file that is not one."""
+    from pathlib import Path
+
+    path = Path(path)
+    path = path / "policy.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise ValueError(f"{path}: no policy artifact (policy.pt) there")
+    saved = torch.load(path, weights_only=False, map_location="cpu")
+    if not isinstance(saved, dict) or saved.get("kind") != ARTIFACT_KIND:
+        raise ValueError(f"{path}: not a TempoVLA policy artifact (kind {saved.get('kind') if isinstance(saved, dict) else None!r})")
+    policy = SpeedPolicy(saved["state_dim"], saved["hidden"], saved["conditioning"])
+    policy.load_state_dict(saved["state_dict"])
+    return policy.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
