@@ -54,18 +54,14 @@ class AgentRun:
                 "first_token": self.steps[0].first_token if self.steps else 0.0}
 
 
-NICE_PER_LEVEL = 3  # CFS weights fall about 1.25x per nice step: 3 steps give an upstream about twice the share
-
-
 @ray.remote(num_cpus=0.25)
 class Agent:
     def __init__(self, name: str, model: str, max_step_tokens: int, max_steps: int, temperature: float = 0.0,
-                 seed: int = 0, endpoint: str = "", fail_after_steps: int = 0, level: int = 0):
+                 seed: int = 0, endpoint: str = "", fail_after_steps: int = 0, nice: int = 0):
         """`model` is a model directory or hub id, or with `endpoint` the endpoint's model name.
-        `level` (hops from the question) lowers the priority of this agent's writing thread by
-        `NICE_PER_LEVEL` per hop: when agents outnumber cores, the upstream agents, which every
-        reader waits on, get the cores first. `fail_after_steps` > 0 ends this actor's process
-        after that many steps of a run: fault injection, for the tests of an agent that dies mid-stream."""
+        `nice` lowers the priority of this agent's writing thread (see `launch_agents`).
+        `fail_after_steps` > 0 ends this actor's process after that many steps of a run: fault
+        injection, for the tests of an agent that dies mid-stream."""
         os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = "1"
         from concurrent.futures import ThreadPoolExecutor
 
@@ -82,7 +78,7 @@ class Agent:
             self.writer = StepWriter(model_, tokenizer, max_step_tokens, temperature, seed)
         # One step at a time, on a thread of its own niceness (Linux: niceness is per thread); the
         # event loop stays free (and at full priority) to hand steps out.
-        self.executor = ThreadPoolExecutor(1, initializer=os.nice, initargs=(min(19, NICE_PER_LEVEL * level),))
+        self.executor = ThreadPoolExecutor(1, initializer=os.nice, initargs=(min(19, nice),))
         self.runs: dict[str, AgentRun] = {}
 
     def _run(self, run_id: str) -> AgentRun:
@@ -188,13 +184,17 @@ class Agent:
 
 
 def launch_agents(topology: Topology, models: dict[str, str], max_step_tokens: int, max_steps: int, temperature: float = 0.0,
-                  seed: int = 0, endpoint: str = "", fail_after_steps: dict[str, int] | None = None) -> dict:
+                  seed: int = 0, endpoint: str = "", fail_after_steps: dict[str, int] | None = None,
+                  nice_per_level: int = 0) -> dict:
     """One `Agent` per agent of the topology, holding its role's model (`models[role]`); ready
-    when this returns."""
+    when this returns. `nice_per_level` > 0 lowers each agent's writing priority by that many
+    nice steps per hop from the question: on a machine whose cores the agents alone share, the
+    upstream agents, which every reader waits on, then get the cores first (CFS weights fall
+    about 1.25x a step). Off by default: beside other work, the lowered agents also yield to it."""
     levels = topology.levels()
     agents = {spec.name: Agent.options(name=None).remote(spec.name, models[spec.role], max_step_tokens, max_steps,
                                                          temperature, seed, endpoint, (fail_after_steps or {}).get(spec.name, 0),
-                                                         levels[spec.name])
+                                                         nice_per_level * levels[spec.name])
               for spec in topology.agents}
     ray.get([agent.ping.remote() for agent in agents.values()])
     return agents

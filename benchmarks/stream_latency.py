@@ -1,7 +1,12 @@
 """Stream latency: end-to-end latency of a chain of agents when every step streams downstream
 as soon as it exists, against handing over whole chains (serial), on the same models and problems.
 
-    python -m benchmarks.stream_latency [--depth 4] [--problems 20] [--solver DIR --checker DIR] [--set key=value ...]
+    python -m benchmarks.stream_latency [--depth 4] [--problems 20] [--solver DIR --checker DIR] [--nice-per-level 3]
+                                        [--set key=value ...]
+
+The agents have the machine to themselves here, so by default they run prioritised by their
+distance from the question (`--nice-per-level 3`, see `actors.streamma.launch_agents`); 0
+gives every agent the same priority.
 
 Without `--solver/--checker`, one `streamma` run at its embedded default trains the role models
 (`--set` overrides it) and the benchmark uses them. Each problem is solved alone (one in flight),
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solver")
     parser.add_argument("--checker")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--nice-per-level", type=int, default=3,
+                        help="upstream agents first (the machine is the agents' alone here); 0: equal priorities")
     args = parser.parse_args(argv)
 
     quiet_libraries(verbose=False)
@@ -62,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     _, _, held_out = streamma.splits(config)
     questions = [p.prompt for p in held_out[: args.problems + 1]]
     a = config.agents
-    agents = launch_agents(check_topology(chain(6)), models, a.max_step_tokens, a.max_steps, a.temperature, config.seed)
+    agents = launch_agents(check_topology(chain(6)), models, a.max_step_tokens, a.max_steps, a.temperature, config.seed,
+                           nice_per_level=args.nice_per_level)
     cores = int(ray.cluster_resources().get("CPU", 1))
 
     def timed(depth: int, protocol: str, count: int) -> list[dict]:
@@ -77,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     bound = min(cores, d, s * d / (s + d - 1))
     hops = [h * 1000 for r in runs["stream"] for h in r["hops"]]
     print(f"\nchain of depth {d}, {len(latency['stream'])} held-out problems one at a time, {cores} CPUs, "
-          f"{s:.1f} steps per agent on average")
+          f"{s:.1f} steps per agent on average, agents niced {args.nice_per_level} per level")
     print(f"{'protocol':<10}{'p50 ms':>10}{'mean ms':>10}{'first final token p50 ms':>28}")
     for protocol, values in latency.items():
         first = percentile([r["first_final_token"] * 1000 for r in runs[protocol]], 0.5)

@@ -109,6 +109,7 @@ class AgentConfig:
     temperature: float = 0.0  # 0: greedy
     in_flight: int = 4  # problems run at once when measuring accuracy (latency is measured one at a time)
     endpoint: str = ""  # an OpenAI-compatible base URL: the agents write through it, `solver_model`/`checker_model` name its models
+    nice_per_level: int = 0  # > 0: upstream agents write at higher priority (cores the agents alone share; see launch_agents)
 
     section: ClassVar[str] = "agents"
 
@@ -117,6 +118,7 @@ class AgentConfig:
         require(self.max_steps >= 1, "max_steps", "must be >= 1")
         require(self.temperature >= 0, "temperature", "must be >= 0")
         require(self.in_flight >= 1, "in_flight", "must be >= 1")
+        require(0 <= self.nice_per_level <= 19, "nice_per_level", "must be in 0..19")
 
 
 def default_model() -> TinyLMConfig:
@@ -298,7 +300,8 @@ def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str,
     problems = held_out[: config.eval_problems]
     topology = build_topology(config.topology)
     a = config.agents
-    agents = launch_agents(topology, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint)
+    agents = launch_agents(topology, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint,
+                           nice_per_level=a.nice_per_level)
     runs = solve_many(agents, topology, config.protocol, [p.prompt for p in problems], a.in_flight)
     answers, positions = score_traces(task, problems, [r["steps"] for r in runs])
     solver_traces = [[s["text"] for s in r["agents"]["solver"]["steps"]] for r in runs]
@@ -343,7 +346,8 @@ def depth_curve(config: Config, models: dict[str, str]) -> dict[str, list[tuple[
     questions = [p.prompt for p in held_out[: config.depth_curve_problems]]
     a = config.agents
     deepest = check_topology(chain(config.depth_curve_max))
-    agents = launch_agents(deepest, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint)
+    agents = launch_agents(deepest, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint,
+                           nice_per_level=a.nice_per_level)
     curve: dict[str, list[tuple[float, float]]] = {"stream": [], "serial": []}
     for depth in range(1, config.depth_curve_max + 1):
         topology = check_topology(chain(depth))
