@@ -77,7 +77,7 @@ class TrainConfig(Workers):
     steps: int = 3000  # optimizer steps
     batch_size: int = 256  # examples per worker per step (each rank draws its own)
     lr: float = 1e-3  # peak learning rate (cosine decay)
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # AdamW's
     held_out: float = 0.1  # fraction of demonstrations kept for the validation loss
 
     section: ClassVar[str] = "train"
@@ -94,9 +94,9 @@ class TrainConfig(Workers):
 class ScheduleConfig:
     """Dynamic speed: `fast` in transit, `slow` near contact (within `near` metres of the cube while it rests on the table)."""
 
-    fast: float = 2.0
-    slow: float = 0.5
-    near: float = 0.05
+    fast: float = 2.0  # speed in transit
+    slow: float = 0.5  # speed near contact
+    near: float = 0.05  # metres from the cube (while it rests on the table) that count as near contact
 
     section: ClassVar[str] = "schedule"
 

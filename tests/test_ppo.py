@@ -78,7 +78,7 @@ def test_tune_ppo_over_learning_rate_entropy_and_clip(workdir: Path):
 
 @pytest.mark.parametrize("override, message", [
     ("env=rayworks/Nope-v0", "ppo.env: unknown environment 'rayworks/Nope-v0'"),
-    ("env_params.bogus=1", "ppo.env_params.bogus: unknown field; known fields of env_params: action_rate_scale"),
+    ("env_params.bogus=1", "ppo.env_params.bogus: unknown field; known fields of env_params: action_mode"),
     ("env_params.episode_steps=long", "ppo.env_params.episode_steps: expected int, got 'long'"),
     ("env_params.target_low=[0.1,0.2]", "ppo.env_params.target_low: expected 3 values"),
     ("ppo.minibatches=0", "ppo.ppo"),

@@ -45,6 +45,8 @@ def speed_features(speed: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass
 class PolicyConfig:
+    """The speed-conditioned policy's shape."""
+
     hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 256])  # MLP layer sizes
     conditioning: str = "film"  # film (feature modulation) or token (speed features as input)
 
