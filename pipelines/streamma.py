@@ -395,7 +395,7 @@ def log_outcome(config: Config, run_record: tracking.Run, models: dict[str, str]
         deepest = {p: points[-1][1] for p, points in curve.items()}
         metrics["depth_serial_over_stream"] = deepest["serial"] / deepest["stream"]
         png = plot_curves({"end-to-end latency (s) by chain depth": curve}, Path(tempfile.mkdtemp()) / "latency_depth.png",
-                          "StreamMA: latency vs depth")
+                          "StreamMA: latency vs depth", xlabel="chain depth (agents)")
         run_record.log_artifact(png)
     run_record.log_metrics(metrics, step=1)
     run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")

@@ -425,7 +425,7 @@ def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, weights
                                 config.augment: [(c, metrics[f"speed_ratio/{c:g}"]) for c in config.eval_speeds
                                                  if f"speed_ratio/{c:g}" in metrics],
                                 "ideal": [(c, c) for c in config.eval_speeds]}},
-                           Path(scratch) / "success_per_speed.png", f"tempovla ({config.augment})")
+                           Path(scratch) / "success_per_speed.png", f"tempovla ({config.augment})", xlabel="commanded speed")
         run_record.log_artifact(plot)
         torch.save(policy_artifact(weights, state_dim, config.policy, config.speeds, config.augment), Path(scratch) / "policy.pt")
         run_record.log_artifact(Path(scratch) / "policy.pt", "policy")

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_curves(panels: dict[str, dict[str, list[tuple[float, float]]]], path: str | Path, title: str) -> Path:
+def plot_curves(panels: dict[str, dict[str, list[tuple[float, float]]]], path: str | Path, title: str,
+                xlabel: str = "step") -> Path:
     """One subplot per panel; each panel maps a series label to (x, y) points."""
     import matplotlib
 
@@ -19,7 +20,7 @@ def plot_curves(panels: dict[str, dict[str, list[tuple[float, float]]]], path: s
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
         ax.set_title(panel)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend()
