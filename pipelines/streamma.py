@@ -332,9 +332,13 @@ def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str,
     return {k: v for k, v in metrics.items() if v == v}, samples
 
 
-def depth_curve(config: Config, models: dict[str, str]) -> dict[str, list[tuple[float, float]]]:
-    """Mean end-to-end latency of chains of depth 1..`depth_curve_max`, stream and serial, one
-    problem at a time on the same problems."""
+DEPTH_METRICS = {"latency": "depth_latency_s", "first_final_token": "depth_first_final_token_s"}
+
+
+def depth_curve(config: Config, models: dict[str, str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """Mean end-to-end latency and time to the sink's first token of chains of depth
+    1..`depth_curve_max`, stream and serial, one problem at a time on the same problems:
+    {"latency" | "first_final_token": {protocol: [(depth, seconds)]}}."""
     import ray
 
     from actors.streamma import launch_agents, solve_many
@@ -348,12 +352,13 @@ def depth_curve(config: Config, models: dict[str, str]) -> dict[str, list[tuple[
     deepest = check_topology(chain(config.depth_curve_max))
     agents = launch_agents(deepest, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint,
                            nice_per_level=a.nice_per_level)
-    curve: dict[str, list[tuple[float, float]]] = {"stream": [], "serial": []}
+    curve: dict[str, dict[str, list[tuple[float, float]]]] = {kind: {"stream": [], "serial": []} for kind in DEPTH_METRICS}
     for depth in range(1, config.depth_curve_max + 1):
         topology = check_topology(chain(depth))
-        for protocol in curve:
+        for protocol in ("stream", "serial"):
             runs = solve_many(agents, topology, protocol, questions, 1)
-            curve[protocol].append((depth, statistics.fmean(r["latency"] for r in runs)))
+            for kind in DEPTH_METRICS:
+                curve[kind][protocol].append((depth, statistics.fmean(r[kind] for r in runs)))
     for agent in agents.values():
         ray.kill(agent)
     return curve
@@ -388,14 +393,16 @@ def log_outcome(config: Config, run_record: tracking.Run, models: dict[str, str]
                 samples: list[dict]) -> RunSummary:
     from workloads.plots import plot_curves
 
-    for protocol, points in curve.items():
-        for depth, latency in points:
-            metrics[f"depth_latency_s/{protocol}/{int(depth)}"] = latency
+    for kind, prefix in DEPTH_METRICS.items():
+        for protocol, points in curve.get(kind, {}).items():
+            for depth, seconds in points:
+                metrics[f"{prefix}/{protocol}/{int(depth)}"] = seconds
     if curve:
-        deepest = {p: points[-1][1] for p, points in curve.items()}
+        deepest = {p: points[-1][1] for p, points in curve["latency"].items()}
         metrics["depth_serial_over_stream"] = deepest["serial"] / deepest["stream"]
-        png = plot_curves({"end-to-end latency (s) by chain depth": curve}, Path(tempfile.mkdtemp()) / "latency_depth.png",
-                          "StreamMA: latency vs depth", xlabel="chain depth (agents)")
+        png = plot_curves({"end-to-end latency (s) by chain depth": curve["latency"],
+                           "the sink's first token (s) by chain depth": curve["first_final_token"]},
+                          Path(tempfile.mkdtemp()) / "latency_depth.png", "StreamMA: latency vs depth", xlabel="chain depth (agents)")
         run_record.log_artifact(png)
     run_record.log_metrics(metrics, step=1)
     run_record.log_text("\n".join(json.dumps(s) for s in samples) + "\n", "samples.jsonl")
