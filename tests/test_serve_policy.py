@@ -72,6 +72,9 @@ def test_policy_endpoint(workdir: Path, artifact: Path):
 
 
 def test_a_checkpoint_that_is_not_a_policy_is_named(workdir: Path):
-    (workdir / "junk.pt").write_bytes(b"not a policy")
     proc = rayworks(workdir, "serve", "policy", "--checkpoint", str(workdir / "nothing-here"), "--port", str(free_port()), timeout=120)
     assert proc.returncode == 2 and "no policy artifact" in proc.stderr, proc.stderr[-2000:]
+    (workdir / "junk.pt").write_bytes(b"not a policy")
+    proc = rayworks(workdir, "serve", "policy", "--checkpoint", str(workdir / "junk.pt"), "--port", str(free_port()), timeout=120)
+    assert proc.returncode == 2 and "junk.pt: not a TempoVLA policy artifact" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -181,7 +181,10 @@ def load_policy_artifact(path) -> tuple[SpeedPolicy, dict]:
     path = path / "policy.pt" if path.is_dir() else path
     if not path.is_file():
         raise ValueError(f"{path}: no policy artifact (policy.pt) there")
-    saved = torch.load(path, weights_only=False, map_location="cpu")
+    try:
+        saved = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # not a torch file at all
+        raise ValueError(f"{path}: not a TempoVLA policy artifact ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(saved, dict) or saved.get("kind") != ARTIFACT_KIND:
         raise ValueError(f"{path}: not a TempoVLA policy artifact (kind {saved.get('kind') if isinstance(saved, dict) else None!r})")
     policy = SpeedPolicy(saved["state_dim"], saved["hidden"], saved["conditioning"])
