@@ -115,3 +115,18 @@ def json_api(title: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
         return error_response(exc.status_code, [f"{where}: {exc.detail}"], request.url.path.startswith("/v1/"))
 
     return api
+
+
+def given_or_registered(given, registered: str, tracking_uri, pipeline: str) -> str:
+    """`given` (a path or id) when there is one, else the newest version of the registered model
+    `registered` downloaded from MLflow; a clear error naming both when neither exists."""
+    from workloads import tracking
+
+    if given:
+        return given
+    newest = tracking.newest_registered_model(registered, tracking_uri)
+    if newest is None:
+        raise ValueError(f"no model given and no '{registered}' model registered in MLflow ({tracking_uri}): "
+                         f"run `rayworks run {pipeline}` first")
+    return str(newest)
+

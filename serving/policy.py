@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from serving.http import error_response, json_api
+from serving.http import error_response, given_or_registered, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -45,16 +45,6 @@ class ActRequest(BaseModel):
     observations: Annotated[list[list[float]], Field(min_length=1, max_length=MAX_ROWS)]
     speed: Optional[Annotated[float, Field(gt=0, le=10)]] = None
     schedule: Optional[Schedule] = None
-
-
-def resolve_policy(given: Optional[str], tracking_uri: Optional[str]) -> str:
-    if given:
-        return given
-    newest = tracking.newest_registered_model(REGISTERED, tracking_uri)
-    if newest is None:
-        raise ValueError(f"no --checkpoint given and no '{REGISTERED}' model registered in MLflow ({tracking_uri}): "
-                         "run `rayworks run tempovla` first")
-    return str(newest)
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -108,7 +98,7 @@ def build_app(args: dict | None = None):
     unknown = set(args) - {"checkpoint", "tracking_uri"}
     if unknown:
         raise ValueError(f"policy app: unknown argument(s) {sorted(unknown)}; known: checkpoint, tracking_uri")
-    source = resolve_policy(args.get("checkpoint"), args.get("tracking_uri") or tracking.tracking_uri())
+    source = given_or_registered(args.get("checkpoint"), REGISTERED, args.get("tracking_uri") or tracking.tracking_uri(), "tempovla")
     from workloads.tempovla.policy import load_policy_artifact
 
     load_policy_artifact(source)  # a file that is not a policy is a clear error here, not a failed replica

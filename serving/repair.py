@@ -23,7 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ray import serve
 
-from serving.http import Utf8Str, error_response, json_api
+from serving.http import Utf8Str, error_response, given_or_registered, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -46,16 +46,6 @@ class RepairRequest(BaseModel):
     window: Annotated[StrictInt, Field(ge=1, le=16)] = 3
     rounds: Annotated[StrictInt, Field(ge=0, le=8)] = 2
     seed: StrictInt = 0
-
-
-def resolve_model(given: Optional[str], registered: str, tracking_uri: Optional[str]) -> str:
-    if given:
-        return given
-    newest = tracking.newest_registered_model(registered, tracking_uri)
-    if newest is None:
-        raise ValueError(f"no model directory given and no '{registered}' model registered in MLflow "
-                         f"({tracking_uri}): run `rayworks run tri` first")
-    return str(newest)
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
@@ -103,5 +93,5 @@ def build_app(args: dict | None = None):
         raise ValueError(f"repair app: unknown argument(s) {sorted(unknown)}; known: draft, infiller, tracking_uri")
     uri = args.get("tracking_uri") or tracking.tracking_uri()
     # Resolved here, before any replica starts: a missing model is a clear error, not a failed replica.
-    return Repairer.bind(resolve_model(args.get("draft"), REGISTERED_DRAFT, uri),
-                         resolve_model(args.get("infiller"), REGISTERED_INFILLER, uri))
+    return Repairer.bind(given_or_registered(args.get("draft"), REGISTERED_DRAFT, uri, "tri"),
+                         given_or_registered(args.get("infiller"), REGISTERED_INFILLER, uri, "tri"))

@@ -33,7 +33,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ray import serve
 
-from serving.http import Utf8Str, error_response, json_api
+from serving.http import Utf8Str, error_response, given_or_registered, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -54,16 +54,6 @@ class SolveRequest(BaseModel):
     shape: Literal["chain", "tree", "graph"] = "chain"
     depth: Annotated[StrictInt, Field(ge=1, le=MAX_DEPTH)] = 3
     width: Annotated[StrictInt, Field(ge=1, le=MAX_WIDTH)] = 2
-
-
-def resolve_model(given, role: str, tracking_uri) -> str:
-    if given:
-        return given
-    newest = tracking.newest_registered_model(REGISTERED[role], tracking_uri)
-    if newest is None:
-        raise ValueError(f"no {role} model given and no '{REGISTERED[role]}' registered in MLflow ({tracking_uri}): "
-                         "run `rayworks run streamma` first")
-    return str(newest)
 
 
 def event(payload: dict) -> str:
@@ -203,5 +193,6 @@ def build_app(args: dict | None = None):
         raise ValueError(f"streamma app: unknown argument(s) {sorted(unknown)}; known: {', '.join(sorted(known))}")
     uri = args.get("tracking_uri") or tracking.tracking_uri()
     # Resolved here, before any replica starts: a missing model is a clear error, not a failed replica.
-    return StreamingAgents.bind(resolve_model(args.get("solver"), "solver", uri), resolve_model(args.get("checker"), "checker", uri),
+    return StreamingAgents.bind(given_or_registered(args.get("solver"), REGISTERED["solver"], uri, "streamma"),
+                                given_or_registered(args.get("checker"), REGISTERED["checker"], uri, "streamma"),
                                 int(args.get("max_step_tokens", 32)), int(args.get("max_steps", 8)))
