@@ -170,7 +170,7 @@ class RolloutGroup:
 
     def __init__(self, env_id: str, num_workers: int, envs_per_worker: int, seed: int, env_params: dict,
                  spec: PolicySpec, *, timeout_s: float = 300.0, max_replacements: int = 3, pin_threads: bool = True,
-                 cpus_per_worker: float = 1.0, say=print):
+                 cpus_per_worker: float = 1.0, runtime_env: dict | None = None, say=print):
         self.env_id, self.envs_per_worker, self.seed, self.env_params, self.spec = env_id, envs_per_worker, seed, env_params, spec
         self.timeout_s, self.max_replacements, self.pin_threads, self.say = timeout_s, max_replacements, pin_threads, say
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -178,7 +178,7 @@ class RolloutGroup:
         # Outside any placement group the caller runs in (a Ray Train worker inside a Tune trial
         # would otherwise capture the workers into its CPU-less bundle).
         self.actor_cls = ray.remote(RolloutWorker).options(
-            num_cpus=cpus_per_worker, max_restarts=0,
+            num_cpus=cpus_per_worker, max_restarts=0, runtime_env=runtime_env,  # e.g. MUJOCO_GL for environments that render
             scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
         self.replacements = 0
         self.workers = [self._start(index, generation=0) for index in range(num_workers)]

@@ -1,13 +1,20 @@
 """Franka Panda reach and pick-cube on Playground's Panda scene (Menagerie model, a cube, a target).
 
-Control follows Playground's PandaPickCube: 50 Hz, 4 physics steps of 5 ms. Two action modes:
+Control follows Playground's PandaPickCube: 50 Hz, 4 physics steps of 5 ms. Three action modes:
 - `joint` (Playground's): each action moves the position actuators' targets by
   `action_scale * a` (clipped to their ranges);
 - `ee`: an end-effector position delta `ee_step * a[:3]` (metres per control step) turned into
   joint-target deltas by differential inverse kinematics, and (pick-cube) an absolute gripper
   command a[3] (+1 open, -1 closed). These actions compose linearly, so demonstrations in this
-  mode can be re-timed (`workloads.tempovla.vsta`); `tracking_gap()` is how far the gripper's
-  motion over the last step fell from the commanded delta.
+  mode can be re-timed (`workloads.tempovla.vsta`);
+- `joint_velocity`: arm joint velocities `joint_velocity_limit * a[:7]` (rad/s, held for one
+  control step, so the targets move by that times `ctrl_dt`) and the same absolute gripper
+  command; these compose linearly too.
+With `image_size` > 0 (pick-cube) the observation ends with a frame from a fixed front camera
+(what an image-based policy reads; rendering needs OpenGL, e.g. MUJOCO_GL=egl).
+`tracking_gap()` (both composable modes) is how far the gripper's motion over the last step fell
+from the commanded one (in joint-velocity mode: the gripper motion the commanded joint deltas
+give by forward kinematics).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from envs.base import MujocoTask
 from envs.mujoco_batch import MujocoBatch, load_model
 
 ARM_JOINTS = 7
-ACTION_MODES = ("joint", "ee")
+ACTION_MODES = ("joint", "ee", "joint_velocity")
+CARTESIAN_MODES = ("ee", "joint_velocity")  # modes with a gripper command and a tracking gap
 BOX_QPOS = slice(9, 16)  # after 7 arm joints and 2 finger joints
 BOX_QVEL = slice(9, 15)
 
@@ -30,11 +38,12 @@ BOX_QVEL = slice(9, 15)
 class ArmControl:
     """How actions drive the arm (both Panda tasks)."""
 
-    action_mode: str = "joint"  # joint (targets move by action_scale * a) or ee (end-effector deltas)
+    action_mode: str = "joint"  # joint (targets move by action_scale * a), ee (end-effector deltas) or joint_velocity
     action_scale: float = 0.04  # joint mode: radians of target per unit action
     ee_step: float = 0.01  # ee mode: metres of gripper motion per control step at |a| = 1
     ik_damping: float = 0.05  # ee mode: damped least squares' lambda
     posture_gain: float = 0.2  # ee mode: null-space pull toward the home posture per step
+    joint_velocity_limit: float = 1.0  # joint_velocity mode: rad/s of each arm joint at |a| = 1
 
 
 class DifferentialIK:
@@ -64,6 +73,18 @@ class DifferentialIK:
             out[i] = pinv @ delta[i] + self.gain * null @ (self.home - qpos[i, :ARM_JOINTS])
         return out
 
+    def site_motion(self, qpos: np.ndarray, joint_deltas: np.ndarray) -> np.ndarray:
+        """(N, 3) how far the site moves when the arm's joints move by `joint_deltas` (forward kinematics)."""
+        import mujoco
+
+        out = np.zeros((len(qpos), 3))
+        for i in range(len(qpos)):
+            for sign, q in ((-1.0, qpos[i]), (1.0, np.r_[qpos[i, :ARM_JOINTS] + joint_deltas[i], qpos[i, ARM_JOINTS:]])):
+                self.data.qpos[:] = q
+                mujoco.mj_kinematics(self.model, self.data)
+                out[i] += sign * self.data.site_xpos[self.site]
+        return out
+
 
 class PandaTask(MujocoTask):
     ctrl_dt = 0.02
@@ -73,7 +94,8 @@ class PandaTask(MujocoTask):
 
     @property
     def action_dim(self) -> int:
-        return (3 + self.has_fingers) if self.params.action_mode == "ee" else self.joint_action_dim
+        mode = self.params.action_mode
+        return {"ee": 3 + self.has_fingers, "joint_velocity": ARM_JOINTS + self.has_fingers}.get(mode, self.joint_action_dim)
 
     def _build_sim(self) -> MujocoBatch:
         if self.params.action_mode not in ACTION_MODES:
@@ -100,23 +122,29 @@ class PandaTask(MujocoTask):
             self.ee_command = self.params.ee_step * actions[:, :3].astype(np.float64)
             self.ee_start = self.gripper.copy()
             self.ctrl[:, :ARM_JOINTS] += self.ik.joint_deltas(self.sim.qpos, self.ee_command)
+        elif self.params.action_mode == "joint_velocity":
+            deltas = self.params.joint_velocity_limit * self.ctrl_dt * actions[:, :ARM_JOINTS].astype(np.float64)
+            self.ee_command = self.ik.site_motion(self.sim.qpos, deltas)
+            self.ee_start = self.gripper.copy()
+            self.ctrl[:, :ARM_JOINTS] += deltas
+        if self.params.action_mode in CARTESIAN_MODES:
             if self.has_fingers:
-                self.ctrl[:, ARM_JOINTS] = self.ctrl_high[ARM_JOINTS] * (actions[:, 3] + 1) / 2
+                self.ctrl[:, ARM_JOINTS] = self.ctrl_high[ARM_JOINTS] * (actions[:, -1] + 1) / 2
         else:
             self.ctrl[:, : actions.shape[1]] += self.params.action_scale * actions
         np.clip(self.ctrl, self.ctrl_low, self.ctrl_high, out=self.ctrl)
         return self.ctrl
 
     def _after_physics(self) -> None:
-        if self.params.action_mode == "ee":
+        if self.params.action_mode in CARTESIAN_MODES:
             self.ee_reached = self.gripper - self.ee_start
 
     def tracking_gap(self) -> np.ndarray:
-        """(N,) metres between the commanded end-effector delta of the last step and the motion reached (ee mode)."""
+        """(N,) metres between the commanded end-effector delta of the last step and the motion reached (ee and joint_velocity modes)."""
         return np.linalg.norm(self.ee_command - self.ee_reached, axis=1)
 
     def step_metrics(self) -> dict[str, np.ndarray]:
-        if self.params.action_mode != "ee":
+        if self.params.action_mode not in CARTESIAN_MODES:
             return {}
         return {"tracking_gap_mm": 1000 * self.tracking_gap(), "ee_commanded_mm": 1000 * np.linalg.norm(self.ee_command, axis=1)}
 
@@ -129,6 +157,35 @@ class PandaTask(MujocoTask):
 
     def sample_in_box(self, low, high, n: int) -> np.ndarray:
         return self.rng.uniform(low, high, (n, 3))
+
+    @staticmethod
+    def front_camera():
+        """A fixed camera looking at the table from the front-left, the cube and the target in view."""
+        import mujoco
+
+        camera = mujoco.MjvCamera()
+        camera.lookat[:], camera.distance, camera.azimuth, camera.elevation = (0.5, 0.0, 0.15), 1.2, 135.0, -40.0
+        return camera
+
+    def camera_frames(self, size: int, envs: np.ndarray | None = None) -> np.ndarray:
+        """(N, size, size, 3) uint8: every environment seen from `front_camera()` (only `envs`
+        rendered when given, the others left black)."""
+        renderer = getattr(self, "_camera_renderer", None)
+        if renderer is None or renderer.height != size:
+            import mujoco
+
+            renderer = self._camera_renderer = mujoco.Renderer(self.sim.model, size, size)
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0  # four fifths of a frame under software OpenGL
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        camera, frames = self.front_camera(), np.zeros((self.num_envs, size, size, 3), dtype=np.uint8)
+        for env in range(self.num_envs) if envs is None else np.flatnonzero(envs):
+            frames[env] = self.render(env, renderer, camera)
+        return frames
+
+    def close(self) -> None:
+        if getattr(self, "_camera_renderer", None) is not None:
+            self._camera_renderer.close()
+        super().close()
 
 
 @dataclasses.dataclass
@@ -198,6 +255,7 @@ class PickCubeParams(ArmControl):
     robot_target_qpos_scale: float = 0.3
     episode_steps: int = 150
     stop_on_success: bool = False  # end the episode once the cube is at the target (time-to-success is then its length)
+    image_size: int = 0  # > 0: the observation ends with a front camera frame (size x size x 3 values in [0, 255]; needs OpenGL)
 
 
 class PandaPickCube(PandaTask):
@@ -232,13 +290,21 @@ class PandaPickCube(PandaTask):
         super()._after_physics()
         self.reached |= np.linalg.norm(self.box - self.gripper, axis=1) < self.params.reach_distance
 
-    def observe(self) -> np.ndarray:
+    def state_observe(self) -> np.ndarray:
+        """The observation without the camera frame."""
         q, v = self.sim.qpos, self.sim.qvel
         return np.concatenate([q[:, :9], v[:, :9], self.gripper, self.box, self.box - self.gripper, self.target - self.box,
                                q[:, BOX_QPOS.start + 3 : BOX_QPOS.stop], self.last_action], axis=1).astype(np.float32)
 
+    def observe(self) -> np.ndarray:
+        state = self.state_observe()
+        if not self.params.image_size:
+            return state
+        frames = self.camera_frames(self.params.image_size).reshape(self.num_envs, -1)
+        return np.concatenate([state, frames.astype(np.float32)], axis=1)
+
     def critic_observe(self) -> np.ndarray:
-        return np.concatenate([self.observe(), self.reached[:, None], self.sim.qvel[:, BOX_QVEL]], axis=1).astype(np.float32)
+        return np.concatenate([self.state_observe(), self.reached[:, None], self.sim.qvel[:, BOX_QVEL]], axis=1).astype(np.float32)
 
     def reward_terms(self, actions: np.ndarray) -> dict[str, np.ndarray]:
         p, sim = self.params, self.sim

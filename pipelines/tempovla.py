@@ -5,11 +5,14 @@
 
 Recipe:
 1. demonstrations: the scripted expert (`workloads.tempovla.expert`) drives PandaPickCube in
-   end-effector mode; Ray tasks, one batch of environments each, run until `demos.episodes`
-   successful episodes exist; written in LeRobot's v3.0 layout (`workloads.tempovla.demos`)
-   and cached by the settings that made them. `dataset=` reads any directory in that layout.
+   end-effector mode (or joint-velocity mode: `demos.action_type`); Ray tasks, one batch of
+   environments each, run until `demos.episodes` successful episodes exist (with
+   `demos.image_size`, the front camera's frames too, as video); written in LeRobot's v3.0
+   layout (`workloads.tempovla.demos`) and cached by the settings that made them. `dataset=`
+   reads any directory in that layout.
 2. training (Ray Train, `train.num_workers` ranks, DDP): behaviour cloning of the speed-
-   conditioned policy (`workloads.tempovla.policy`) on examples re-timed online by VSTA at
+   conditioned policy (`workloads.tempovla.policy`; `policy.inputs=image` reads the camera,
+   `policy.chunk` > 1 predicts chunks of actions) on examples re-timed online by VSTA at
    `speeds` (augment=vsta), or on the 1x demonstrations alone (augment=none: the baseline,
    whose speed is imposed at run time by scaling its motion). Held-out demonstrations give
    the validation loss at every speed.
@@ -55,16 +58,17 @@ from workloads import tracking
 from workloads.caching import cached_directory, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.tempovla.demos import DemoConfig
-from workloads.tempovla.policy import CONDITIONINGS, PolicyConfig
+from workloads.tempovla.policy import PolicyConfig
 
 PIPELINE = "tempovla"
 ENV_ID = "rayworks/PandaPickCube-v0"
 REGISTERED = "rayworks-tempovla-policy"
 KEY_METRIC = "success_rate"  # mean over the evaluated speeds
 TUNE_METRIC, TUNE_MODE = "val_motion_mse", "min"  # searches select on held-out demonstrations, never on the evaluation
+RENDERING = {"env_vars": {"MUJOCO_GL": "egl"}}  # MuJoCo picks its OpenGL platform at import: headless processes need EGL
 THREATS = (
     "one task (pick and carry) and one scripted expert: demonstrations share its style",
-    "a state-based policy: the speed-invariant state is chosen by hand, images are not used",
+    "the default policy is state-based (the speed-invariant state chosen by hand); images are an option (policy.inputs=image)",
 )
 # Two ranks that must end identical; fewer demonstrations, steps and evaluation episodes.
 QUICKSTART = ["train.num_workers=2", "demos.episodes=48", "train.steps=1500", "eval_envs_per_worker=12"]
@@ -104,7 +108,7 @@ class ScheduleConfig:
 @dataclasses.dataclass
 class Config(RunFields):
     augment: str = "vsta"  # vsta (re-timed examples at `speeds`) or none (1x only; speed imposed by scaling actions)
-    dataset: str = ""  # a LeRobot v3.0 dataset of end-effector demonstrations; empty: generated (and cached)
+    dataset: str = ""  # a LeRobot v3.0 dataset of PandaPickCube demonstrations (ee_delta or joint_velocity actions); empty: generated (and cached)
     speeds: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])  # trained speeds (the range commands may take)
     eval_speeds: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0])  # must include 1.0
     out_of_range: str = "refuse"  # a speed outside `speeds`' range: refuse, or clamp (with a warning)
@@ -123,11 +127,11 @@ class Config(RunFields):
 
     def validate(self) -> None:
         require(self.augment in ("vsta", "none"), "augment", f"expected vsta or none, got {self.augment!r}")
+        require(self.policy.inputs != "image" or bool(self.dataset) or self.demos.image_size > 0, "policy.inputs",
+                "image needs camera frames: set demos.image_size (e.g. 64) or a dataset= with a video feature")
         require(bool(self.speeds) and all(c > 0 for c in self.speeds), "speeds", "a non-empty list of speeds > 0")
         require(1.0 in self.eval_speeds, "eval_speeds", "must include 1.0 (the realised speed ratio is measured against it)")
         require(self.out_of_range in ("refuse", "clamp"), "out_of_range", f"expected refuse or clamp, got {self.out_of_range!r}")
-        require(self.policy.conditioning in CONDITIONINGS, "policy.conditioning",
-                f"expected one of {', '.join(CONDITIONINGS)}, got {self.policy.conditioning!r}")
         require(self.episode_steps >= 10, "episode_steps", "must be >= 10")
         require(self.eval_workers >= 1 and self.eval_envs_per_worker >= 1, "eval_workers", "eval_workers and eval_envs_per_worker must be >= 1")
         require(self.demos.episodes >= 4, "demos.episodes", "must be >= 4 (some are held out)")
@@ -167,7 +171,7 @@ def generate_demos(demo_config: DemoConfig, seed: int, target: Path, parallel: i
     from workloads.tempovla.demos import write_dataset
 
     def build(directory: Path) -> None:
-        task = remote_task(record_batch_task, num_cpus=1)
+        task = remote_task(record_batch_task, num_cpus=1, runtime_env=RENDERING if demo_config.image_size else None)
         kept, failed, batch, started = [], 0, 0, time.perf_counter()
         while len(kept) < demo_config.episodes:
             refs = [task.remote(to_dict(demo_config), seed * 100_003 + batch + i) for i in range(parallel)]
@@ -181,17 +185,22 @@ def generate_demos(demo_config: DemoConfig, seed: int, target: Path, parallel: i
         say_line(f"[tempovla] {len(kept)} demonstrations ({frames} frames) in {seconds:.1f} s; the expert failed {failed} times")
         write_dataset(directory, kept, round(1 / PandaTask.ctrl_dt), {},
                       {"expert_failures": failed, "expert_success_rate": (batch * demo_config.envs_per_batch - failed) /
-                       (batch * demo_config.envs_per_batch), "demos": to_dict(demo_config), "seed": seed})
+                       (batch * demo_config.envs_per_batch), "demos": to_dict(demo_config), "seed": seed},
+                      action_type=demo_config.action_type)
 
     return cached_directory(target, build)
 
 
+def dataset_action_type(info: dict) -> str:
+    return info.get("rayworks", {}).get("action_type", "unknown")
+
+
 def dataset_for(config: Config, say_line=print) -> Path:
-    from workloads.tempovla.demos import read_info
+    from workloads.tempovla.demos import ACTION_TYPES, VIDEO_KEY, read_info
 
     if config.dataset:
         info = read_info(Path(config.dataset))  # a clear error for another layout
-        action_type = info.get("rayworks", {}).get("action_type", "unknown")
+        action_type = dataset_action_type(info)
         if config.augment == "vsta":
             from workloads.tempovla.vsta import check_composable
 
@@ -199,6 +208,10 @@ def dataset_for(config: Config, say_line=print) -> Path:
                 check_composable(action_type)
             except ValueError as exc:
                 raise ConfigError(f"dataset: {exc}") from None
+        if action_type not in ACTION_TYPES:
+            raise ConfigError(f"dataset: action type {action_type!r} cannot be played in PandaPickCube; playable: {', '.join(ACTION_TYPES)}")
+        if config.policy.inputs == "image" and VIDEO_KEY not in info["features"]:
+            raise ConfigError(f"dataset: {config.dataset} has no {VIDEO_KEY!r} video feature, which policy.inputs=image reads")
         return Path(config.dataset)
     key = stable_hash([to_dict(config.demos), config.seed])
     return generate_demos(config.demos, config.seed, Path(storage_path(config.storage_path)) / "tempovla-demos" / key,
@@ -214,20 +227,22 @@ def split_demos(demos: list, held_out: float, seed: int) -> tuple[list, list]:
 # --- 2. training (Ray Train) -----------------------------------------------------------------------
 
 
-def validation_loss(policy, sampler, speeds: list[float], scale_actions: bool, examples: int = 2048) -> dict[str, float]:
-    """Motion error on held-out demonstrations re-timed to each speed (fixed draws), the policy
-    asked as it is at run time (the baseline at 1x, its motion scaled by c)."""
+def validation_loss(policy, sampler, speeds: list[float], scale_actions: bool, horizon: int = 1, examples: int = 2048) -> dict[str, float]:
+    """Motion error on held-out demonstrations re-timed to each speed (fixed draws; over the
+    chunk's steps that exist), the policy asked as it is at run time (the baseline at 1x, its
+    motion scaled by c)."""
     out = {}
     with torch.no_grad():
         for c in speeds:
             sampler.rng = np.random.default_rng(17)
             sampler.speeds = np.array([c])
-            batch = {k: torch.from_numpy(v) for k, v in sampler.sample(examples).items()}
+            batch = {k: torch.from_numpy(v) for k, v in sampler.sample(examples, horizon).items()}
             asked = torch.ones_like(batch["speed"]) if scale_actions else batch["speed"]
-            motion, _ = policy(batch["state"], asked)
+            motion, _ = policy(batch["state"], asked, image=batch.get("image"))
             if scale_actions:
-                motion = motion * batch["speed"][:, None]
-            out[f"val_motion_mse/{c:g}"] = float(torch.nn.functional.mse_loss(motion, batch["motion"]))
+                motion = motion * batch["speed"][:, None, None]
+            valid = batch["valid"].float()
+            out[f"val_motion_mse/{c:g}"] = float((((motion - batch["motion"]) ** 2).mean(-1) * valid).sum() / valid.sum())
     out["val_motion_mse"] = float(np.mean(list(out.values())))
     return out
 
@@ -244,37 +259,72 @@ def train_loop_per_worker(payload: dict) -> None:
     config: Config = from_dict(Config, payload["config"])
     rank, world_size, run = train_worker_context(payload)
     t = config.train
-    demos, _ = load_demonstrations(Path(payload["dataset"]))
-    demos = [Demonstration(policy_state(d.states), d.motion, d.gripper) for d in demos]
+    demos, info = load_demonstrations(Path(payload["dataset"]))
+    action_type, horizon = dataset_action_type(info), config.policy.chunk
+    image_size = demos[0].images.shape[1] if config.policy.inputs == "image" else 0  # dataset_for checked the frames exist
+    demos = [Demonstration(policy_state(d.states, config.policy.inputs), d.motion, d.gripper, d.images if image_size else None)
+             for d in demos]
     train_demos, held_out = split_demos(demos, t.held_out, config.seed)
     speeds = config.speeds if config.augment == "vsta" else [1.0]
-    sampler = VSTASampler(train_demos, tuple(speeds), turn_degrees=config.turn_degrees, seed=config.seed * 1000 + rank)
-    validation = VSTASampler(held_out, tuple(config.speeds), turn_degrees=config.turn_degrees)
+    sampler = VSTASampler(train_demos, tuple(speeds), action_type, config.turn_degrees, seed=config.seed * 1000 + rank)
+    validation = VSTASampler(held_out, tuple(config.speeds), action_type, config.turn_degrees)
     states = np.concatenate([d.states for d in train_demos])
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    policy = SpeedPolicy(states.shape[1], config.policy.hidden, config.policy.conditioning, states.mean(0), states.std(0))
+    policy = SpeedPolicy(states.shape[1], config.policy.hidden, config.policy.conditioning, states.mean(0), states.std(0),
+                         motion_dim=demos[0].motion.shape[1], chunk=horizon, image_size=image_size)
     engine = t.engine(policy, lambda params: torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay),
                       schedule=lambda step: 0.5 * (1 + np.cos(np.pi * min(step, t.steps) / t.steps)))
     log_every = max(1, t.steps // 10)
     for step in range(1, t.steps + 1):
-        batch = {k: torch.from_numpy(v) for k, v in sampler.sample(t.batch_size).items() if k in ("state", "speed", "motion", "gripper")}
+        batch = {k: torch.from_numpy(v) for k, v in sampler.sample(t.batch_size, horizon).items()
+                 if k in ("state", "speed", "motion", "gripper", "valid", "image")}
         loss, stats = bc_loss(engine.module, batch)
         engine.step(loss)
         if rank == 0 and (step % log_every == 0 or step == t.steps):
             run.log_metrics({"train_loss": float(loss.detach()), **stats, "lr": engine.lr}, step=step)
             say(payload, f"[tempovla] step {step}/{t.steps}  loss {float(loss):.4f}  motion mse {stats['motion_mse']:.4f}")
     check_ranks_in_sync(policy, run, t.steps)
-    metrics = validation_loss(policy, validation, config.speeds, scale_actions=config.augment == "none")
+    metrics = validation_loss(policy, validation, config.speeds, config.augment == "none", horizon)
     if rank == 0:
         run.log_metrics(metrics, step=t.steps)
         with tempfile.TemporaryDirectory() as directory:
-            torch.save({"state_dict": policy.state_dict(), "state_dim": states.shape[1]}, Path(directory) / "policy.pt")
+            torch.save({"state_dict": policy.state_dict(), "state_dim": states.shape[1], "action_type": action_type,
+                        "image_size": image_size},
+                       Path(directory) / "policy.pt")
             ray.train.report({**metrics, "step": t.steps}, checkpoint=ray.train.Checkpoint.from_directory(directory))
     else:
         ray.train.report({**metrics, "step": t.steps})
 
 
-def train_policy(config: Config, dataset: Path, run_record: tracking.Run, run_name: str, train_callbacks) -> tuple[dict, int, dict]:
+@dataclasses.dataclass
+class TrainedPolicy:
+    """What training hands on: the weights and the shapes and action type they were trained for."""
+
+    weights: dict
+    state_dim: int
+    action_type: str
+    image_size: int = 0  # > 0: the policy reads camera frames of this size
+
+    @property
+    def motion_dim(self) -> int:
+        from workloads.tempovla.demos import ACTION_TYPES
+
+        return len(ACTION_TYPES[self.action_type][1]) - 1
+
+    @property
+    def action_mode(self) -> str:
+        from workloads.tempovla.demos import ACTION_TYPES
+
+        return ACTION_TYPES[self.action_type][0]
+
+    def actor_spec(self, config: Config, command):
+        from workloads.tempovla.policy import SpeedActorSpec
+
+        return SpeedActorSpec(self.state_dim, config.policy.hidden, config.policy.conditioning, command, self.motion_dim,
+                              config.policy.chunk, config.policy.execute, config.policy.inputs, self.image_size)
+
+
+def train_policy(config: Config, dataset: Path, run_record: tracking.Run, run_name: str, train_callbacks) -> tuple[TrainedPolicy, dict]:
     from ray.train.torch import TorchTrainer
 
     with ProgressLines() as lines:
@@ -289,7 +339,7 @@ def train_policy(config: Config, dataset: Path, run_record: tracking.Run, run_na
         raise RunFailed("training reported no checkpoint (see the Ray Train worker logs)")
     with result.checkpoint.as_directory() as directory:
         saved = torch.load(Path(directory) / "policy.pt", weights_only=False)
-    return saved["state_dict"], saved["state_dim"], dict(result.metrics)
+    return TrainedPolicy(saved["state_dict"], saved["state_dim"], saved["action_type"], saved["image_size"]), dict(result.metrics)
 
 
 def step_budget(config: Config) -> tuple[int, int]:
@@ -300,20 +350,20 @@ def step_budget(config: Config) -> tuple[int, int]:
 # --- 3. evaluation (rollout workers) -----------------------------------------------------------------
 
 
-def evaluate(config: Config, weights: dict, state_dim: int) -> tuple[dict[str, float], dict[str, dict]]:
+def evaluate(config: Config, trained: TrainedPolicy) -> tuple[dict[str, float], dict[str, dict]]:
     """Success, time and tracking per constant speed and for the dynamic schedule: (metrics, per-setting summaries)."""
     from actors.rollout import RolloutGroup
     from envs.panda import PandaTask
-    from workloads.tempovla.policy import SpeedActorSpec, SpeedCommand, episode_steps_at
+    from workloads.tempovla.policy import SpeedCommand, episode_steps_at
 
-    actor_weights = {f"policy.{k}": v for k, v in weights.items()}
+    actor_weights = {f"policy.{k}": v for k, v in trained.weights.items()}
     scale = config.augment == "none"
 
-    def spec(command: SpeedCommand) -> SpeedActorSpec:
-        return SpeedActorSpec(state_dim, config.policy.hidden, config.policy.conditioning, command)
+    def spec(command: SpeedCommand):
+        return trained.actor_spec(config, command)
 
     def env_params(slowest: float) -> dict:
-        return {"action_mode": "ee", "stop_on_success": True, "episode_steps": episode_steps_at(slowest, config.episode_steps)}
+        return {"action_mode": trained.action_mode, "stop_on_success": True, "image_size": trained.image_size, "episode_steps": episode_steps_at(slowest, config.episode_steps)}
 
     settings = {f"{c:g}x": (SpeedCommand(speed=command_speed(config, c), scale_actions=scale), c) for c in config.eval_speeds}
     s = config.schedule
@@ -325,7 +375,7 @@ def evaluate(config: Config, weights: dict, state_dim: int) -> tuple[dict[str, f
     })
     first_command, _ = next(iter(settings.values()))
     group = RolloutGroup(ENV_ID, config.eval_workers, config.eval_envs_per_worker, config.seed + 7, env_params(1.0), spec(first_command),
-                         pin_threads=False)
+                         pin_threads=False, runtime_env=RENDERING if trained.image_size else None)
     summaries = {}
     try:
         for name, (command, limit_speed) in settings.items():
@@ -355,7 +405,7 @@ def evaluate(config: Config, weights: dict, state_dim: int) -> tuple[dict[str, f
 # --- 4. rendering (its own process: MuJoCo reads MUJOCO_GL at import) ----------------------------------
 
 
-def render_rollout(config_dict: dict, weights: dict, state_dim: int, speed: float) -> tuple[bytes, str]:
+def render_rollout(config_dict: dict, trained: TrainedPolicy, speed: float) -> tuple[bytes, str]:
     """A GIF of the policy at `speed`: (its bytes, '') or (b'', why it could not render)."""
     try:
         import io
@@ -363,13 +413,13 @@ def render_rollout(config_dict: dict, weights: dict, state_dim: int, speed: floa
         from PIL import Image
 
         from envs.panda import PandaPickCube
-        from workloads.tempovla.policy import SpeedActorSpec, SpeedCommand, episode_steps_at
+        from workloads.tempovla.policy import SpeedCommand, episode_steps_at
 
         config = from_dict(Config, config_dict)
-        actor = SpeedActorSpec(state_dim, config.policy.hidden, config.policy.conditioning,
-                               SpeedCommand(speed=speed, scale_actions=config.augment == "none")).build()
-        actor.load_state_dict({f"policy.{k}": v for k, v in weights.items()})
-        task = PandaPickCube(1, config.seed, action_mode="ee", episode_steps=episode_steps_at(speed, config.episode_steps))
+        actor = trained.actor_spec(config, SpeedCommand(speed=speed, scale_actions=config.augment == "none")).build()
+        actor.load_state_dict({f"policy.{k}": v for k, v in trained.weights.items()})
+        task = PandaPickCube(1, config.seed, action_mode=trained.action_mode, image_size=trained.image_size,
+                             episode_steps=episode_steps_at(speed, config.episode_steps))
         renderer, frames = task.make_renderer(), []
         for _ in range(episode_steps_at(speed, config.episode_steps)):
             actions, _ = actor.act(torch.from_numpy(task.observe()))
@@ -394,15 +444,15 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                                     data_hash=stable_hash([str(dataset.name)]))
     with ending_run(run_record):
         started = time.monotonic()
-        weights, state_dim, train_metrics = train_policy(config, dataset, run_record, run_name, train_callbacks)
+        trained, train_metrics = train_policy(config, dataset, run_record, run_name, train_callbacks)
         print(f"[tempovla] policy trained after {time.monotonic() - started:.0f} s", flush=True)
-        metrics, summaries = evaluate(config, weights, state_dim)
+        metrics, summaries = evaluate(config, trained)
         print(f"[tempovla] evaluated after {time.monotonic() - started:.0f} s", flush=True)
-        summary = log_outcome(config, run_record, dataset, weights, state_dim, metrics, summaries, train_metrics)
+        summary = log_outcome(config, run_record, dataset, trained, metrics, summaries, train_metrics)
     return summary
 
 
-def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, weights: dict, state_dim: int, metrics: dict,
+def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, trained: TrainedPolicy, metrics: dict,
                 summaries: dict, train_metrics: dict) -> RunSummary:
     import json
 
@@ -427,12 +477,13 @@ def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, weights
                                 "ideal": [(c, c) for c in config.eval_speeds]}},
                            Path(scratch) / "success_per_speed.png", f"tempovla ({config.augment})", xlabel="commanded speed")
         run_record.log_artifact(plot)
-        torch.save(policy_artifact(weights, state_dim, config.policy, config.speeds, config.augment), Path(scratch) / "policy.pt")
+        torch.save(policy_artifact(trained.weights, trained.state_dim, config.policy, config.speeds, config.augment,
+                                   trained.action_type, trained.image_size), Path(scratch) / "policy.pt")
         run_record.log_artifact(Path(scratch) / "policy.pt", "policy")
         if config.render:
-            task = ray.remote(num_cpus=0, runtime_env={"env_vars": {"MUJOCO_GL": "egl"}})(render_rollout)
+            task = ray.remote(num_cpus=0, runtime_env=RENDERING)(render_rollout)
             for speed in (min(config.eval_speeds), max(config.eval_speeds)):
-                gif, reason = ray.get(task.remote(to_dict(config), weights, state_dim, command_speed(config, speed)))
+                gif, reason = ray.get(task.remote(to_dict(config), trained, command_speed(config, speed)))
                 if reason:
                     run_record.set_tags({"render_skipped": reason[:250]})
                     break

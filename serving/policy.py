@@ -3,10 +3,11 @@
     POST /act {"observations": [[38 floats], ...], "speed": 1.5}
            or {"observations": [...], "schedule": {"fast": 2.0, "slow": 0.5, "near": 0.05}}
          -> {"actions": [[ee_dx, ee_dy, ee_dz, gripper], ...], "speeds": [...]}
-    GET  /healthz -> the policy's specs (observation size, action names, speed range, ...)
+            (+ "chunk": each row's whole predicted chunk, for a policy trained with chunks)
+    GET  /healthz -> the policy's specs (observation size, action names and mode, speed range, ...)
 
-Observations are PandaPickCube's in end-effector mode (`action_mode=ee`), one row per robot;
-actions are what that environment steps with (motion clipped to the bound, gripper +1 open /
+Observations are PandaPickCube's in the policy's action mode (`action_mode` in /healthz: ee, or
+joint_velocity), one row per robot; actions are what that environment steps with (motion clipped to the bound, gripper +1 open /
 -1 closed). A speed outside the range the policy was trained on is refused by name; a policy
 trained without VSTA (`augment=none`) has its motion scaled by the speed, as in evaluation.
 The policy is the `--checkpoint` given (a `policy.pt` or its directory), else the newest
@@ -88,8 +89,11 @@ class PolicyServer:
             command = SpeedCommand(fast=request.schedule.fast, slow=request.schedule.slow, near=request.schedule.near,
                                    scale_actions=scale)
         obs = torch.tensor(request.observations, dtype=torch.float32)
-        actions, _ = SpeedActor(self.policy, command).act(obs)
-        return {"actions": actions.tolist(), "speeds": command.speeds(obs).tolist()}
+        chunk = SpeedActor(self.policy, command, inputs=self.specs.get("inputs", "state")).predict(obs)
+        reply = {"actions": chunk[:, 0].tolist(), "speeds": command.speeds(obs).tolist()}
+        if self.specs.get("chunk", 1) > 1:  # action chunking: the whole predicted chunk too, to be played in order
+            reply["chunk"] = chunk.tolist()
+        return reply
 
 
 def build_app(args: dict | None = None):

@@ -47,6 +47,38 @@ def test_the_expert_succeeds_within_half_the_action_bound_so_speed_two_fits():
         assert np.abs(fast).max() <= 1.0 and set(np.unique(gripper)) == {-1.0, 1.0}  # grasped, and within the bound
 
 
+def test_joint_velocity_mode_moves_the_targets_by_velocity_times_dt_and_measures_the_gap_by_kinematics():
+    import mujoco
+
+    task = PandaPickCube(2, seed=0, action_mode="joint_velocity")
+    assert task.action_dim == 8
+    action = np.zeros((2, 8), dtype=np.float32)
+    action[0, 1], action[1, 3], action[:, 7] = 0.5, -0.4, 1.0
+    for _ in range(10):
+        targets, qpos, before = task.ctrl[:, :7].copy(), task.sim.qpos.copy(), task.gripper.copy()
+        task.step(action)
+        expected = np.clip(targets + task.params.joint_velocity_limit * task.ctrl_dt * action[:, :7], task.ctrl_low[:7], task.ctrl_high[:7])
+        np.testing.assert_allclose(task.ctrl[:, :7], expected, atol=1e-12)
+        # the commanded gripper motion, by forward kinematics on a separate MjData
+        data = mujoco.MjData(task.sim.model)
+        commanded = []
+        for i in range(2):
+            ends = []
+            for q in (qpos[i], np.r_[qpos[i, :7] + task.params.joint_velocity_limit * task.ctrl_dt * action[i, :7], qpos[i, 7:]]):
+                data.qpos[:] = q
+                mujoco.mj_forward(task.sim.model, data)
+                ends.append(data.site("gripper").xpos.copy())
+            commanded.append(ends[1] - ends[0])
+        np.testing.assert_allclose(task.tracking_gap(), np.linalg.norm(np.array(commanded) - (task.gripper - before), axis=1), atol=1e-9)
+
+
+def test_the_joint_velocity_expert_records_eight_wide_actions_within_half_the_bound():
+    episodes, _ = record_batch(DemoConfig(envs_per_batch=6, action_type="joint_velocity"), seed=1, env_params={})
+    assert len(episodes) >= 4
+    actions = np.concatenate([e.actions for e in episodes])
+    assert actions.shape[1] == 8 and np.abs(actions[:, :7]).max() <= 0.5 + 1e-5 and set(np.unique(actions[:, 7])) == {-1.0, 1.0}
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     episodes, _ = record_batch(DemoConfig(envs_per_batch=6), seed=2, env_params={})
@@ -114,6 +146,15 @@ def test_other_layouts_and_bad_speeds_are_refused_by_name(dataset, tmp_path):
 
     with pytest.raises(ConfigError, match="dataset: action type 'joint_position' is not linearly composable"):
         dataset_for(load_config(Config, None, [f"dataset={joints}"]))
+    # an image policy needs camera frames: asked for without them, refused before anything runs
+    with pytest.raises(ConfigError, match="policy.inputs: image needs camera frames: set demos.image_size"):
+        load_config(Config, None, ["policy.inputs=image"])
+    with pytest.raises(ConfigError, match="has no 'observation.images.front' video feature"):
+        dataset_for(load_config(Config, None, [f"dataset={dataset}", "policy.inputs=image"]))
+    with pytest.raises(ConfigError, match="policy.execute: must be in"):
+        load_config(Config, None, ["policy.chunk=2", "policy.execute=3"])
+    with pytest.raises(ConfigError, match="demos.image_size: must be 0 or a multiple of 8"):
+        load_config(Config, None, ["demos.image_size=30"])
 
 
 def load_demonstrations_as_episodes(root: Path) -> list:
@@ -134,3 +175,65 @@ def test_generation_runs_as_ray_tasks_and_is_cached(local_ray, tmp_path):
     stamp = (first / "meta/info.json").stat().st_mtime_ns
     again = generate_demos(config, 3, tmp_path / "demos", say_line=lines.append)
     assert again == first and (again / "meta/info.json").stat().st_mtime_ns == stamp and len(lines) == 1  # not rebuilt
+
+
+def test_a_video_round_trips_through_pyav_within_the_codecs_loss(tmp_path):
+    from workloads.tempovla.demos import read_video, write_video
+
+    # smooth moving gradients with a bright square: what a camera sees, and what H.264 keeps well
+    y, x = np.mgrid[0:32, 0:32]
+    frames = np.stack([np.stack([x * 4 + t, y * 4, np.full_like(x, 128)], axis=-1) for t in range(20)]).astype(np.uint8)
+    frames[:, 10:18, 10:18] = [255, 40, 40]
+    write_video(tmp_path / "v.mp4", frames, 50)
+    decoded = read_video(tmp_path / "v.mp4")
+    assert decoded.shape == frames.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 4  # near-lossless (crf 18), not bit-exact
+    inside = decoded[:, 12:16, 12:16].reshape(-1, 3)
+    assert inside[:, 0].min() > 220 and inside[:, 1].max() < 80  # the square is still red
+
+
+def test_camera_frames_are_recorded_by_ray_tasks_as_video_in_the_layout(local_ray, tmp_path):
+    """Rendering needs OpenGL: the generation tasks get MUJOCO_GL=egl from the pipeline, not the test."""
+    import av
+
+    from pipelines.tempovla import generate_demos
+    from workloads.tempovla.demos import VIDEO_KEY
+
+    root = generate_demos(DemoConfig(episodes=2, envs_per_batch=2, image_size=32), 5, tmp_path / "demos", say_line=lambda _: None)
+    info = read_info(root)
+    video = info["features"][VIDEO_KEY]
+    assert video["dtype"] == "video" and video["shape"] == [32, 32, 3] and video["info"]["video.fps"] == info["fps"]
+    path = root / info["video_path"].format(video_key=VIDEO_KEY, chunk_index=0, file_index=0)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 32, 32)
+        assert sum(1 for _ in container.decode(video=0)) == info["total_frames"]  # one frame per data row
+    episodes = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").to_pydict()
+    fps = info["fps"]
+    assert [round((b - a) * fps) for a, b in zip(episodes[f"videos/{VIDEO_KEY}/from_timestamp"],
+                                                 episodes[f"videos/{VIDEO_KEY}/to_timestamp"])] == episodes["length"]
+    stats = json.loads((root / "meta/stats.json").read_text())[VIDEO_KEY]
+    assert np.asarray(stats["mean"]).shape == (3, 1, 1) and 0 < np.asarray(stats["mean"]).min() < 1
+    demos, _ = load_demonstrations(root)
+    assert [len(d.images) for d in demos] == episodes["length"] and demos[0].images.dtype == np.uint8
+    assert demos[0].images[0].std() > 10  # a picture, not a blank frame
+
+
+def test_an_image_policy_is_evaluated_by_rollout_workers_that_render(local_ray):
+    """The observation ends with the camera frame; the actor cuts it off and the policy reads it."""
+    import torch
+
+    from actors.rollout import RolloutGroup
+    from pipelines.tempovla import ENV_ID, RENDERING
+    from workloads.tempovla.policy import PROPRIO_INDEX, SpeedActorSpec, SpeedCommand
+
+    spec = SpeedActorSpec(len(PROPRIO_INDEX), [16], "film", SpeedCommand(speed=1.0), inputs="image", image_size=16)
+    torch.manual_seed(0)
+    weights = spec.build().state_dict()
+    group = RolloutGroup(ENV_ID, 1, 2, 0, {"action_mode": "ee", "image_size": 16, "episode_steps": 5}, spec,
+                         pin_threads=False, runtime_env=RENDERING)
+    try:
+        episodes = group.evaluate(weights, 6)
+    finally:
+        group.shutdown()
+    assert episodes["length"] == [5, 5] and len(episodes["metrics/tracking_gap_mm"]) == 2

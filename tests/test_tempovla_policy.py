@@ -24,20 +24,57 @@ class Fixed(torch.nn.Module):
         super().__init__()
         self.motion, self.logit = motion, logit
 
-    def forward(self, state, speed):
+    def forward(self, state, speed, image=None):
         return self.motion, self.logit
 
 
 def test_bc_loss_is_motion_mse_plus_weighted_gripper_cross_entropy():
-    motion = torch.tensor([[0.1, 0.2, 0.3], [0.0, 0.0, 0.0]])
-    logit = torch.tensor([2.0, -1.0])
-    batch = {"state": torch.zeros(2, 5), "speed": torch.ones(2), "motion": torch.tensor([[0.1, 0.0, 0.3], [0.5, 0.0, 0.0]]),
-             "gripper": torch.tensor([1.0, 1.0])}
+    motion = torch.tensor([[[0.1, 0.2, 0.3]], [[0.0, 0.0, 0.0]]])  # (n, chunk 1, 3)
+    logit = torch.tensor([[2.0], [-1.0]])
+    batch = {"state": torch.zeros(2, 5), "speed": torch.ones(2), "motion": torch.tensor([[[0.1, 0.0, 0.3]], [[0.5, 0.0, 0.0]]]),
+             "gripper": torch.tensor([[1.0], [1.0]])}
     loss, stats = bc_loss(Fixed(motion, logit), batch, gripper_weight=0.1)
     mse = (0.2**2 + 0.5**2) / 6
     bce = (np.log(1 + np.exp(-2.0)) + np.log(1 + np.exp(1.0))) / 2  # both targets open (+1)
     assert stats["motion_mse"] == pytest.approx(mse, rel=1e-6) and stats["gripper_bce"] == pytest.approx(bce, rel=1e-6)
     assert float(loss) == pytest.approx(mse + 0.1 * bce, rel=1e-6)
+
+
+def test_bc_loss_over_a_chunk_counts_only_the_steps_that_exist():
+    # two examples of chunk 2; the second example's second step runs past its demonstration
+    motion = torch.tensor([[[1.0, 0.0], [2.0, 0.0]], [[0.0, 1.0], [9.0, 9.0]]])
+    logit = torch.zeros(2, 2)
+    batch = {"state": torch.zeros(2, 5), "speed": torch.ones(2), "motion": torch.zeros(2, 2, 2),
+             "gripper": torch.ones(2, 2), "valid": torch.tensor([[True, True], [True, False]])}
+    loss, stats = bc_loss(Fixed(motion, logit), batch, gripper_weight=1.0)
+    # per-step mean squared motion error: 0.5, 2.0, 0.5 (the invalid 81.0 left out)
+    assert stats["motion_mse"] == pytest.approx((0.5 + 2.0 + 0.5) / 3, rel=1e-6)
+    assert stats["gripper_bce"] == pytest.approx(np.log(2.0), rel=1e-6)
+
+
+def test_a_chunked_actor_plays_execute_actions_of_each_chunk_before_asking_again():
+    class Counting(torch.nn.Module):
+        """Chunks whose motion says which call and which step of the chunk it is."""
+
+        chunk, motion_dim = 3, 1
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, state, speed, image=None):
+            self.calls += 1
+            steps = torch.arange(3, dtype=torch.float32)
+            motion = (0.1 * self.calls + 0.01 * steps).expand(len(state), 3)[..., None]
+            return motion, torch.ones(len(state), 3)
+
+    policy = Counting()
+    actor = SpeedActor(policy, SpeedCommand(speed=1.0), execute=2)
+    obs = torch.zeros(2, 38)
+    played = [round(float(actor.act(obs)[0][0, 0]), 4) for _ in range(5)]
+    assert played == [0.1, 0.11, 0.2, 0.21, 0.3] and policy.calls == 3
+    whole = SpeedActor(Counting(), SpeedCommand(speed=1.0))  # execute 0: the whole chunk
+    assert [round(float(whole.act(obs)[0][0, 0]), 4) for _ in range(4)] == [0.1, 0.11, 0.12, 0.2]
 
 
 @pytest.mark.parametrize("conditioning", ["film", "token"])
@@ -97,3 +134,20 @@ def test_the_policy_state_is_the_observations_positions():
     obs = torch.from_numpy(task.observe())
     np.testing.assert_allclose(obs[:, BOX_TO_GRIPPER].numpy(), task.box - task.gripper, atol=1e-6)
     np.testing.assert_allclose(obs[:, BOX_HEIGHT].numpy(), task.box[:, 2], atol=1e-6)
+
+
+def test_an_image_policy_reads_the_frame_at_the_end_of_the_observation():
+    from workloads.tempovla.policy import PROPRIO_INDEX, policy_state
+
+    torch.manual_seed(2)
+    policy = SpeedPolicy(len(PROPRIO_INDEX), [16], "token", image_size=16)
+    state, image = torch.randn(3, 38), torch.randint(0, 256, (3, 16, 16, 3)).float()
+    obs = torch.cat([state, image.reshape(3, -1)], dim=1)  # PandaPickCube's layout with image_size=16
+    acted, _ = SpeedActor(policy, SpeedCommand(speed=1.0), inputs="image").act(obs)
+    motion, logit = policy(state[:, PROPRIO_INDEX], torch.ones(3), image=image)
+    torch.testing.assert_close(acted[:, :3], motion[:, 0].clamp(-1, 1))
+    assert torch.equal(acted[:, 3], torch.where(logit[:, 0] > 0, 1.0, -1.0))
+    other, _ = policy(policy_state(state, "image"), torch.ones(3), image=255 - image)
+    assert not torch.allclose(motion, other)  # the frame matters
+    with pytest.raises(ValueError, match="camera frames"):
+        policy(state[:, PROPRIO_INDEX], torch.ones(3))

@@ -65,7 +65,7 @@ def test_every_frame_is_a_sampled_start_and_steps_stop_at_the_chunk_end():
     sampler = VSTASampler(demos, speeds=(0.5, 1.0, 2.0), seed=0)
     batch = sampler.sample(4000)
     assert {(int(d), int(t)) for d, t in zip(batch["demo"], batch["frame"])} == {(d, t) for d, n in enumerate((11, 14)) for t in range(n)}
-    assert batch["state"].shape == (4000, 4) and batch["motion"].shape == (4000, 3) and set(batch["speed"]) == {0.5, 1.0, 2.0}
+    assert batch["state"].shape == (4000, 4) and batch["motion"].shape == (4000, 1, 3) and set(batch["speed"]) == {0.5, 1.0, 2.0}
     motion = demos[0].motion
     _, step, grip = sampler.example(0, 2, 2.0)
     np.testing.assert_allclose(step, motion[2] + motion[3])
@@ -74,6 +74,25 @@ def test_every_frame_is_a_sampled_start_and_steps_stop_at_the_chunk_end():
     _, step, _ = sampler.example(0, 2, 0.5)
     np.testing.assert_allclose(step, motion[2] / 2)
     assert grip == 1.0
+
+
+@pytest.mark.parametrize("speed", [0.5, 1.5, 2.0])
+def test_a_window_from_the_first_frame_is_the_start_of_the_retimed_episode(speed):
+    """Action chunking's targets: the steps a window strings together, chunk end by chunk end,
+    are exactly `retime_episode`'s; past the demonstration they are padding, marked invalid."""
+    rng = np.random.default_rng(5)
+    motion = rng.uniform(0.1, 1.0, size=(13, 3))
+    gripper = np.array([1.0] * 5 + [-1.0] * 8)
+    sampler = VSTASampler([Demonstration(np.zeros((13, 2)), motion, gripper)], speeds=(speed,))
+    expected, expected_gripper, _ = retime_episode(motion, gripper, speed)
+    horizon = len(expected) + 3
+    window, window_gripper, valid = sampler.window(0, 0, speed, horizon)
+    assert valid.tolist() == [True] * len(expected) + [False] * 3
+    np.testing.assert_allclose(window[: len(expected)], expected, atol=1e-12)
+    np.testing.assert_array_equal(window_gripper[: len(expected)], expected_gripper)
+    assert not window[len(expected):].any() and (window_gripper[len(expected):] == gripper[-1]).all()
+    batch = sampler.sample(8, horizon=4)
+    assert batch["motion"].shape == (8, 4, 3) and batch["gripper"].shape == (8, 4) and batch["valid"].shape == (8, 4)
 
 
 def test_a_non_composable_action_type_is_refused_by_name():

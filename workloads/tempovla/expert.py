@@ -1,4 +1,6 @@
-"""A scripted demonstrator for PandaPickCube in end-effector mode (`action_mode="ee"`).
+"""A scripted demonstrator for PandaPickCube in end-effector mode (`action_mode="ee"`) or
+joint-velocity mode (`action_mode="joint_velocity"`: the same end-effector motion turned into
+joint velocities by the environment's own differential IK).
 
 It reads the simulator's state (gripper, cube and target positions): it is an expert that
 writes demonstrations, never a policy under evaluation. Phases, per environment: approach a
@@ -55,10 +57,17 @@ class PickCubeExpert:
         self.phase = np.where(moves, self.phase + 1, self.phase)
 
     def act(self, task) -> np.ndarray:
-        """(N, 4) actions: end-effector delta in units of `ee_step`, then the gripper command."""
+        """(N, 4) actions: end-effector delta in units of `ee_step`, then the gripper command; in
+        joint-velocity mode (N, 8): arm joint velocities in units of `joint_velocity_limit`, then
+        the gripper command. Either way no component exceeds `max_action`."""
         self.advance(task)
         motion = (self.point(task) - task.gripper) / self.ee_step
         norm = np.linalg.norm(motion, axis=1, keepdims=True)
         motion *= np.minimum(1.0, self.config.max_action / np.maximum(norm, 1e-9))
+        if task.params.action_mode == "joint_velocity":
+            per_unit = task.params.joint_velocity_limit * task.ctrl_dt  # radians of target per unit action
+            motion = task.ik.joint_deltas(task.sim.qpos, self.ee_step * motion) / per_unit
+            largest = np.abs(motion).max(axis=1, keepdims=True)
+            motion *= np.minimum(1.0, self.config.max_action / np.maximum(largest, 1e-9))
         gripper = np.where(self.phase >= GRASP, CLOSED, OPEN)
         return np.concatenate([motion, gripper[:, None]], axis=1).astype(np.float32)

@@ -1,13 +1,18 @@
-"""TempoVLA's speed-conditioned policy for PandaPickCube in end-effector mode.
+"""TempoVLA's speed-conditioned policy for PandaPickCube in a composable action mode.
 
-The policy maps (state, speed c) to an end-effector delta (units of the env's `ee_step`) and a
-gripper logit. The speed enters by feature modulation (FiLM: each hidden layer is scaled and
-shifted by a function of c, initialised to the identity) or as a speed token (features of c
-concatenated to the state), as `conditioning` says.
+The policy maps (state, speed c) to the next `chunk` actions at that speed: each a motion (an
+end-effector delta in units of the env's `ee_step`, or arm joint velocities in units of its
+`joint_velocity_limit`, as the demonstrations were recorded) and a gripper logit. The speed
+enters by feature modulation (FiLM: each hidden layer is scaled and shifted by a function of c,
+initialised to the identity) or as a speed token (features of c concatenated to the state), as
+`conditioning` says. With `chunk` > 1 (action chunking) a rollout runs `execute` actions of a
+predicted chunk open-loop before it asks again.
 
 The state is the speed-invariant part of the observation: positions only. Joint velocities and
 the previous action scale with the speed, so a policy that read them would see, at 2x, states
 that no 1x demonstration contains (the paper's policies read images, which carry no velocity).
+With `inputs="image"` the policy reads the front camera's frame (a small CNN) and the robot's
+own positions only (joints and gripper): where the cube and the target are, it must see.
 
 `SpeedActor` is what rollout workers run: the policy with its speed fixed, scheduled from the
 gripper-cube distance (fast in transit, slow near contact), or, for the 1x-only baseline,
@@ -26,15 +31,17 @@ from torch import nn
 
 # PandaPickCube.observe(): q[:9], v[:9], gripper(3), box(3), box-gripper(3), target-box(3), box quat(4), last action
 STATE_INDEX = np.r_[0:9, 18:34]  # positions: joints, gripper, cube, the two offsets, cube orientation
+PROPRIO_INDEX = np.r_[0:9, 18:21]  # the robot's own positions: joints and gripper (what an image policy reads besides the frame)
 BOX_TO_GRIPPER = slice(24, 27)  # within the observation
 BOX_HEIGHT = 23  # the cube's z
 RESTING_HEIGHT = 0.03 + 0.02  # the cube's centre on the table (half its height) plus a margin: below this it is not lifted
 CONDITIONINGS = ("film", "token")
+INPUTS = {"state": STATE_INDEX, "image": PROPRIO_INDEX}  # what the policy reads -> its state columns
 
 
-def policy_state(obs):
-    """The speed-invariant columns of PandaPickCube observations (numpy or torch, (..., obs_dim))."""
-    return obs[..., STATE_INDEX]
+def policy_state(obs, inputs: str = "state"):
+    """The speed-invariant columns of PandaPickCube observations the policy reads (numpy or torch, (..., obs_dim))."""
+    return obs[..., INPUTS[inputs]]
 
 
 def speed_features(speed: torch.Tensor) -> torch.Tensor:
@@ -49,32 +56,65 @@ class PolicyConfig:
 
     hidden: list[int] = dataclasses.field(default_factory=lambda: [256, 256])  # MLP layer sizes
     conditioning: str = "film"  # film (feature modulation) or token (speed features as input)
+    chunk: int = 1  # actions predicted per call (action chunking when > 1)
+    execute: int = 0  # actions of a chunk run before the next prediction (0: the whole chunk)
+    inputs: str = "state"  # state (positions) or image (the front camera and the robot's own positions; needs demos.image_size)
+
+    def validate(self) -> None:
+        from workloads.config import require
+
+        require(self.conditioning in CONDITIONINGS, "conditioning", f"expected one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}")
+        require(self.inputs in INPUTS, "inputs", f"expected one of {', '.join(INPUTS)}, got {self.inputs!r}")
+        require(self.chunk >= 1, "chunk", "must be >= 1")
+        require(0 <= self.execute <= self.chunk, "execute", f"must be in [0, chunk={self.chunk}]")
+
+
+class ImageEncoder(nn.Module):
+    """(n, H, W, 3) uint8 camera frames -> (n, features): three strided convolutions and a linear layer."""
+
+    def __init__(self, size: int, features: int = 64):
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.GELU(), nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                                   nn.GELU(), nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.GELU(), nn.Flatten())
+        self.out = nn.Linear(32 * (size // 8) ** 2, features)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        return F.gelu(self.out(self.convs(x)))
 
 
 class SpeedPolicy(nn.Module):
-    """(state, speed) -> (motion (n, 3), gripper logit (n,)); states normalised by the dataset's statistics."""
+    """(state, speed[, image]) -> (motion (n, chunk, motion_dim), gripper logits (n, chunk));
+    states normalised by the dataset's statistics; with `image_size` > 0 the camera frame's
+    features join the state."""
 
     def __init__(self, state_dim: int, hidden: list[int], conditioning: str = "film",
-                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None):
+                 state_mean: np.ndarray | None = None, state_std: np.ndarray | None = None, motion_dim: int = 3, chunk: int = 1,
+                 image_size: int = 0):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}")
-        self.conditioning = conditioning
+        self.conditioning, self.motion_dim, self.chunk, self.image_size = conditioning, motion_dim, chunk, image_size
+        self.encoder = ImageEncoder(image_size) if image_size else None
         mean = torch.zeros(state_dim) if state_mean is None else torch.as_tensor(state_mean, dtype=torch.float32)
         std = torch.ones(state_dim) if state_std is None else torch.as_tensor(state_std, dtype=torch.float32)
         self.register_buffer("state_mean", mean)
         self.register_buffer("state_std", std.clamp_min(1e-3))
-        extra = 3 if conditioning == "token" else 0
+        extra = (3 if conditioning == "token" else 0) + (self.encoder.out.out_features if self.encoder else 0)
         sizes = [state_dim + extra, *hidden]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         if conditioning == "film":
             self.film = nn.Linear(3, 2 * sum(hidden))
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)  # scale 1, shift 0: FiLM starts as the identity
-        self.head = nn.Linear(hidden[-1], 4)
+        self.head = nn.Linear(hidden[-1], chunk * (motion_dim + 1))
 
-    def forward(self, state: torch.Tensor, speed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, state: torch.Tensor, speed: torch.Tensor, image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = (state - self.state_mean) / self.state_std
+        if self.encoder is not None:
+            if image is None:
+                raise ValueError("this policy reads camera frames: pass image (n, H, W, 3)")
+            x = torch.cat([x, self.encoder(image)], dim=-1)
         features = speed_features(speed)
         if self.conditioning == "token":
             x = torch.cat([x, features], dim=-1)
@@ -84,16 +124,20 @@ class SpeedPolicy(nn.Module):
             modulation = self.film(features).split([size for layer in self.layers for size in (layer.out_features,) * 2], dim=-1)
             for i, layer in enumerate(self.layers):
                 x = F.gelu(layer(x) * (1 + modulation[2 * i]) + modulation[2 * i + 1])
-        out = self.head(x)
-        return out[:, :3], out[:, 3]
+        out = self.head(x).view(len(x), self.chunk, self.motion_dim + 1)
+        return out[..., : self.motion_dim], out[..., self.motion_dim]
 
 
 def bc_loss(policy: nn.Module, batch: dict[str, torch.Tensor], gripper_weight: float = 0.1) -> tuple[torch.Tensor, dict]:
-    """Behaviour cloning: squared error of the motion plus the gripper command's cross-entropy
-    (open = +1 is the positive class)."""
-    motion, logit = policy(batch["state"], batch["speed"])
-    motion_loss = F.mse_loss(motion, batch["motion"])
-    gripper_loss = F.binary_cross_entropy_with_logits(logit, (batch["gripper"] > 0).float())
+    """Behaviour cloning over a chunk of actions: squared error of the motion plus the gripper
+    command's cross-entropy (open = +1 is the positive class), averaged over the chunk's steps
+    that exist (`valid` (n, chunk), all of them when absent: a chunk may run past its
+    demonstration's end). `motion` is (n, chunk, D), `gripper` (n, chunk)."""
+    motion, logit = policy(batch["state"], batch["speed"], image=batch.get("image"))
+    valid = batch.get("valid", torch.ones_like(batch["gripper"])).float()
+    count = valid.sum().clamp_min(1.0)
+    motion_loss = (((motion - batch["motion"]) ** 2).mean(-1) * valid).sum() / count
+    gripper_loss = (F.binary_cross_entropy_with_logits(logit, (batch["gripper"] > 0).float(), reduction="none") * valid).sum() / count
     loss = motion_loss + gripper_weight * gripper_loss
     return loss, {"motion_mse": float(motion_loss.detach()), "gripper_bce": float(gripper_loss.detach())}
 
@@ -121,21 +165,37 @@ class SpeedCommand:
 
 class SpeedActor(nn.Module):
     """A trained SpeedPolicy behind the rollout workers' `act(obs, deterministic)` (actions
-    (n, 4): motion clipped to the action bound, gripper +1 open / -1 closed; log-probs zero: the
-    policy is deterministic)."""
+    (n, motion_dim + 1): motion clipped to the action bound, gripper +1 open / -1 closed;
+    log-probs zero: the policy is deterministic). With action chunking it predicts a chunk for
+    every environment at once and plays `execute` of its actions before predicting again (the
+    environments of one evaluation start together, so one clock serves them all)."""
 
-    def __init__(self, policy: SpeedPolicy, command: SpeedCommand):
+    def __init__(self, policy: SpeedPolicy, command: SpeedCommand, execute: int = 0, inputs: str = "state"):
         super().__init__()
-        self.policy, self.command = policy, command
+        self.policy, self.command, self.inputs = policy, command, inputs
+        self.execute = execute or policy.chunk
+        self.plan, self.played = None, 0
+
+    @torch.no_grad()
+    def predict(self, obs: torch.Tensor) -> torch.Tensor:
+        """(n, chunk, motion_dim + 1): the policy's next chunk of environment actions."""
+        speed = self.command.speeds(obs)
+        asked = torch.ones_like(speed) if self.command.scale_actions else speed
+        image = None
+        if self.inputs == "image":  # the observation ends with the camera frame (PandaPickCube's image_size)
+            size = self.policy.image_size
+            image = obs[:, -3 * size * size:].reshape(len(obs), size, size, 3)
+        motion, logit = self.policy(policy_state(obs, self.inputs), asked, image=image)
+        if self.command.scale_actions:
+            motion = motion * speed[:, None, None]
+        return torch.cat([motion.clamp(-1.0, 1.0), torch.where(logit > 0, 1.0, -1.0)[..., None]], dim=-1)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, deterministic: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        speed = self.command.speeds(obs)
-        asked = torch.ones_like(speed) if self.command.scale_actions else speed
-        motion, logit = self.policy(policy_state(obs), asked)
-        if self.command.scale_actions:
-            motion = motion * speed[:, None]
-        actions = torch.cat([motion.clamp(-1.0, 1.0), torch.where(logit > 0, 1.0, -1.0)[:, None]], dim=-1)
+        if self.plan is None or self.played >= self.execute or len(self.plan) != len(obs):
+            self.plan, self.played = self.predict(obs), 0
+        actions = self.plan[:, self.played]
+        self.played += 1
         return actions, torch.zeros(len(obs))
 
 
@@ -147,9 +207,16 @@ class SpeedActorSpec:
     hidden: list[int]
     conditioning: str
     command: SpeedCommand
+    motion_dim: int = 3
+    chunk: int = 1
+    execute: int = 0
+    inputs: str = "state"
+    image_size: int = 0
 
     def build(self) -> SpeedActor:
-        return SpeedActor(SpeedPolicy(self.state_dim, self.hidden, self.conditioning), self.command)
+        policy = SpeedPolicy(self.state_dim, self.hidden, self.conditioning, motion_dim=self.motion_dim, chunk=self.chunk,
+                             image_size=self.image_size)
+        return SpeedActor(policy, self.command, self.execute, self.inputs)
 
 
 def episode_steps_at(speed: float, steps_at_1x: int) -> int:
@@ -160,16 +227,21 @@ def episode_steps_at(speed: float, steps_at_1x: int) -> int:
 # --- the policy artifact -----------------------------------------------------------------------------
 
 ARTIFACT_KIND = "rayworks.tempovla.speed_policy"
-OBSERVATION_DIM = 38  # PandaPickCube's observation in ee mode
-ACTION_NAMES = ["ee_dx", "ee_dy", "ee_dz", "gripper"]
+OBSERVATION_BASE_DIM = 34  # PandaPickCube's observation before the last action
 
 
-def policy_artifact(weights: dict, state_dim: int, policy: PolicyConfig, speeds: list[float], augment: str) -> dict:
+def policy_artifact(weights: dict, state_dim: int, policy: PolicyConfig, speeds: list[float], augment: str,
+                    action_type: str = "ee_delta", image_size: int = 0) -> dict:
     """What `policy.pt` holds: the weights (the state normaliser among them as buffers) and the
     specs a server needs to run the policy without the pipeline's config."""
+    from workloads.tempovla.demos import ACTION_TYPES
+
+    mode, names = ACTION_TYPES[action_type]
     return {"kind": ARTIFACT_KIND, "state_dict": weights, "state_dim": state_dim, "hidden": list(policy.hidden),
-            "conditioning": policy.conditioning, "speed_range": [min(speeds), max(speeds)], "augment": augment,
-            "observation_dim": OBSERVATION_DIM, "action_names": ACTION_NAMES}
+            "conditioning": policy.conditioning, "chunk": policy.chunk, "execute": policy.execute or policy.chunk,
+            "speed_range": [min(speeds), max(speeds)], "augment": augment, "action_type": action_type,
+            "action_mode": mode, "inputs": policy.inputs, "image_size": image_size,
+            "observation_dim": OBSERVATION_BASE_DIM + len(names) + 3 * image_size**2, "action_names": names}
 
 
 def load_policy_artifact(path) -> tuple[SpeedPolicy, dict]:
@@ -187,6 +259,7 @@ def load_policy_artifact(path) -> tuple[SpeedPolicy, dict]:
         raise ValueError(f"{path}: not a TempoVLA policy artifact ({type(exc).__name__}: {str(exc)[:200]})") from None
     if not isinstance(saved, dict) or saved.get("kind") != ARTIFACT_KIND:
         raise ValueError(f"{path}: not a TempoVLA policy artifact (kind {saved.get('kind') if isinstance(saved, dict) else None!r})")
-    policy = SpeedPolicy(saved["state_dim"], saved["hidden"], saved["conditioning"])
+    policy = SpeedPolicy(saved["state_dim"], saved["hidden"], saved["conditioning"],
+                         motion_dim=len(saved["action_names"]) - 1, chunk=saved.get("chunk", 1), image_size=saved.get("image_size", 0))
     policy.load_state_dict(saved["state_dict"])
     return policy.eval(), {k: v for k, v in saved.items() if k != "state_dict"}

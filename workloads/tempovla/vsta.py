@@ -104,6 +104,7 @@ class Demonstration:
     states: np.ndarray  # (T, S)
     motion: np.ndarray  # (T, D)
     gripper: np.ndarray  # (T,)
+    images: np.ndarray | None = None  # (T, H, W, 3) uint8 camera frames, when recorded
 
 
 class VSTASampler:
@@ -123,18 +124,41 @@ class VSTASampler:
             for start, end in segment(demo.motion, demo.gripper, turn_degrees):
                 self.chunk_end[d][start:end] = end
 
+    def window(self, demo: int, frame: int, speed: float, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The `horizon` re-timed steps at `speed` from `frame` on (action chunking's target):
+        (motion (H, D), gripper (H,), valid (H,)). Each step starts where the last ended; at a
+        chunk's end the grid restarts there, as in `retime_episode`; steps past the
+        demonstration's end are padded (no motion, the last gripper command) and not valid."""
+        cum, gripper = self.cum[demo], self.demos[demo].gripper
+        length = len(gripper)
+        motion, grip, valid = np.zeros((horizon, cum.shape[1])), np.full(horizon, float(gripper[-1])), np.zeros(horizon, dtype=bool)
+        position = float(frame)
+        for k in range(horizon):
+            if position >= length:
+                break
+            start = int(position)
+            following = min(position + speed, float(self.chunk_end[demo][start]))
+            motion[k] = displacement(cum, following) - displacement(cum, position)
+            grip[k], valid[k] = gripper[start], True
+            position = following
+        return motion, grip, valid
+
     def example(self, demo: int, frame: int, speed: float) -> tuple[np.ndarray, np.ndarray, float]:
         """(state, motion, gripper) of the step at `speed` starting at `frame` of demonstration `demo`."""
-        end = self.chunk_end[demo][frame]
-        cum = self.cum[demo]
-        motion = displacement(cum, min(frame + speed, end)) - cum[frame]
-        return self.demos[demo].states[frame], motion, float(self.demos[demo].gripper[frame])
+        motion, gripper, _ = self.window(demo, frame, speed, 1)
+        return self.demos[demo].states[frame], motion[0], float(gripper[0])
 
-    def sample(self, n: int) -> dict[str, np.ndarray]:
-        """n examples: state (n, S), speed (n,), motion (n, D), gripper (n,), and where each came from."""
+    def sample(self, n: int, horizon: int = 1) -> dict[str, np.ndarray]:
+        """n examples of `horizon` steps: state (n, S), speed (n,), motion (n, H, D), gripper
+        (n, H), valid (n, H), where each came from (demo, frame), and the camera frame (image)
+        when the demonstrations have them."""
         picks = self.frames[self.rng.integers(len(self.frames), size=n)]
         speeds = self.rng.choice(self.speeds, size=n)
-        rows = [self.example(int(d), int(t), float(c)) for (d, t), c in zip(picks, speeds)]
-        return {"state": np.stack([r[0] for r in rows]).astype(np.float32), "speed": speeds.astype(np.float32),
-                "motion": np.stack([r[1] for r in rows]).astype(np.float32),
-                "gripper": np.array([r[2] for r in rows], dtype=np.float32), "demo": picks[:, 0], "frame": picks[:, 1]}
+        windows = [self.window(int(d), int(t), float(c), horizon) for (d, t), c in zip(picks, speeds)]
+        batch = {"state": np.stack([self.demos[d].states[t] for d, t in picks]).astype(np.float32), "speed": speeds.astype(np.float32),
+                 "motion": np.stack([w[0] for w in windows]).astype(np.float32),
+                 "gripper": np.stack([w[1] for w in windows]).astype(np.float32),
+                 "valid": np.stack([w[2] for w in windows]), "demo": picks[:, 0], "frame": picks[:, 1]}
+        if self.demos and self.demos[0].images is not None:
+            batch["image"] = np.stack([self.demos[d].images[t] for d, t in picks])
+        return batch
