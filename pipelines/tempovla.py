@@ -252,7 +252,7 @@ def train_loop_per_worker(payload: dict) -> None:
 
     from actors.rollout import limit_threads
     from workloads.tempovla.demos import load_demonstrations
-    from workloads.tempovla.policy import SpeedPolicy, bc_loss, policy_state
+    from workloads.tempovla.policy import SpeedPolicy, bc_loss, policy_state, random_shift
     from workloads.tempovla.vsta import Demonstration, VSTASampler
 
     limit_threads()
@@ -278,6 +278,8 @@ def train_loop_per_worker(payload: dict) -> None:
     for step in range(1, t.steps + 1):
         batch = {k: torch.from_numpy(v) for k, v in sampler.sample(t.batch_size, horizon).items()
                  if k in ("state", "speed", "motion", "gripper", "valid", "image")}
+        if "image" in batch:
+            batch["image"] = random_shift(batch["image"], config.policy.image_shift)
         loss, stats = bc_loss(engine.module, batch)
         engine.step(loss)
         if rank == 0 and (step % log_every == 0 or step == t.steps):

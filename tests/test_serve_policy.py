@@ -21,15 +21,16 @@ URL = f"http://127.0.0.1:{PORT}"
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory) -> Path:
-    """An untrained policy whose speed conditioning is not the identity, saved as the pipeline saves it."""
+    """An untrained policy whose speed conditioning is not the identity, predicting chunks of 2
+    actions, saved as the pipeline saves it."""
     from workloads.tempovla.policy import PolicyConfig, SpeedPolicy, policy_artifact
 
     torch.manual_seed(5)
-    policy = SpeedPolicy(25, [32, 32], "film", np.linspace(-1, 1, 25), np.linspace(0.5, 2, 25))
+    policy = SpeedPolicy(25, [32, 32], "film", np.linspace(-1, 1, 25), np.linspace(0.5, 2, 25), chunk=2)
     with torch.no_grad():
         policy.film.weight.normal_(std=0.5)
     path = tmp_path_factory.mktemp("policy") / "policy.pt"
-    torch.save(policy_artifact(policy.state_dict(), 25, PolicyConfig(hidden=[32, 32]), [0.5, 1.0, 2.0], "vsta"), path)
+    torch.save(policy_artifact(policy.state_dict(), 25, PolicyConfig(hidden=[32, 32], chunk=2), [0.5, 1.0, 2.0], "vsta"), path)
     return path
 
 
@@ -42,6 +43,7 @@ def test_policy_endpoint(workdir: Path, artifact: Path):
         wait_for(lines, "is up at", timeout=180)
         health = requests.get(f"{URL}/healthz", timeout=30).json()
         assert health["observation_dim"] == 38 and health["speed_range"] == [0.5, 2.0] and health["augment"] == "vsta"
+        assert health["action_mode"] == "ee" and health["chunk"] == 2
 
         policy, _ = load_policy_artifact(artifact)
         task = PandaPickCube(3, seed=0, action_mode="ee")
@@ -49,8 +51,9 @@ def test_policy_endpoint(workdir: Path, artifact: Path):
         for _ in range(10):  # the robot driven through HTTP
             obs = task.observe()
             answer = requests.post(f"{URL}/act", json={"observations": obs.tolist(), "speed": 1.5}, timeout=30).json()
-            expected, _ = SpeedActor(policy, SpeedCommand(speed=1.5)).act(torch.from_numpy(obs))
-            np.testing.assert_allclose(answer["actions"], expected.numpy(), atol=1e-5)
+            expected = SpeedActor(policy, SpeedCommand(speed=1.5)).predict(torch.from_numpy(obs))
+            np.testing.assert_allclose(answer["actions"], expected[:, 0].numpy(), atol=1e-5)
+            np.testing.assert_allclose(answer["chunk"], expected.numpy(), atol=1e-5)  # the whole chunk, in order
             assert answer["speeds"] == [1.5] * 3
             task.step(np.asarray(answer["actions"], dtype=np.float32))
         assert np.linalg.norm(task.gripper - start, axis=1).min() > 1e-3  # it moved

@@ -151,3 +151,18 @@ def test_an_image_policy_reads_the_frame_at_the_end_of_the_observation():
     assert not torch.allclose(motion, other)  # the frame matters
     with pytest.raises(ValueError, match="camera frames"):
         policy(state[:, PROPRIO_INDEX], torch.ones(3))
+
+
+def test_random_shift_is_an_edge_padded_crop_within_the_pad():
+    from workloads.tempovla.policy import random_shift
+
+    images = torch.randint(0, 256, (16, 8, 10, 3), dtype=torch.uint8)
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(random_shift(images, 0), images) and shifted.dtype == torch.uint8
+    offsets = set()
+    for original, out in zip(images.numpy(), shifted.numpy()):
+        padded = np.pad(original, ((2, 2), (2, 2), (0, 0)), mode="edge")
+        matches = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(padded[dy : dy + 8, dx : dx + 10], out)]
+        assert matches, "not a crop of the edge-padded frame"
+        offsets.add(matches[0])
+    assert len(offsets) > 4  # the offsets vary across the batch

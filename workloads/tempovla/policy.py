@@ -59,6 +59,7 @@ class PolicyConfig:
     chunk: int = 1  # actions predicted per call (action chunking when > 1)
     execute: int = 0  # actions of a chunk run before the next prediction (0: the whole chunk)
     inputs: str = "state"  # state (positions) or image (the front camera and the robot's own positions; needs demos.image_size)
+    image_shift: int = 4  # image inputs: training frames are shifted by up to this many pixels (random-shift augmentation)
 
     def validate(self) -> None:
         from workloads.config import require
@@ -67,6 +68,20 @@ class PolicyConfig:
         require(self.inputs in INPUTS, "inputs", f"expected one of {', '.join(INPUTS)}, got {self.inputs!r}")
         require(self.chunk >= 1, "chunk", "must be >= 1")
         require(0 <= self.execute <= self.chunk, "execute", f"must be in [0, chunk={self.chunk}]")
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n, H, W, C) frames each shifted by up to `pad` pixels (edge-padded, then cropped back at a
+    random offset): the augmentation image policies need when demonstrations are few (DrQ)."""
+    if pad <= 0:
+        return images
+    n, height, width, _ = images.shape
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    dy, dx = (torch.randint(0, 2 * pad + 1, (n,), generator=generator) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(height)[None, :])[:, :, None].expand(n, height, width)
+    cols = (dx[:, None] + torch.arange(width)[None, :])[:, None, :].expand(n, height, width)
+    shifted = padded[torch.arange(n)[:, None, None], :, rows, cols]  # (n, H, W, C)
+    return shifted.to(images.dtype)
 
 
 class ImageEncoder(nn.Module):
