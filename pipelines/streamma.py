@@ -13,6 +13,8 @@ Recipe:
    them wrong, received in every amount from "as many as it has written" to "all".
 2. train (one Ray Train run, `train.num_workers` ranks, TRL's SFTTrainer): the solver, then
    the checker warm-started from it. Rank 0 saves both; the ranks' weights are fingerprinted.
+   The last `validation_problems` training problems are kept out of the role data; the
+   trained solver -> checker chain solves them in process (`val_accuracy`, tune's metric).
    Given `solver_model` and `checker_model` (directories or hub ids), training is skipped;
    trained models are cached by the training settings and the seed (under `storage_path`), so
    the arms of a comparison that share a seed train once.
@@ -66,6 +68,7 @@ from workloads.tri.traces import TraceConfig
 PIPELINE = "streamma"
 REGISTERED = {"solver": "rayworks-streamma-solver", "checker": "rayworks-streamma-checker"}
 KEY_METRIC = "accuracy"
+TUNE_METRIC = "val_accuracy"  # searches select on validation problems (cut from training), never the held-out ones
 THREATS = (
     "one synthetic step-task family per run; the checker's training errors are digit corruptions, not the solver's own mistakes",
     "latency is measured on one machine whose cores the agents share: with more agents than cores, streaming's overlap is capped",
@@ -138,6 +141,7 @@ class Config(RunFields):
     solver_model: str = ""  # a trained solver (directory or hub id); with checker_model, nothing is trained
     checker_model: str = ""  # a trained checker
     eval_problems: int = 100  # held-out problems solved under `protocol`
+    validation_problems: int = 30  # training problems kept out of the role data; the solver -> checker chain solves them after training (tune's metric)
     latency_problems: int = 10  # held-out problems solved one at a time for latency
     depth_curve_max: int = 6  # chains of depth 1..this under stream and serial; 0: no curve
     depth_curve_problems: int = 4  # problems per (depth, protocol) point
@@ -157,6 +161,8 @@ class Config(RunFields):
                 "give both solver_model and checker_model, or neither (then both are trained)")
         require(not self.agents.endpoint or self.solver_model, "agents.endpoint", "needs solver_model and checker_model (the endpoint's model names)")
         require(self.eval_problems >= 1, "eval_problems", "must be >= 1")
+        require(0 <= self.validation_problems < self.traces.num_train, "validation_problems",
+                f"must be in [0, traces.num_train={self.traces.num_train})")
         require(self.latency_problems >= 1, "latency_problems", "must be >= 1")
         require(0 <= self.depth_curve_max <= 12, "depth_curve_max", "must be in 0..12")
         require(self.depth_curve_problems >= 1, "depth_curve_problems", "must be >= 1")
@@ -166,11 +172,42 @@ class Config(RunFields):
 
 
 def splits(config: Config):
+    """(task, training, held-out problems); `training_split` cuts validation from the training ones."""
     from workloads.tri.traces import STEP_TASKS
 
     task = STEP_TASKS[config.traces.task]
     train, held_out = task.splits(config.traces, config.seed)
     return task, train, held_out
+
+
+def training_split(config: Config, train: list) -> tuple[list, list]:
+    """(the problems the role data is made from, the validation problems): validation is the tail."""
+    cut = len(train) - config.validation_problems
+    return train[:cut], train[cut:]
+
+
+def validation_chain(config: Config, task, problems: list, solver, checker, tokenizer, rank: int, world_size: int) -> dict:
+    """The trained solver -> checker chain, serially and in process, on the validation problems
+    (each rank its share): `val_accuracy` (the checker's answer), what `rayworks tune streamma`
+    selects on, and `val_solver_accuracy`."""
+    from workloads.distributed import gather_objects
+    from workloads.lm import complete_counted
+    from workloads.streamma.agents import agent_prompt, score_traces
+
+    if not problems:
+        return {}
+    mine = problems[rank::world_size]
+    budget = min(config.agents.max_step_tokens * config.agents.max_steps, config.model.max_positions // 2)
+
+    def lines(text: str) -> list[str]:
+        return [s.strip() for s in text.split("\n") if s.strip()][: config.agents.max_steps]
+
+    solver_traces = [lines(t) for t in complete_counted(solver, tokenizer, [agent_prompt(p.prompt, [], []) for p in mine], budget)[0]]
+    checker_prompts = [agent_prompt(p.prompt, [trace], []) for p, trace in zip(mine, solver_traces)]
+    checker_traces = [lines(t) for t in complete_counted(checker, tokenizer, checker_prompts, budget)[0]]
+    counts = gather_objects((len(mine), sum(score_traces(task, mine, solver_traces)[0]), sum(score_traces(task, mine, checker_traces)[0])))
+    total = sum(n for n, _, _ in counts)
+    return {"val_solver_accuracy": sum(s for _, s, _ in counts) / total, "val_accuracy": sum(c for _, _, c in counts) / total}
 
 
 def with_bos(tokenizer, rows: list[dict]) -> list[dict]:
@@ -201,6 +238,7 @@ def train_loop_per_worker(payload: dict) -> None:
     rank, world_size, run = train_worker_context(payload)
     torch.manual_seed(config.seed)
     task, train_problems, _ = splits(config)
+    train_problems, validation = training_split(config, train_problems)
     scratch = tempfile.mkdtemp(prefix="streamma-")
     t = config.train
 
@@ -216,6 +254,7 @@ def train_loop_per_worker(payload: dict) -> None:
     metrics["checker_sft_loss"] = train_role("checker", checker, t.checker_steps)
     check_ranks_in_sync(solver, run, 0)
     check_ranks_in_sync(checker, None, 0)
+    metrics.update(validation_chain(config, task, validation, solver.eval(), checker.eval(), tokenizer, rank, world_size))
     if rank == 0:
         run.log_metrics(metrics, step=0)
         out = Path(scratch) / "checkpoint"
@@ -235,7 +274,7 @@ def train_roles(config: Config, run_record: tracking.Run, run_name: str, train_c
         return {"solver": config.solver_model, "checker": config.checker_model}, None
     # Cached by everything training reads: the arms of a comparison (protocols, topologies) that
     # share a seed share their models, trained once.
-    key = stable_hash([to_dict(config.model), to_dict(config.traces), to_dict(config.train), config.seed])
+    key = stable_hash([to_dict(config.model), to_dict(config.traces), to_dict(config.train), config.seed, config.validation_problems])
     target = Path(storage_path(config.storage_path)) / "streamma-roles" / key
     results = []
 
@@ -369,6 +408,7 @@ def depth_curve(config: Config, models: dict[str, str]) -> dict[str, dict[str, l
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
     _, train_problems, held_out = splits(config)
+    train_problems, _ = training_split(config, train_problems)
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
                                     data_hash=stable_hash(p.key for p in train_problems))
     with ending_run(run_record):
