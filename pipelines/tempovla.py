@@ -376,8 +376,12 @@ def evaluate(config: Config, trained: TrainedPolicy) -> tuple[dict[str, float], 
         "scheduled": (SpeedCommand(fast=fast, slow=slow, near=s.near, scale_actions=scale), slow),  # its time limit: the slow one's
     })
     first_command, _ = next(iter(settings.values()))
+    # A worker that renders every frame (software OpenGL: tens of frames a second) may take far
+    # longer than the default stall timeout over the longest episodes; allow a quarter second a frame.
+    longest = episode_steps_at(min(limit for _, limit in settings.values()), config.episode_steps)
+    timeout_s = 300.0 + (0.25 * longest * config.eval_envs_per_worker if trained.image_size else 0.0)
     group = RolloutGroup(ENV_ID, config.eval_workers, config.eval_envs_per_worker, config.seed + 7, env_params(1.0), spec(first_command),
-                         pin_threads=False, runtime_env=RENDERING if trained.image_size else None)
+                         pin_threads=False, runtime_env=RENDERING if trained.image_size else None, timeout_s=timeout_s)
     summaries = {}
     try:
         for name, (command, limit_speed) in settings.items():
