@@ -193,6 +193,7 @@ def validation_chain(config: Config, task, problems: list, solver, checker, toke
     from workloads.distributed import gather_objects
     from workloads.lm import complete_counted
     from workloads.streamma.agents import agent_prompt, score_traces
+    from workloads.tri.traces import split_steps
 
     if not problems:
         return {}
@@ -200,7 +201,7 @@ def validation_chain(config: Config, task, problems: list, solver, checker, toke
     budget = min(config.agents.max_step_tokens * config.agents.max_steps, config.model.max_positions // 2)
 
     def lines(text: str) -> list[str]:
-        return [s.strip() for s in text.split("\n") if s.strip()][: config.agents.max_steps]
+        return split_steps(text)[: config.agents.max_steps]
 
     solver_traces = [lines(t) for t in complete_counted(solver, tokenizer, [agent_prompt(p.prompt, [], []) for p in mine], budget)[0]]
     checker_prompts = [agent_prompt(p.prompt, [trace], []) for p, trace in zip(mine, solver_traces)]
@@ -308,6 +309,7 @@ def checker_correction(config: Config, checker_dir: str, problems: list) -> floa
 
     from workloads.lm import complete_counted, load_lm
     from workloads.streamma.agents import agent_prompt, corrupted_trace, score_traces
+    from workloads.tri.traces import split_steps
 
     task = splits(config)[0]
     model, tokenizer = load_lm(checker_dir)
@@ -316,7 +318,7 @@ def checker_correction(config: Config, checker_dir: str, problems: list) -> floa
     prompts = [agent_prompt(p.prompt, [u], []) for p, u in zip(problems, upstreams)]
     budget = config.agents.max_step_tokens * config.agents.max_steps
     texts, _, _ = complete_counted(model, tokenizer, prompts, min(budget, config.model.max_positions // 2))
-    answers, _ = score_traces(task, problems, [[s.strip() for s in t.split("\n") if s.strip()] for t in texts])
+    answers, _ = score_traces(task, problems, [split_steps(t) for t in texts])
     return sum(answers) / len(answers)
 
 

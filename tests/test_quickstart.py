@@ -235,7 +235,7 @@ def check_streamma(workdir: Path, summary: dict) -> None:
     assert extra["lost_streams"] == 0 and summary["metric"] == "accuracy" and abs(summary["value"] - extra["accuracy"]) < 1e-3
     # what `rayworks tune streamma` selects on: validation problems cut from training (measured: solver 0.50, chain 0.30)
     validation = client.get_run(summary["run_id"]).data.metrics
-    assert validation["val_solver_accuracy"] >= 0.25 and 0 <= validation["val_accuracy"] <= 1, validation
+    assert validation["val_solver_accuracy"] >= 0.25 and validation["val_accuracy"] >= 0.1, validation  # untrained: 0
     for name in ("rayworks-streamma-solver", "rayworks-streamma-checker"):
         (version,) = client.search_model_versions(f"name='{name}'")
         assert version.run_id == summary["run_id"]
