@@ -113,12 +113,30 @@ class Agent:
                 state.hops.append(now - step["created"])
             ended[i] = ended[i] or done
 
+        # stream: one pump per upstream takes each step as soon as it is written, so a step that
+        # exists when this agent needs it is already here (no round trip on the critical path)
+        arrived = asyncio.Condition()
+
+        async def pump(i: int) -> None:
+            try:
+                while not ended[i]:
+                    await fetch(i, len(received[i]) + 1)
+                    async with arrived:
+                        arrived.notify_all()
+            except Exception as exc:  # noqa: BLE001 - the reader goes on with what it received, as from a dead upstream
+                state.lost.append({"agent": names[i], "received": len(received[i]), "error": type(exc).__name__})
+                ended[i] = True
+                async with arrived:
+                    arrived.notify_all()
+
+        pumps = [asyncio.create_task(pump(i)) for i in range(len(upstream))] if protocol == "stream" else []
         try:
             if protocol == "serial":
                 await asyncio.gather(*(fetch(i, EVERYTHING) for i in range(len(upstream))))
             for k in range(self.max_steps):
                 if protocol == "stream":
-                    await asyncio.gather(*(fetch(i, k + 1) for i in range(len(upstream))))
+                    async with arrived:
+                        await arrived.wait_for(lambda: all(ended[i] or len(received[i]) > k for i in range(len(upstream))))
                 if state.cancelled:
                     break
                 prompt = agent_prompt(question, [[s.text for s in steps] for steps in received], [s.text for s in state.steps])
@@ -137,6 +155,8 @@ class Agent:
         except Exception as exc:  # the run reports it; readers see the stream end
             state.error = f"{type(exc).__name__}: {exc}"
         finally:
+            for task in pumps:
+                task.cancel()
             async with state.changed:
                 state.ended, state.finished = True, time.time()
                 state.changed.notify_all()
@@ -191,13 +211,30 @@ def launch_agents(topology: Topology, models: dict[str, str], max_step_tokens: i
     nice steps per hop from the question: on a machine whose cores the agents alone share, the
     upstream agents, which every reader waits on, then get the cores first (CFS weights fall
     about 1.25x a step). Off by default: beside other work, the lowered agents also yield to it."""
-    levels = topology.levels()
-    agents = {spec.name: Agent.options(name=None).remote(spec.name, models[spec.role], max_step_tokens, max_steps,
-                                                         temperature, seed, endpoint, (fail_after_steps or {}).get(spec.name, 0),
-                                                         nice_per_level * levels[spec.name])
-              for spec in topology.agents}
-    ray.get([agent.ping.remote() for agent in agents.values()])
+    (agents,) = launch_cast([topology], models, max_step_tokens, max_steps, temperature, seed, endpoint, fail_after_steps,
+                            nice_per_level)
     return agents
+
+
+def launch_cast(topologies: list[Topology], models: dict[str, str], max_step_tokens: int, max_steps: int,
+                temperature: float = 0.0, seed: int = 0, endpoint: str = "", fail_after_steps: dict[str, int] | None = None,
+                nice_per_level: int = 0) -> list[dict]:
+    """`launch_agents` for several topologies at once, one agents dict each: an agent holds no
+    topology (each run says whom it reads), so one actor plays every agent of the same name, role
+    and level, and each model loads once."""
+    actors: dict[tuple, ray.actor.ActorHandle] = {}
+    cast = []
+    for topology in topologies:
+        levels, agents = topology.levels(), {}
+        for spec in topology.agents:
+            key = (spec.name, spec.role, levels[spec.name])
+            if key not in actors:
+                actors[key] = Agent.remote(spec.name, models[spec.role], max_step_tokens, max_steps, temperature, seed, endpoint,
+                                           (fail_after_steps or {}).get(spec.name, 0), nice_per_level * levels[spec.name])
+            agents[spec.name] = actors[key]
+        cast.append(agents)
+    ray.get([agent.ping.remote() for agent in actors.values()])
+    return cast
 
 
 def topology_for(protocol: str, topology: Topology) -> Topology:

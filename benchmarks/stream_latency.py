@@ -1,12 +1,13 @@
 """Stream latency: end-to-end latency of a chain of agents when every step streams downstream
 as soon as it exists, against handing over whole chains (serial), on the same models and problems.
 
-    python -m benchmarks.stream_latency [--depth 4] [--problems 20] [--solver DIR --checker DIR] [--nice-per-level 3]
+    python -m benchmarks.stream_latency [--depth 4] [--problems 20] [--solver DIR --checker DIR] [--nice-per-level 6]
                                         [--set key=value ...]
 
 The agents have the machine to themselves here, so by default they run prioritised by their
-distance from the question (`--nice-per-level 3`, see `actors.streamma.launch_agents`); 0
-gives every agent the same priority.
+distance from the question (`--nice-per-level 6`: each hop nearer the question weighs about 3.8x
+in the kernel's scheduler, and the agent nearest it is always on the critical path; see
+`actors.streamma.launch_agents`); 0 gives every agent the same priority.
 
 Without `--solver/--checker`, one `streamma` run at its embedded default trains the role models
 (`--set` overrides it) and the benchmark uses them. Each problem is solved alone (one in flight),
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solver")
     parser.add_argument("--checker")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--nice-per-level", type=int, default=3,
+    parser.add_argument("--nice-per-level", type=int, default=6,
                         help="upstream agents first (the machine is the agents' alone here); 0: equal priorities")
     args = parser.parse_args(argv)
 

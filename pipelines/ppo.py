@@ -49,6 +49,7 @@ from workloads.caching import stable_hash
 from workloads.config import build_section, from_dict, require, to_dict
 from workloads.distributed import average_in_place
 from workloads.plots import plot_curves
+from workloads.policies import save_policy
 from workloads.ppo import PPOConfig, ppo_update
 
 PIPELINE = "ppo"
@@ -78,6 +79,7 @@ class Config(RunFields):
     max_worker_replacements: int = 3  # replacements before the run fails
     render: bool = True  # log a rendered rollout GIF
     render_steps: int = 150  # control steps in the GIF
+    register_model: bool = True  # register the policy in MLflow's model registry (`registered_name(env)`)
     ppo: PPOConfig = dataclasses.field(default_factory=PPOConfig)
     # The learners (each with its own rollout workers); train.use_gpu puts them on GPUs, the
     # rollout workers stay on CPUs. A learner asks for no CPU: it alternates with its workers.
@@ -119,6 +121,27 @@ def policy_spec(config: Config):
     spec = PolicySpec(task.observation_dim, task.critic_dim, task.action_dim, tuple(config.hidden))
     task.close()
     return spec
+
+
+POLICY_KIND = "rayworks.ppo.actor_critic"
+
+
+def registered_name(env: str) -> str:
+    """The registered model of a specialist: one name per environment (`rayworks-ppo-PandaReach-v0`)."""
+    return "rayworks-ppo-" + env.split("/")[-1]
+
+
+def policy_specs(config: Config, spec) -> dict:
+    """What `policy.pt` holds besides the weights (`workloads.policies`): the actor-critic's shape
+    and the environment it acts in. A specialist's task lives in its observation: no command."""
+    import envs
+
+    task = envs.TASKS[config.env](1, 0, **config.env_params)
+    action_mode = getattr(getattr(task, "params", None), "action_mode", "joint")  # the Panda's knob; joint targets otherwise
+    task.close()
+    return {"observation_dim": spec.obs_dim, "critic_dim": spec.critic_dim, "action_dim": spec.action_dim,
+            "hidden": list(spec.hidden), "action_mode": action_mode, "command": {}, "env": config.env,
+            "env_params": dict(config.env_params)}
 
 
 def build_policy(config: Config, spec):
@@ -273,8 +296,7 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, spec) -> R
     history = run_record.metric_history(KEY_METRIC)
     returns = [(step, value) for step, value in history if np.isfinite(value)]
     with tempfile.TemporaryDirectory() as scratch:
-        torch.save({"policy": policy_state, "spec": dataclasses.asdict(spec), "config": to_dict(config)},
-                   Path(scratch) / "policy.pt")
+        save_policy(Path(scratch) / "policy.pt", POLICY_KIND, policy_state, policy_specs(config, spec))
         run_record.log_artifact(Path(scratch) / "policy.pt", "policy")
         lengths = run_record.metric_history("episode_length")
         plot = plot_curves({"episode return (window mean)": {"return": returns},
@@ -290,10 +312,12 @@ def log_outcome(config: Config, run_record: tracking.Run, checkpoint, spec) -> R
             else:
                 (Path(scratch) / "rollout.gif").write_bytes(gif)
                 run_record.log_artifact(Path(scratch) / "rollout.gif")
+    version = tracking.register_model(run_record, "policy", registered_name(config.env)) if config.register_model else ""
     start, final = (returns[0][1], returns[-1][1]) if returns else (float("nan"), float("nan"))
     run_record.log_metrics({"initial_return": start, "final_return": final, "return_gain": final - start}, step=config.iterations)
     return RunSummary(PIPELINE, KEY_METRIC, final, run_record.run_id, run_record.artifact_uri,
-                      extra={"env": config.env, "initial_return": start, "return_gain": final - start}, before=start)
+                      extra={"env": config.env, "initial_return": start, "return_gain": final - start,
+                             "registered_version": version}, before=start)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,8 +84,8 @@ class TrainConfig(Workers):
     """The Ray Train workers and the two SFT stages (solver, then checker)."""
 
     batch_size: int = 32  # examples per worker per step
-    lr: float = 5e-3  # peak learning rate, both stages
-    warmup_steps: int = 20  # linear warm-up, then cosine decay
+    lr: float = 3e-3  # peak learning rate, both stages
+    warmup_steps: int = 40  # linear warm-up, then cosine decay
     weight_decay: float = 0.01  # AdamW's
     max_grad_norm: float = 1.0  # gradient clipping
     solver_steps: int = 300  # solver SFT steps
@@ -125,13 +125,16 @@ class AgentConfig:
 
 
 def default_model() -> TinyLMConfig:
-    # Two layers as TRI's draft model; 384 positions hold a merge's two upstream blocks and its own.
-    return TinyLMConfig(num_layers=2, max_positions=384)
+    # Two layers as TRI's draft model. 100 BPE merges learned on the role data, none across a line
+    # (an agent always continues from a line's end), write a step in about a quarter of the
+    # tokens bytes take: training and every agent's step are that much cheaper.
+    return TinyLMConfig(num_layers=2, max_positions=384, bpe_merges=100, bpe_within_lines=True)
 
 
 def default_traces() -> TraceConfig:
-    # TRI's default family: decimal unit chains of 3-5 conversions (4-6 steps with the answer line).
-    return TraceConfig(task="units", chains="metric,volume", min_steps=3, max_steps=5, max_quantity=49,
+    # unit chains of 3-5 conversions (4-6 steps with the answer line): powers of ten, and bytes to
+    # bits (x8), whose long late numbers make late steps the unreliable ones (the paper's premise)
+    return TraceConfig(task="units", chains="metric,volume,mass,data", min_steps=3, max_steps=5, max_quantity=49,
                        num_train=600, num_eval=100)
 
 
@@ -243,13 +246,17 @@ def train_loop_per_worker(payload: dict) -> None:
     scratch = tempfile.mkdtemp(prefix="streamma-")
     t = config.train
 
+    rows = {role: role_rows(role, train_problems, task.reference, config.seed, t.max_upstreams) for role in REGISTERED}
+
     def train_role(role: str, model, steps: int) -> float:
-        rows = with_bos(tokenizer, role_rows(role, train_problems, task.reference, config.seed, t.max_upstreams))
-        loss = trl_stages.sft(t, config.seed, config.model.max_positions, model, tokenizer, rows, steps, t.lr, t.warmup_steps, scratch)
-        say(payload, f"[streamma] {role} SFT: {steps} steps on {len(rows)} rows, loss {loss:.4f}")
+        loss = trl_stages.sft(t, config.seed, config.model.max_positions, model, tokenizer, with_bos(tokenizer, rows[role]), steps,
+                              t.lr, t.warmup_steps, scratch)
+        say(payload, f"[streamma] {role} SFT: {steps} steps on {len(rows[role])} rows, loss {loss:.4f}")
         return loss
 
-    solver, tokenizer = tiny_lm(config.model, seed=config.seed)
+    # the tokenizer's merges (if any) are learned on both roles' data, the same on every rank
+    solver, tokenizer = tiny_lm(config.model, [r["prompt"] + r["completion"] for role in REGISTERED for r in rows[role]],
+                                seed=config.seed)
     metrics = {"solver_sft_loss": train_role("solver", solver, t.solver_steps)}
     checker = copy.deepcopy(solver)
     metrics["checker_sft_loss"] = train_role("checker", checker, t.checker_steps)
@@ -329,20 +336,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str, float], list[dict]]:
-    """The configured topology under `protocol`: accuracy and step accuracy by position on the
-    held-out problems (several in flight), then latency one problem at a time."""
-    import ray
+def launch(config: Config, models: dict[str, str]) -> tuple[dict, dict]:
+    """The agents of the configured topology and of the depth curve's deepest chain, launched
+    together and shared where they coincide (`actors.streamma.launch_cast`)."""
+    from actors.streamma import launch_cast
+    from workloads.streamma.topology import chain, check_topology
 
-    from actors.streamma import launch_agents, solve_many
+    a = config.agents
+    topologies = [build_topology(config.topology)] + ([check_topology(chain(config.depth_curve_max))] if config.depth_curve_max else [])
+    cast = launch_cast(topologies, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint,
+                       nice_per_level=a.nice_per_level)
+    return cast[0], (cast[1:] or [{}])[0]
+
+
+def evaluate_protocol(config: Config, agents: dict) -> tuple[dict[str, float], list[dict]]:
+    """The configured topology (`agents`) under `protocol`: accuracy and step accuracy by position
+    on the held-out problems (several in flight), then latency one problem at a time."""
+    from actors.streamma import solve_many
     from workloads.streamma.agents import score_traces
 
     task, _, held_out = splits(config)
     problems = held_out[: config.eval_problems]
     topology = build_topology(config.topology)
     a = config.agents
-    agents = launch_agents(topology, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint,
-                           nice_per_level=a.nice_per_level)
     runs = solve_many(agents, topology, config.protocol, [p.prompt for p in problems], a.in_flight)
     answers, positions = score_traces(task, problems, [r["steps"] for r in runs])
     solver_traces = [[s["text"] for s in r["agents"]["solver"]["steps"]] for r in runs]
@@ -365,8 +381,6 @@ def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str,
         for i in range(max(len(v) for v in table)):
             column = [v[i] for v in table if i < len(v)]
             metrics[f"step_accuracy/{name}/{i + 1}"] = sum(column) / len(column)
-    for agent in agents.values():
-        ray.kill(agent)
     samples = [{"question": p.prompt.strip(), "reference": task.reference(p), "final": r["steps"], "correct": ok,
                 "agents": {name: [s["text"] for s in st["steps"]] for name, st in r["agents"].items()}}
                for p, r, ok in zip(problems[: config.num_samples_logged], runs, answers)]
@@ -376,23 +390,17 @@ def evaluate_protocol(config: Config, models: dict[str, str]) -> tuple[dict[str,
 DEPTH_METRICS = {"latency": "depth_latency_s", "first_final_token": "depth_first_final_token_s"}
 
 
-def depth_curve(config: Config, models: dict[str, str]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+def depth_curve(config: Config, agents: dict) -> dict[str, dict[str, list[tuple[float, float]]]]:
     """Mean end-to-end latency and time to the sink's first token of chains of depth
-    1..`depth_curve_max`, stream and serial, one problem at a time on the same problems:
-    {"latency" | "first_final_token": {protocol: [(depth, seconds)]}}."""
-    import ray
-
-    from actors.streamma import launch_agents, solve_many
+    1..`depth_curve_max` (`agents`: the deepest chain's), stream and serial, one problem at a time
+    on the same problems: {"latency" | "first_final_token": {protocol: [(depth, seconds)]}}."""
+    from actors.streamma import solve_many
     from workloads.streamma.topology import chain, check_topology
 
     if not config.depth_curve_max:
         return {}
     _, _, held_out = splits(config)
     questions = [p.prompt for p in held_out[: config.depth_curve_problems]]
-    a = config.agents
-    deepest = check_topology(chain(config.depth_curve_max))
-    agents = launch_agents(deepest, models, a.max_step_tokens, a.max_steps, a.temperature, config.seed, a.endpoint,
-                           nice_per_level=a.nice_per_level)
     curve: dict[str, dict[str, list[tuple[float, float]]]] = {kind: {"stream": [], "serial": []} for kind in DEPTH_METRICS}
     for depth in range(1, config.depth_curve_max + 1):
         topology = check_topology(chain(depth))
@@ -400,8 +408,6 @@ def depth_curve(config: Config, models: dict[str, str]) -> dict[str, dict[str, l
             runs = solve_many(agents, topology, protocol, questions, 1)
             for kind in DEPTH_METRICS:
                 curve[kind][protocol].append((depth, statistics.fmean(r[kind] for r in runs)))
-    for agent in agents.values():
-        ray.kill(agent)
     return curve
 
 
@@ -409,6 +415,8 @@ def depth_curve(config: Config, models: dict[str, str]) -> dict[str, dict[str, l
 
 
 def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
+    import ray
+
     _, train_problems, held_out = splits(config)
     train_problems, _ = training_split(config, train_problems)
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
@@ -422,11 +430,16 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
             metrics["checker/corrected_rate"] = checker_correction(config, models["checker"], held_out[: config.eval_problems])
             print(f"[streamma] checker right on {metrics['checker/corrected_rate']:.3f} of held-out problems whose upstream "
                   "trace is wrong", flush=True)
-        protocol_metrics, samples = evaluate_protocol(config, models)
-        metrics.update(protocol_metrics)
-        print(f"[streamma] {config.protocol} evaluated after {time.monotonic() - started:.0f} s", flush=True)
-        curve = depth_curve(config, models)
-        print(f"[streamma] depth curve after {time.monotonic() - started:.0f} s", flush=True)
+        agents, deepest_chain = launch(config, models)
+        try:
+            protocol_metrics, samples = evaluate_protocol(config, agents)
+            metrics.update(protocol_metrics)
+            print(f"[streamma] {config.protocol} evaluated after {time.monotonic() - started:.0f} s", flush=True)
+            curve = depth_curve(config, deepest_chain)
+            print(f"[streamma] depth curve after {time.monotonic() - started:.0f} s", flush=True)
+        finally:
+            for agent in {*agents.values(), *deepest_chain.values()}:
+                ray.kill(agent)
         summary = log_outcome(config, run_record, models, metrics, curve, samples)
     return summary
 

@@ -466,7 +466,7 @@ def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, trained
 
     from workloads.plots import plot_curves
     from workloads.tempovla.demos import read_info
-    from workloads.tempovla.policy import policy_artifact
+    from workloads.tempovla.policy import policy_specs, save_policy_artifact
 
     info = read_info(dataset)
     metrics["demo_frames"] = info["total_frames"]
@@ -483,8 +483,8 @@ def log_outcome(config: Config, run_record: tracking.Run, dataset: Path, trained
                                 "ideal": [(c, c) for c in config.eval_speeds]}},
                            Path(scratch) / "success_per_speed.png", f"tempovla ({config.augment})", xlabel="commanded speed")
         run_record.log_artifact(plot)
-        torch.save(policy_artifact(trained.weights, trained.state_dim, config.policy, config.speeds, config.augment,
-                                   trained.action_type, trained.image_size), Path(scratch) / "policy.pt")
+        save_policy_artifact(Path(scratch) / "policy.pt", trained.weights, policy_specs(
+            trained.state_dim, config.policy, config.speeds, config.augment, trained.action_type, trained.image_size))
         run_record.log_artifact(Path(scratch) / "policy.pt", "policy")
         if config.render:
             task = ray.remote(num_cpus=0, runtime_env=RENDERING)(render_rollout)

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from ray import serve
 
-from serving.http import Utf8Str, error_response, json_api
+from serving.http import Utf8Str, error_response, given_or_registered, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
@@ -53,16 +53,6 @@ class CompleteRequest(BaseModel):
     max_new_tokens: Optional[Annotated[StrictInt, Field(ge=1, le=MAX_NEW_TOKENS)]] = None
 
 
-def resolve_generator(checkpoint: Optional[str], tracking_uri: Optional[str]) -> str:
-    if checkpoint:
-        return checkpoint
-    registered = tracking.newest_registered_model(REGISTERED_MODEL, tracking_uri)
-    if registered is None:
-        raise ValueError(f"adapter app: no --checkpoint given and no '{REGISTERED_MODEL}' model registered in MLflow "
-                         "(run `rayworks run code2lora` first)")
-    return str(registered)
-
-
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
 @serve.ingress(api)
 class AdapterServer:
@@ -71,7 +61,7 @@ class AdapterServer:
         from workloads.code2lora.base import load_encoder
 
         torch.set_num_threads(1)
-        self.source = resolve_generator(checkpoint, tracking_uri)
+        self.source = given_or_registered(checkpoint, REGISTERED_MODEL, tracking_uri, "code2lora")
         self.trainee, self.tokenizer, self.settings = load_generator(self.source)
         # The repository encoder: the frozen base (None) or the embedding model the generator was trained with.
         self.encoder = load_encoder(self.settings["encoder"], "") if self.settings.get("encoder") else None
@@ -136,5 +126,5 @@ def build_app(args: Optional[dict] = None):
     if unknown:
         raise ValueError(f"adapter app: unknown argument(s) {sorted(unknown)}; known: checkpoint, tracking_uri")
     uri = args.get("tracking_uri") or tracking.tracking_uri()
-    checkpoint = resolve_generator(args.get("checkpoint"), uri)  # fail before Serve starts, naming what is missing
+    checkpoint = given_or_registered(args.get("checkpoint"), REGISTERED_MODEL, uri, "code2lora")  # fail before Serve starts, naming what is missing
     return AdapterServer.bind(checkpoint, uri)

@@ -138,6 +138,13 @@ def check_ppo(workdir: Path, summary: dict) -> None:
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert {"policy", "returns.png", "config.yaml"} <= artifacts
     assert "rollout.gif" in artifacts or run.data.tags.get("render_skipped")  # rendered where OpenGL works
+    # the specialist is registered in the one policy format, under its environment's name
+    from workloads.policies import load_policy
+
+    (version,) = client.search_model_versions("name='rayworks-ppo-PandaReach-v0'")
+    assert version.run_id == summary["run_id"] and summary["extra"]["registered_version"] == version.version
+    policy, specs = load_policy(client.download_artifacts(summary["run_id"], "policy", str(workdir)), "rayworks.ppo.actor_critic")
+    assert specs["env"] == "rayworks/PandaReach-v0" and specs["observation_dim"] == policy.actor[0].in_features
 
 
 def check_longtrace_data(workdir: Path, summary: dict) -> None:
@@ -219,23 +226,23 @@ def check_streamma(workdir: Path, summary: dict) -> None:
     client = mlflow_client(workdir)
     solver = client.download_artifacts(summary["run_id"], "solver", str(workdir / "solver"))
     assert_both_ranks_hold(client, summary["run_id"], state_fingerprint(AutoModelForCausalLM.from_pretrained(solver).state_dict()))
-    # measured (seed 0): the solver alone solves 0.62 held-out problems (untrained: 0), the chain 0.52
-    assert extra["solver_accuracy"] >= 0.35 and extra["accuracy"] >= 0.25, extra
-    # on upstream traces that are wrong, an agent that copied would score 0: the checker re-derives (measured 0.23)
-    assert extra["checker/corrected_rate"] >= 0.08, extra
-    # the premise, as measured on the solver: early steps are more reliable (1.00 at step 1, 0.54 at step 5)
-    assert extra["step_accuracy/solver/1"] >= extra["step_accuracy/solver/5"] + 0.2, extra
+    # measured (seed 0): the solver alone solves 0.85 held-out problems (untrained: 0), the chain 0.63
+    assert extra["solver_accuracy"] >= 0.5 and extra["accuracy"] >= 0.3, extra
+    # on upstream traces that are wrong, an agent that copied would score 0: the checker re-derives (measured 0.53)
+    assert extra["checker/corrected_rate"] >= 0.2, extra
+    # the premise, as measured on the solver: early steps are more reliable (0.98 at step 1, 0.60 at step 6)
+    assert extra["step_accuracy/solver/1"] >= extra["step_accuracy/solver/6"] + 0.2, extra
     # pipelining: the sink of a depth-6 chain starts writing long before it would under serial hand-over,
-    # whatever the cores (end to end, streaming's gain needs free cores: 0.49 s vs 0.77 s alone, 1.14 s
-    # vs 1.27 s beside another test in CI, which is `stream_latency`'s to measure)
-    assert extra["depth_first_final_token_s/serial/6"] > 2 * extra["depth_first_final_token_s/stream/6"], extra
+    # whatever the cores (measured 0.12 s vs 0.34 s alone; end to end, streaming's gain needs free
+    # cores: 0.25 s vs 0.41 s alone, which is `stream_latency`'s to measure)
+    assert extra["depth_first_final_token_s/serial/6"] > 1.5 * extra["depth_first_final_token_s/stream/6"], extra
     assert extra["depth_latency_s/serial/6"] > extra["depth_latency_s/stream/6"], extra
     assert extra["depth_latency_s/serial/6"] > 2 * extra["depth_latency_s/serial/1"], extra  # serial grows with depth
     assert 0 < extra["first_final_token_s/p50"] < extra["latency_s/p50"] and extra["hop_ms/p50"] > 0, extra
     assert extra["lost_streams"] == 0 and summary["metric"] == "accuracy" and abs(summary["value"] - extra["accuracy"]) < 1e-3
-    # what `rayworks tune streamma` selects on: validation problems cut from training (measured: solver 0.50, chain 0.30)
+    # what `rayworks tune streamma` selects on: validation problems cut from training (measured: solver 0.83, chain 0.67)
     validation = client.get_run(summary["run_id"]).data.metrics
-    assert validation["val_solver_accuracy"] >= 0.25 and validation["val_accuracy"] >= 0.1, validation  # untrained: 0
+    assert validation["val_solver_accuracy"] >= 0.5 and validation["val_accuracy"] >= 0.3, validation  # untrained: 0
     for name in ("rayworks-streamma-solver", "rayworks-streamma-checker"):
         (version,) = client.search_model_versions(f"name='{name}'")
         assert version.run_id == summary["run_id"]

@@ -23,14 +23,14 @@ URL = f"http://127.0.0.1:{PORT}"
 def artifact(tmp_path_factory) -> Path:
     """An untrained policy whose speed conditioning is not the identity, predicting chunks of 2
     actions, saved as the pipeline saves it."""
-    from workloads.tempovla.policy import PolicyConfig, SpeedPolicy, policy_artifact
+    from workloads.tempovla.policy import PolicyConfig, SpeedPolicy, policy_specs, save_policy_artifact
 
     torch.manual_seed(5)
     policy = SpeedPolicy(25, [32, 32], "film", np.linspace(-1, 1, 25), np.linspace(0.5, 2, 25), chunk=2)
     with torch.no_grad():
         policy.film.weight.normal_(std=0.5)
     path = tmp_path_factory.mktemp("policy") / "policy.pt"
-    torch.save(policy_artifact(policy.state_dict(), 25, PolicyConfig(hidden=[32, 32], chunk=2), [0.5, 1.0, 2.0], "vsta"), path)
+    save_policy_artifact(path, policy.state_dict(), policy_specs(25, PolicyConfig(hidden=[32, 32], chunk=2), [0.5, 1.0, 2.0], "vsta"))
     return path
 
 
@@ -79,5 +79,5 @@ def test_a_checkpoint_that_is_not_a_policy_is_named(workdir: Path):
     assert proc.returncode == 2 and "no policy artifact" in proc.stderr, proc.stderr[-2000:]
     (workdir / "junk.pt").write_bytes(b"not a policy")
     proc = rayworks(workdir, "serve", "policy", "--checkpoint", str(workdir / "junk.pt"), "--port", str(free_port()), timeout=120)
-    assert proc.returncode == 2 and "junk.pt: not a TempoVLA policy artifact" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "junk.pt: not a policy artifact" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.streamma import launch_agents, solve
+from actors.streamma import launch_agents, launch_cast, solve
 from tests import helpers
 from workloads.streamma.topology import chain, check_topology, tree
 
@@ -58,8 +58,14 @@ def test_serial_waits_for_the_whole_upstream_chain(chain3):
 
 
 def test_fan_out_and_merge_without_a_relay(local_ray, endless_model):
-    topology = check_topology(tree(2))
-    agents = launch_agents(topology, {"solver": endless_model, "checker": endless_model}, STEP_TOKENS, MAX_STEPS)
+    topology, deeper = check_topology(tree(2)), check_topology(chain(3))
+    agents, chain_agents = launch_cast([topology, deeper], {"solver": endless_model, "checker": endless_model}, STEP_TOKENS,
+                                       MAX_STEPS)
+    # one actor plays an agent of the same name, role and level in both; checker2 is at level 1 in
+    # the tree and level 2 in the chain: two actors
+    assert agents["solver"] is chain_agents["solver"] and agents["checker1"] is chain_agents["checker1"]
+    assert agents["checker2"] is not chain_agents["checker2"] and "merger" not in chain_agents
+    assert len(solve(chain_agents, deeper, "stream", "Q: convert 3 km to mm\n")["steps"]) == MAX_STEPS
     result = solve(agents, topology, "stream", "Q: convert 3 km to mm\n")
     assert set(result["agents"]) == {"solver", "checker1", "checker2", "merger"} and result["sink"] == "merger"
     assert len(result["steps"]) == MAX_STEPS and result["lost"] == []

@@ -17,6 +17,21 @@ def test_bpe_merges_are_learned_from_task_text():
     assert len(tokenizer.encode("Answer:", add_special_tokens=False)) < len("Answer:")
 
 
+def test_bpe_within_lines_never_merges_across_a_newline(tmp_path):
+    text = "34 hl = 340 dal\n340 dal = 3400 l\n"
+    across = build_tokenizer([text] * 50, bpe_merges=40)
+    assert "\n3" in "".join(across.convert_ids_to_tokens(across.encode(text, add_special_tokens=False))).replace("Ċ", "\n")
+    within = build_tokenizer([text] * 50, bpe_merges=40, within_lines=True)
+    ids = within.encode(text, add_special_tokens=False)
+    assert [within.decode([i]) for i in ids] == ["34 hl = 340 dal", "\n", "340 dal = 3400 l", "\n"]
+    # a prompt that ends at a line's end reads the same ids as the same text inside a longer one
+    assert within.encode("34 hl = 340 dal\n", add_special_tokens=False) == ids[:2]
+    within.save_pretrained(tmp_path)  # the saved tokenizer keeps the split
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path).encode(text, add_special_tokens=False) == ids
+
+
 def test_build_save_load_round_trip(tmp_path):
     for family in ("qwen2", "llama"):
         path = build_tiny_lm(TinyLMConfig(family=family), tmp_path / family, seed=1)

@@ -64,7 +64,7 @@ def test_ppo_with_two_learners(workdir: Path):
                     "steps_per_iteration=25", "render=false", "train.num_workers=2")
     client = mlflow_client(workdir)
     policy = client.download_artifacts(result["run_id"], "policy/policy.pt", str(workdir))
-    assert_both_ranks_hold(client, result["run_id"], state_fingerprint(torch.load(policy, weights_only=False)["policy"]))
+    assert_both_ranks_hold(client, result["run_id"], state_fingerprint(torch.load(policy, weights_only=False)["state_dict"]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: train.use_gpu moves model and batches to the GPU")

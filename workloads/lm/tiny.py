@@ -71,6 +71,9 @@ class TinyLMConfig:
     # BPE merges learned on the task text on top of the 256 bytes; 0 = pure byte level,
     # which keeps every digit its own token (arithmetic is learned digit by digit).
     bpe_merges: int = 0
+    # True: merges never cross a newline. A step-by-step writer's prompt always ends at a line
+    # boundary, so a token spanning one would be trained on but never continued from.
+    bpe_within_lines: bool = False
     # bytes (BOS <s>), qwen2 (no BOS) or qwen2-chat (no BOS, a ChatML chat template): see the module docstring
     tokenizer: Literal["bytes", "qwen2", "qwen2-chat"] = "bytes"
 
@@ -84,11 +87,15 @@ class TinyLMConfig:
         require(self.tokenizer in TOKENIZER_STYLES, "tokenizer", f"expected one of {sorted(TOKENIZER_STYLES)}")
 
 
-def build_tokenizer(texts: Iterable[str] = (), bpe_merges: int = 0, style: str = "bytes") -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer of the given style; `bpe_merges` > 0 learns merges from `texts`."""
+def build_tokenizer(texts: Iterable[str] = (), bpe_merges: int = 0, style: str = "bytes",
+                    within_lines: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of the given style; `bpe_merges` > 0 learns merges from `texts`,
+    which with `within_lines` never join a newline to anything."""
     spec = TOKENIZER_STYLES[style]
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"), byte_level])
+                               if within_lines else byte_level)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=BYTE_ALPHABET_SIZE + len(spec.special_tokens) + bpe_merges,
@@ -129,7 +136,7 @@ def model_config(cfg: TinyLMConfig, tokenizer: PreTrainedTokenizerFast):
 
 def tiny_lm(cfg: TinyLMConfig, texts: Iterable[str] = (), seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Tokenizer + randomly initialised model in memory; the same seed gives the same weights."""
-    tokenizer = build_tokenizer(texts, cfg.bpe_merges, cfg.tokenizer)
+    tokenizer = build_tokenizer(texts, cfg.bpe_merges, cfg.tokenizer, cfg.bpe_within_lines)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(model_config(cfg, tokenizer)), tokenizer
 

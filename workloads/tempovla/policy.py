@@ -245,36 +245,32 @@ ARTIFACT_KIND = "rayworks.tempovla.speed_policy"
 OBSERVATION_BASE_DIM = 34  # PandaPickCube's observation before the last action
 
 
-def policy_artifact(weights: dict, state_dim: int, policy: PolicyConfig, speeds: list[float], augment: str,
-                    action_type: str = "ee_delta", image_size: int = 0) -> dict:
-    """What `policy.pt` holds: the weights (the state normaliser among them as buffers) and the
-    specs a server needs to run the policy without the pipeline's config."""
+def policy_specs(state_dim: int, policy: PolicyConfig, speeds: list[float], augment: str, action_type: str = "ee_delta",
+                 image_size: int = 0) -> dict:
+    """The specs `policy.pt` holds besides the weights (`workloads.policies`; the state normaliser
+    is among the weights, as buffers): what a server needs to run the policy without the config."""
     from workloads.tempovla.demos import ACTION_TYPES
 
     mode, names = ACTION_TYPES[action_type]
-    return {"kind": ARTIFACT_KIND, "state_dict": weights, "state_dim": state_dim, "hidden": list(policy.hidden),
-            "conditioning": policy.conditioning, "chunk": policy.chunk, "execute": policy.execute or policy.chunk,
-            "speed_range": [min(speeds), max(speeds)], "augment": augment, "action_type": action_type,
-            "action_mode": mode, "inputs": policy.inputs, "image_size": image_size,
-            "observation_dim": OBSERVATION_BASE_DIM + len(names) + 3 * image_size**2, "action_names": names}
+    speed_range = [min(speeds), max(speeds)]
+    return {"state_dim": state_dim, "hidden": list(policy.hidden), "conditioning": policy.conditioning, "chunk": policy.chunk,
+            "execute": policy.execute or policy.chunk, "speed_range": speed_range, "augment": augment,
+            "action_type": action_type, "action_mode": mode, "inputs": policy.inputs, "image_size": image_size,
+            "observation_dim": OBSERVATION_BASE_DIM + len(names) + 3 * image_size**2, "action_names": names,
+            "action_dim": len(names),
+            "command": {"speed": {"range": speed_range}, "schedule": {"fields": ["fast", "slow", "near"], "range": speed_range}}}
+
+
+def save_policy_artifact(path, weights: dict, specs: dict):
+    """`policy.pt` at `path` (a file or its directory) in the shared format."""
+    from workloads.policies import save_policy
+
+    return save_policy(path, ARTIFACT_KIND, weights, specs)
 
 
 def load_policy_artifact(path) -> tuple[SpeedPolicy, dict]:
     """A saved `policy.pt` (or the directory holding it) -> (the policy, its specs); a clear
-    error for a file that is not one."""
-    from pathlib import Path
+    error for a file that is not one, or not a TempoVLA policy."""
+    from workloads.policies import load_policy
 
-    path = Path(path)
-    path = path / "policy.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise ValueError(f"{path}: no policy artifact (policy.pt) there")
-    try:
-        saved = torch.load(path, weights_only=False, map_location="cpu")
-    except Exception as exc:  # not a torch file at all
-        raise ValueError(f"{path}: not a TempoVLA policy artifact ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not isinstance(saved, dict) or saved.get("kind") != ARTIFACT_KIND:
-        raise ValueError(f"{path}: not a TempoVLA policy artifact (kind {saved.get('kind') if isinstance(saved, dict) else None!r})")
-    policy = SpeedPolicy(saved["state_dim"], saved["hidden"], saved["conditioning"],
-                         motion_dim=len(saved["action_names"]) - 1, chunk=saved.get("chunk", 1), image_size=saved.get("image_size", 0))
-    policy.load_state_dict(saved["state_dict"])
-    return policy.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+    return load_policy(path, ARTIFACT_KIND)
