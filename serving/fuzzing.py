@@ -29,7 +29,7 @@ ROUTES: dict[str, dict[str, dict]] = {
         "/v1/chat/completions": {"messages": [{"role": "user", "content": "Q: 1+1"}], "max_tokens": 2},
     },
     "policy": {
-        "/act": {"observations": [[0.0] * 38], "speed": 1.0},
+        "/act": {"observation": [[0.0] * 38], "command": {"speed": 1.0}},
     },
     "repair": {
         "/repair": {"task": "units", "problem": "4 km>hm>dam>m", "draft": "4 km = 40 hm\n40 hm = 400 dam\n", "rounds": 1},

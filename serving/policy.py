@@ -1,99 +1,113 @@
-"""Serve app `policy`: a trained TempoVLA policy behind HTTP, the speed part of its command.
+"""Serve app `policy`: any trained controller in the one policy format (`workloads.policies`:
+a PPO specialist, a TempoVLA speed policy) behind HTTP.
 
-    POST /act {"observations": [[38 floats], ...], "speed": 1.5}
-           or {"observations": [...], "schedule": {"fast": 2.0, "slow": 0.5, "near": 0.05}}
-         -> {"actions": [[ee_dx, ee_dy, ee_dz, gripper], ...], "speeds": [...]}
-            (+ "chunk": each row's whole predicted chunk, for a policy trained with chunks)
-    GET  /healthz -> the policy's specs (observation size, action names and mode, speed range, ...)
+    POST /act {"policy": "rayworks-ppo-PandaReach-v0",        a registered policy (optional: the app's default)
+               "observation": [[floats], ...],                one row per robot (or one row alone)
+               "command": {"speed": 1.5}}                     what the policy declares it takes ({} for none)
+         -> {"policy": name, "actions": [[...], ...], ...}    (+ what the kind reports: TempoVLA's "speeds",
+                                                              and "chunk" for a policy trained with chunks)
+    GET  /healthz -> every loaded policy's specs: observation and action sizes, action mode, command schema
 
-Observations are PandaPickCube's in the policy's action mode (`action_mode` in /healthz: ee, or
-joint_velocity), one row per robot; actions are what that environment steps with (motion clipped to the bound, gripper +1 open /
--1 closed). A speed outside the range the policy was trained on is refused by name; a policy
-trained without VSTA (`augment=none`) has its motion scaled by the speed, as in evaluation.
-The policy is the `--checkpoint` given (a `policy.pt` or its directory), else the newest
-registered `rayworks-tempovla-policy`. Start it with `rayworks serve policy`.
+The default policy is the `--checkpoint` given (a `policy.pt` or its directory), else the newest
+registered `rayworks-tempovla-policy` if there is one. A request naming another policy gets the
+newest registered version of that name, loaded on first use and kept. Rows of the wrong width,
+command fields the policy does not declare and values outside its trained range are refused
+with the field named; so is an unknown policy. Start it with `rayworks serve policy`.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request model type.
 import logging
-from typing import Annotated, Optional
+import threading
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from serving.http import error_response, given_or_registered, json_api
+from serving.http import error_response, json_api
 from workloads import tracking
 
 logger = logging.getLogger("ray.serve")
 
-REGISTERED = "rayworks-tempovla-policy"
+DEFAULT_REGISTERED = "rayworks-tempovla-policy"
 MAX_ROWS = 256
+DEFAULT = "default"  # the name the --checkpoint policy answers to when it has no registered one
 
 api = json_api("rayworks policy")
 
-
-class Schedule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    fast: Annotated[float, Field(gt=0, le=10)]
-    slow: Annotated[float, Field(gt=0, le=10)]
-    near: Annotated[float, Field(gt=0, le=1)] = 0.05
+Row = Annotated[list[float], Field(min_length=1, max_length=16384)]
 
 
 class ActRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    observations: Annotated[list[list[float]], Field(min_length=1, max_length=MAX_ROWS)]
-    speed: Optional[Annotated[float, Field(gt=0, le=10)]] = None
-    schedule: Optional[Schedule] = None
+    policy: Optional[Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,200}$")]] = None
+    observation: Union[Annotated[list[Row], Field(min_length=1, max_length=MAX_ROWS)], Row]
+    command: dict[str, Any] = Field(default_factory=dict)
+
+
+def load(source: str) -> tuple:
+    """(policy, specs) of a `policy.pt`. Defined above the deployment: Serve serialises the class
+    where it is decorated, with the module names that exist by then."""
+    from workloads.policies import load_policy
+
+    return load_policy(source)
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 @serve.ingress(api)
 class PolicyServer:
-    def __init__(self, source: str):
+    def __init__(self, default_source: Optional[str], default_name: str, tracking_uri: str):
         import torch
 
-        from workloads.tempovla.policy import load_policy_artifact
-
         torch.set_num_threads(1)
-        self.source = source
-        self.policy, self.specs = load_policy_artifact(source)
+        self.tracking_uri, self.default = tracking_uri, default_name if default_source else None
+        self.policies: dict[str, tuple] = {}  # name -> (policy, specs, source)
+        self.loading = threading.Lock()
+        if default_source:
+            self.policies[default_name] = (*load(default_source), default_source)
+
+    def policy(self, name: Optional[str]):
+        """(name, policy, specs), or the error response naming what is missing."""
+        name = name or self.default
+        if name is None:
+            return error_response(422, ["policy: name a registered policy (this app has no default: it was started "
+                                        "without --checkpoint and no rayworks-tempovla-policy is registered)"])
+        with self.loading:
+            if name not in self.policies:
+                source = tracking.newest_registered_model(name, self.tracking_uri)
+                if source is None:
+                    return error_response(404, [f"policy: no policy {name!r} here or in the MLflow registry "
+                                                f"(loaded: {', '.join(self.policies) or 'none'})"])
+                try:
+                    self.policies[name] = (*load(str(source)), str(source))
+                except ValueError as exc:  # a registered model that is not a policy
+                    return error_response(422, [f"policy: {exc}"])
+        policy, specs, _ = self.policies[name]
+        return name, policy, specs
 
     @api.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "source": self.source, **self.specs}
+        return {"status": "ok", "default": self.default,
+                "policies": {name: {"source": source, **specs} for name, (_, specs, source) in self.policies.items()}}
 
     @api.post("/act")
     def act(self, request: ActRequest):
-        import torch
+        from workloads.policies import CommandError, act
 
-        from workloads.tempovla.policy import SpeedActor, SpeedCommand
-
-        low, high = self.specs["speed_range"]
-        width = self.specs["observation_dim"]
-        problems = [f"observations[{i}]: expected {width} numbers, got {len(row)}"
-                    for i, row in enumerate(request.observations) if len(row) != width][:5]
-        if (request.speed is None) == (request.schedule is None):
-            problems.append("speed: give either speed or schedule")
-        commanded = [("speed", request.speed)] if request.speed is not None else \
-            [("schedule.fast", request.schedule.fast), ("schedule.slow", request.schedule.slow)] if request.schedule else []
-        problems += [f"{name}: {value} is outside the trained range [{low}, {high}]" for name, value in commanded
-                     if not low <= value <= high]
-        if problems:
-            return error_response(422, problems)
-        scale = self.specs["augment"] == "none"
-        if request.speed is not None:
-            command = SpeedCommand(speed=request.speed, scale_actions=scale)
-        else:
-            command = SpeedCommand(fast=request.schedule.fast, slow=request.schedule.slow, near=request.schedule.near,
-                                   scale_actions=scale)
-        obs = torch.tensor(request.observations, dtype=torch.float32)
-        chunk = SpeedActor(self.policy, command, inputs=self.specs.get("inputs", "state")).predict(obs)
-        reply = {"actions": chunk[:, 0].tolist(), "speeds": command.speeds(obs).tolist()}
-        if self.specs.get("chunk", 1) > 1:  # action chunking: the whole predicted chunk too, to be played in order
-            reply["chunk"] = chunk.tolist()
-        return reply
+        found = self.policy(request.policy)
+        if not isinstance(found, tuple):
+            return found
+        name, policy, specs = found
+        one_row = not isinstance(request.observation[0], list)
+        rows = [request.observation] if one_row else request.observation
+        try:
+            reply = act(policy, specs, rows, request.command)
+        except CommandError as exc:
+            return error_response(422, [p.replace("observation[0]", "observation") if one_row else p for p in exc.problems])
+        out = {key: value.tolist() for key, value in reply.items()}
+        if one_row:
+            out = {key: value[0] for key, value in out.items()}
+        return {"policy": name, **out}
 
 
 def build_app(args: dict | None = None):
@@ -102,8 +116,11 @@ def build_app(args: dict | None = None):
     unknown = set(args) - {"checkpoint", "tracking_uri"}
     if unknown:
         raise ValueError(f"policy app: unknown argument(s) {sorted(unknown)}; known: checkpoint, tracking_uri")
-    source = given_or_registered(args.get("checkpoint"), REGISTERED, args.get("tracking_uri") or tracking.tracking_uri(), "tempovla")
-    from workloads.tempovla.policy import load_policy_artifact
-
-    load_policy_artifact(source)  # a file that is not a policy is a clear error here, not a failed replica
-    return PolicyServer.bind(source)
+    uri = args.get("tracking_uri") or tracking.tracking_uri()
+    source, name = args.get("checkpoint"), DEFAULT
+    if not source:
+        newest = tracking.newest_registered_model(DEFAULT_REGISTERED, uri)
+        source, name = (str(newest), DEFAULT_REGISTERED) if newest is not None else (None, DEFAULT)
+    if source:
+        load(source)  # a file that is not a policy is a clear error here, not a failed replica
+    return PolicyServer.bind(source, name, uri)

@@ -1,7 +1,8 @@
 """`rayworks serve policy` in a fresh process, over real HTTP: a TempoVLA policy artifact answers
 observations of a real PandaPickCube with the actions the policy computes at the commanded
-speed (or schedule), drives the robot from outside the process, and refuses bad requests and
-speeds outside its trained range by name."""
+speed (or schedule) and drives the robot from outside the process; a PPO specialist registered
+in MLflow answers by name; bad requests, commands a policy does not take and speeds outside its
+trained range are refused by name."""
 
 from __future__ import annotations
 
@@ -34,41 +35,95 @@ def artifact(tmp_path_factory) -> Path:
     return path
 
 
+def register_ppo_specialist(workdir: Path):
+    """A PPO specialist in the workdir's MLflow registry, saved as `ppo` saves it (normaliser
+    statistics away from their start, so that a server that dropped them would answer otherwise)."""
+    import os
+
+    from pipelines import ppo
+    from workloads import tracking
+    from workloads.policies import save_policy
+
+    config = ppo.Config()
+    spec = ppo.policy_spec(config)
+    torch.manual_seed(7)
+    specialist = ppo.build_policy(config, spec)
+    with torch.no_grad():
+        specialist.obs_norm.mean.normal_()
+        specialist.actor[-1].weight.normal_(std=0.3)
+    (workdir / "specialist").mkdir()
+    save_policy(workdir / "specialist", ppo.POLICY_KIND, specialist.state_dict(), ppo.policy_specs(config, spec))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    try:
+        (workdir / "mlruns").mkdir(exist_ok=True)
+        run = tracking.start_run("rayworks-ppo", "registered-for-serve")
+        run.log_artifact(workdir / "specialist" / "policy.pt", "policy")
+        tracking.register_model(run, "policy", ppo.registered_name(config.env))
+        run.end()
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return specialist.eval(), spec
+
+
 def test_policy_endpoint(workdir: Path, artifact: Path):
-    from envs.panda import PandaPickCube
+    from envs.panda import PandaPickCube, PandaReach
     from workloads.tempovla.policy import SpeedActor, SpeedCommand, load_policy_artifact
 
+    specialist, spec = register_ppo_specialist(workdir)
     proc, lines = start_app(workdir, "policy", PORT, "--checkpoint", str(artifact))
     try:
         wait_for(lines, "is up at", timeout=180)
         health = requests.get(f"{URL}/healthz", timeout=30).json()
-        assert health["observation_dim"] == 38 and health["speed_range"] == [0.5, 2.0] and health["augment"] == "vsta"
-        assert health["action_mode"] == "ee" and health["chunk"] == 2
+        default = health["policies"][health["default"]]
+        assert default["observation_dim"] == 38 and default["speed_range"] == [0.5, 2.0] and default["augment"] == "vsta"
+        assert default["action_mode"] == "ee" and default["chunk"] == 2 and set(default["command"]) == {"speed", "schedule"}
 
         policy, _ = load_policy_artifact(artifact)
         task = PandaPickCube(3, seed=0, action_mode="ee")
         start = task.gripper.copy()
         for _ in range(10):  # the robot driven through HTTP
             obs = task.observe()
-            answer = requests.post(f"{URL}/act", json={"observations": obs.tolist(), "speed": 1.5}, timeout=30).json()
+            answer = requests.post(f"{URL}/act", json={"observation": obs.tolist(), "command": {"speed": 1.5}}, timeout=30).json()
             expected = SpeedActor(policy, SpeedCommand(speed=1.5)).predict(torch.from_numpy(obs))
             np.testing.assert_allclose(answer["actions"], expected[:, 0].numpy(), atol=1e-5)
             np.testing.assert_allclose(answer["chunk"], expected.numpy(), atol=1e-5)  # the whole chunk, in order
-            assert answer["speeds"] == [1.5] * 3
+            assert answer["speeds"] == [1.5] * 3 and answer["policy"] == health["default"]
             task.step(np.asarray(answer["actions"], dtype=np.float32))
         assert np.linalg.norm(task.gripper - start, axis=1).min() > 1e-3  # it moved
-        slow = requests.post(f"{URL}/act", json={"observations": task.observe().tolist(), "speed": 0.5}, timeout=30).json()
+        obs = task.observe()
+        slow = requests.post(f"{URL}/act", json={"observation": obs.tolist(), "command": {"speed": 0.5}}, timeout=30).json()
         assert not np.allclose(slow["actions"], answer["actions"])  # the speed reaches the policy
-        scheduled = requests.post(f"{URL}/act", json={"observations": task.observe().tolist(),
-                                                      "schedule": {"fast": 2.0, "slow": 0.5, "near": 1.0}}, timeout=30).json()
+        scheduled = requests.post(f"{URL}/act", json={"observation": obs.tolist(),
+                                                      "command": {"schedule": {"fast": 2.0, "slow": 0.5, "near": 1.0}}},
+                                  timeout=30).json()
         assert scheduled["speeds"] == [0.5] * 3  # every cube is within 1 m and on the table
+        one = requests.post(f"{URL}/act", json={"observation": obs[0].tolist(), "command": {"speed": 0.5}}, timeout=30).json()
+        np.testing.assert_allclose(one["actions"], slow["actions"][0], atol=1e-5)  # one row in, one row out
 
-        for body, named in (({"observations": [[0.0] * 37], "speed": 1.0}, "observations[0]: expected 38"),
-                            ({"observations": [[0.0] * 38], "speed": 3.0}, "speed: 3.0 is outside the trained range"),
-                            ({"observations": [[0.0] * 38], "schedule": {"fast": 2.5, "slow": 0.5}}, "schedule.fast"),
-                            ({"observations": [[0.0] * 38]}, "give either speed or schedule")):
+        # a PPO specialist from the registry, by name, acting as in process (the Gaussian's mean)
+        reach = PandaReach(2, seed=3)
+        obs = reach.observe()
+        answer = requests.post(f"{URL}/act", json={"policy": "rayworks-ppo-PandaReach-v0", "observation": obs.tolist()},
+                               timeout=60).json()
+        np.testing.assert_allclose(answer["actions"], specialist.act(torch.from_numpy(obs), deterministic=True)[0].numpy(),
+                                   atol=1e-5)
+        health = requests.get(f"{URL}/healthz", timeout=30).json()
+        assert health["policies"]["rayworks-ppo-PandaReach-v0"]["env"] == "rayworks/PandaReach-v0"
+
+        reach_width = spec.obs_dim
+        for body, status, named in (
+                ({"observation": [[0.0] * 37], "command": {"speed": 1.0}}, 422, "observation[0]: expected 38"),
+                ({"observation": [0.0] * 37, "command": {"speed": 1.0}}, 422, "observation: expected 38"),
+                ({"observation": [[0.0] * 38], "command": {"speed": 3.0}}, 422, "command.speed: 3.0 is outside the trained range"),
+                ({"observation": [[0.0] * 38], "command": {"schedule": {"fast": 2.5, "slow": 0.5}}}, 422, "command.schedule.fast"),
+                ({"observation": [[0.0] * 38]}, 422, "command: give either speed or schedule"),
+                ({"observation": [[0.0] * 38], "command": {"speed": 1.0, "turbo": 1}}, 422, "command.turbo: not a command"),
+                ({"policy": "rayworks-ppo-PandaReach-v0", "observation": [[0.0] * reach_width], "command": {"speed": 1.0}}, 422,
+                 "command.speed: not a command of this policy (it takes none)"),
+                ({"policy": "rayworks-nothing", "observation": [[0.0] * 38]}, 404, "policy: no policy 'rayworks-nothing'"),
+                ({"policy": "a'b", "observation": [[0.0] * 38]}, 422, "policy")):
             answer = requests.post(f"{URL}/act", json=body, timeout=30)
-            assert answer.status_code == 422 and named in answer.text, (body, answer.text)
+            assert answer.status_code == status and named in answer.text, (body, answer.text)
         assert fuzz_app(URL, "policy") == []
     finally:
         assert stop_with_ctrl_c(proc) == 0

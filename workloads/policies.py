@@ -8,13 +8,15 @@ to run it without the pipeline's config.
 Every kind declares `observation_dim`, `action_dim`, `action_mode` (what the environment steps
 with) and `command` (the fields a caller sets besides the observation, each with its range:
 `{"speed": {"range": [0.5, 2.0]}}`; `{}` for a policy whose task lives in its observation).
-`KINDS` maps a kind to the function that builds its module from the specs; `load_policy` reads
-any of them. Written here rather than as MLflow pyfunc models: a rollout worker needs the torch
+`KINDS` maps a kind to how to build its module from the specs and how to act on a command
+(`PolicyKind`); `load_policy` reads any of them, `act` runs any of them on a batch of
+observations and a command (what the `policy` Serve app answers with). Written here rather than as MLflow pyfunc models: a rollout worker needs the torch
 module itself (its `act`), not a predict function.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,10 +30,22 @@ class PolicyArtifactError(ValueError):
     """A file that is not a policy artifact, or one whose specs do not fit; the message names it."""
 
 
+class CommandError(ValueError):
+    """A command or observation a policy cannot take; `problems` are "<field>: <what is wrong>"."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def build_ppo_actor_critic(specs: dict) -> torch.nn.Module:
     from workloads.ppo import ActorCritic
 
     return ActorCritic(specs["observation_dim"], specs["critic_dim"], specs["action_dim"], tuple(specs["hidden"]))
+
+
+def act_ppo_actor_critic(policy, specs: dict, observations: torch.Tensor, command: dict) -> dict:
+    return {"actions": policy.act(observations, deterministic=True)[0]}  # the Gaussian's mean
 
 
 def build_tempovla_speed_policy(specs: dict) -> torch.nn.Module:
@@ -41,9 +55,23 @@ def build_tempovla_speed_policy(specs: dict) -> torch.nn.Module:
                        chunk=specs.get("chunk", 1), image_size=specs.get("image_size", 0))
 
 
-KINDS: dict[str, Callable[[dict], torch.nn.Module]] = {
-    "rayworks.ppo.actor_critic": build_ppo_actor_critic,
-    "rayworks.tempovla.speed_policy": build_tempovla_speed_policy,
+def act_tempovla_speed_policy(policy, specs: dict, observations: torch.Tensor, command: dict) -> dict:
+    from workloads.tempovla.policy import act_on_command
+
+    return act_on_command(policy, specs, observations, command)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyKind:
+    build: Callable[[dict], torch.nn.Module]  # specs -> the module, weights not yet loaded
+    # (policy, specs, observations (n, observation_dim), command) -> {"actions": (n, action_dim), ...};
+    # raises CommandError naming the command field it cannot take
+    act: Callable[[torch.nn.Module, dict, torch.Tensor, dict], dict]
+
+
+KINDS: dict[str, PolicyKind] = {
+    "rayworks.ppo.actor_critic": PolicyKind(build_ppo_actor_critic, act_ppo_actor_critic),
+    "rayworks.tempovla.speed_policy": PolicyKind(build_tempovla_speed_policy, act_tempovla_speed_policy),
 }
 
 
@@ -88,9 +116,25 @@ def load_policy(path: str | Path, kind: str | None = None) -> tuple[torch.nn.Mod
     saved = read_policy(path)
     if kind is not None and saved["kind"] != kind:
         raise PolicyArtifactError(f"{path}: a {saved['kind']} policy, not a {kind} one")
-    policy = KINDS[saved["kind"]](saved)
+    policy = KINDS[saved["kind"]].build(saved)
     try:
         policy.load_state_dict(saved["state_dict"])
     except RuntimeError as exc:  # weights that do not fit the declared shapes
         raise PolicyArtifactError(f"{path}: the weights do not fit the specs ({str(exc)[:300]})") from None
     return policy.eval(), {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+@torch.no_grad()
+def act(policy: torch.nn.Module, specs: dict, observations, command: dict | None = None) -> dict:
+    """Any loaded policy on a batch of observations (rows of `observation_dim` numbers) and a
+    command: {"actions": (n, action_dim), ...whatever else the kind reports}. Rows of the wrong
+    width and command fields the policy does not declare raise CommandError naming them."""
+    command = dict(command or {})
+    width = specs["observation_dim"]
+    problems = [f"observation[{i}]: expected {width} numbers, got {len(row)}" for i, row in enumerate(observations)
+                if len(row) != width][:5]
+    problems += [f"command.{name}: not a command of this policy ({', '.join(specs['command']) or 'it takes none'})"
+                 for name in command if name not in specs["command"]]
+    if problems:
+        raise CommandError(problems)
+    return KINDS[specs["kind"]].act(policy, specs, torch.as_tensor(observations, dtype=torch.float32), command)

@@ -268,6 +268,42 @@ def save_policy_artifact(path, weights: dict, specs: dict):
     return save_policy(path, ARTIFACT_KIND, weights, specs)
 
 
+def act_on_command(policy: SpeedPolicy, specs: dict, obs: torch.Tensor, command: dict) -> dict:
+    """The policy on a served command: {"speed": c} or {"schedule": {"fast", "slow", "near"}},
+    each speed within the trained range -> {"actions", "speeds"} (+ "chunk", each row's whole
+    predicted chunk, for a policy trained with chunks). A policy trained without VSTA has its
+    motion scaled by the speed, as in evaluation."""
+    from workloads.policies import CommandError
+
+    low, high = specs["speed_range"]
+    speed, schedule = command.get("speed"), command.get("schedule")
+    if (speed is None) == (schedule is None):
+        raise CommandError(["command: give either speed or schedule"])
+    problems = []
+    if schedule is not None:
+        if not isinstance(schedule, dict) or not {"fast", "slow"} <= set(schedule) or set(schedule) - {"fast", "slow", "near"}:
+            raise CommandError(["command.schedule: expected {\"fast\": c, \"slow\": c, \"near\": metres (optional)}"])
+        commanded = [("command.schedule.fast", schedule["fast"]), ("command.schedule.slow", schedule["slow"])]
+    else:
+        commanded = [("command.speed", speed)]
+    for name, value in commanded:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            problems.append(f"{name}: {value!r} is outside the trained range [{low}, {high}]")
+    near = schedule.get("near", 0.05) if schedule else 0.05
+    if isinstance(near, bool) or not isinstance(near, (int, float)) or not 0 < near <= 1:
+        problems.append(f"command.schedule.near: {near!r} is not a distance in (0, 1] metres")
+    if problems:
+        raise CommandError(problems)
+    scale = specs["augment"] == "none"
+    speed_command = (SpeedCommand(speed=float(speed), scale_actions=scale) if speed is not None else
+                     SpeedCommand(fast=float(schedule["fast"]), slow=float(schedule["slow"]), near=float(near), scale_actions=scale))
+    chunk = SpeedActor(policy, speed_command, inputs=specs.get("inputs", "state")).predict(obs)
+    reply = {"actions": chunk[:, 0], "speeds": speed_command.speeds(obs)}
+    if specs.get("chunk", 1) > 1:  # action chunking: the whole predicted chunk too, to be played in order
+        reply["chunk"] = chunk
+    return reply
+
+
 def load_policy_artifact(path) -> tuple[SpeedPolicy, dict]:
     """A saved `policy.pt` (or the directory holding it) -> (the policy, its specs); a clear
     error for a file that is not one, or not a TempoVLA policy."""
