@@ -23,7 +23,7 @@ from workloads.ppo import RolloutBatch
 class PolicySpec:
     """The PPO actor-critic. A rollout worker takes any spec whose `build()` returns a module with
     `act(obs, deterministic) -> (actions, log_probs)` whose weights `load_state_dict` accepts
-    (e.g. `workloads.tempovla.policy.SpeedActorSpec`)."""
+    (`ArtifactSpec` for any saved policy; `workloads.tempovla.policy.SpeedActorSpec`)."""
 
     obs_dim: int
     critic_dim: int
@@ -34,6 +34,29 @@ class PolicySpec:
         from workloads.ppo import ActorCritic
 
         return ActorCritic(self.obs_dim, self.critic_dim, self.action_dim, self.hidden)
+
+
+@dataclasses.dataclass
+class ArtifactSpec:
+    """Any policy in the shared artifact format (`workloads.policies`: a PPO specialist, a HANDOFF
+    student, ...), built from its kind and specs; a rollout worker runs it as it runs the PPO
+    actor-critic (every kind's module has `act(obs, deterministic)`)."""
+
+    kind: str
+    specs: dict
+
+    def build(self):
+        from workloads.policies import KINDS
+
+        return KINDS[self.kind].build(self.specs)
+
+    @classmethod
+    def read(cls, path) -> tuple["ArtifactSpec", dict]:
+        """(the spec, the weights) of a `policy.pt` or its directory."""
+        from workloads.policies import read_policy
+
+        saved = read_policy(path)
+        return cls(saved["kind"], {k: v for k, v in saved.items() if k != "state_dict"}), saved["state_dict"]
 
 
 @dataclasses.dataclass

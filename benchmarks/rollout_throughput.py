@@ -3,7 +3,7 @@ against the physical limit measured in the same run.
 
     python -m benchmarks.rollout_throughput [--steps 200] [--repeats 3]
 
-For G1 (velocity tracking, feet-only scene, 10 substeps) and Panda (reach, 4 substeps):
+For G1 (velocity tracking on the whole-body-collision robot, 10 substeps) and Panda (reach, 4 substeps):
 - limit: a raw single-process loop of `mj_step(model, data, nstep=substeps)` on the same
   compiled model (random controls around the default pose, reset when the robot falls),
   control steps/s, times the number of cores Ray has;

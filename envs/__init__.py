@@ -1,6 +1,6 @@
 """Simulated worlds. Importing `envs` registers the Gymnasium ids:
 
-    rayworks/G1Velocity-v0, rayworks/G1Recovery-v0, rayworks/PandaReach-v0, rayworks/PandaPickCube-v0
+    rayworks/G1Velocity-v0, rayworks/G1Recovery-v0, rayworks/G1Motion-v0, rayworks/PandaReach-v0, rayworks/PandaPickCube-v0
 
 `gymnasium.make(id, **params)` gives a single environment; `gymnasium.make_vec(id, num_envs=N,
 vectorization_mode="vector_entry_point", **params)` the batched one that steps all N in C.
@@ -13,12 +13,13 @@ import functools
 import gymnasium
 
 from envs.base import BatchedEnv, MujocoTask, SingleEnv
-from envs.g1 import G1Recovery, G1Velocity
+from envs.g1 import G1Motion, G1Recovery, G1Velocity
 from envs.panda import PandaPickCube, PandaReach
 
 TASKS: dict[str, type[MujocoTask]] = {
     "rayworks/G1Velocity-v0": G1Velocity,
     "rayworks/G1Recovery-v0": G1Recovery,
+    "rayworks/G1Motion-v0": G1Motion,
     "rayworks/PandaReach-v0": PandaReach,
     "rayworks/PandaPickCube-v0": PandaPickCube,
 }

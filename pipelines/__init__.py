@@ -22,6 +22,7 @@ PIPELINES: dict[str, str] = {
     "tri": "pipelines.tri",
     "streamma": "pipelines.streamma",
     "tempovla": "pipelines.tempovla",
+    "handoff": "pipelines.handoff",
 }
 
 

@@ -1,11 +1,15 @@
 """Serve app `policy`: any trained controller in the one policy format (`workloads.policies`:
-a PPO specialist, a TempoVLA speed policy) behind HTTP.
+a PPO specialist, a HANDOFF student, a TempoVLA speed policy) behind HTTP.
 
     POST /act {"policy": "rayworks-ppo-PandaReach-v0",        a registered policy (optional: the app's default)
                "observation": [[floats], ...],                one row per robot (or one row alone)
                "command": {"speed": 1.5}}                     what the policy declares it takes ({} for none)
          -> {"policy": name, "actions": [[...], ...], ...}    (+ what the kind reports: TempoVLA's "speeds",
-                                                              and "chunk" for a policy trained with chunks)
+                                                              and "chunk" for a policy trained with chunks;
+                                                              a HANDOFF student's "gate" weights)
+    A HANDOFF student takes {"mode": "velocity" | "recovery" | "motion", "velocity": [vx, vy, yaw rate],
+    "left_hand": [x, y, z], "right_hand": [...], "torso": [waist yaw, roll, pitch]}: each field given
+    overwrites that part of every observation row's command block.
     GET  /healthz -> every loaded policy's specs: observation and action sizes, action mode, command schema
 
 The default policy is the `--checkpoint` given (a `policy.pt` or its directory), else the newest

@@ -83,3 +83,12 @@ def test_the_full_scale_g1_config_is_a_valid_ppo_config_of_about_200m_steps():
     steps = config.iterations * config.steps_per_iteration * config.num_rollout_workers * config.envs_per_worker
     assert config.env == "rayworks/G1Velocity-v0" and config.train.use_gpu and config.env_params["randomize"]
     assert 1.9e8 < steps < 2.2e8
+
+
+def test_the_full_scale_handoff_configs_are_valid():
+    for name, env in (("recovery", "rayworks/G1Recovery-v0"), ("motion", "rayworks/G1Motion-v0")):
+        config = load_config(get_pipeline("ppo").Config, ROOT / f"cluster/ppo-g1-{name}-full.yaml")
+        assert config.env == env and config.train.use_gpu
+    config = load_config(get_pipeline("handoff").Config, ROOT / "cluster/handoff-full.yaml")
+    check_storage_path(config.storage_path)
+    assert set(config.teachers) == set(config.modes) and config.train.num_workers == 4

@@ -14,13 +14,13 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.assets import AssetsMissing, scene_path
-from envs.g1 import G1Recovery, G1Velocity
+from envs.g1 import G1Velocity
 from envs.mujoco_batch import random_quaternion, rotate_inverse
 from envs.panda import PandaReach
 
 IDS = list(envs.TASKS)
 # 29 G1 joints; 7 Panda arm joints, and the fingers for pick-cube
-ACTION_DIMS = {"rayworks/G1Velocity-v0": 29, "rayworks/G1Recovery-v0": 29, "rayworks/PandaReach-v0": 7,
+ACTION_DIMS = {"rayworks/G1Velocity-v0": 29, "rayworks/G1Recovery-v0": 29, "rayworks/G1Motion-v0": 29, "rayworks/PandaReach-v0": 7,
                "rayworks/PandaPickCube-v0": 8}
 
 
@@ -75,35 +75,6 @@ def test_reach_terms_on_constructed_states():
     np.testing.assert_allclose(terms["action_rate"], [-0.07, -0.07])
 
 
-def test_g1_velocity_terms_on_constructed_states():
-    task = G1Velocity(2, seed=0)
-    qpos = np.tile(task.default_qpos, (2, 1))
-    qpos[1, 3:7] = [np.cos(np.pi / 4), np.sin(np.pi / 4), 0, 0]  # rolled 90 degrees: fallen
-    task.sim.set_state(np.arange(2), qpos, np.zeros((2, task.sim.model.nv)))
-    task.command[:] = 0.0
-    np.testing.assert_allclose(task.gravity[0], [0, 0, -1], atol=1e-9)
-    np.testing.assert_allclose(task.gravity[1], [0, -1, 0], atol=1e-9)
-    terms = task.reward_terms(np.zeros((2, 29), np.float32))
-    dt = task.ctrl_dt
-    np.testing.assert_allclose(terms["tracking_lin_vel"], [dt, dt])  # zero command, zero velocity: exp(0)
-    np.testing.assert_allclose(terms["orientation"], [0.0, -2.0 * dt], atol=1e-12)
-    np.testing.assert_allclose(terms["termination"], [0.0, -100.0 * dt])
-    np.testing.assert_allclose(terms["pose"], [0.0, 0.0])
-    np.testing.assert_array_equal(task.terminated(), [False, True])
-    assert task.combine(terms)[1] == 0.0  # clipped at zero, as Playground does
-
-
-def test_g1_recovery_starts_fallen_and_pays_for_upright():
-    task = G1Recovery(4, seed=0, perturbed_fraction=0.0)
-    assert (task.height < 0.5).all() and not task.success().any()  # every episode starts on the floor
-    qpos = np.tile(task.default_qpos, (1, 1))
-    task.sim.set_state(np.array([0]), qpos, np.zeros((1, task.sim.model.nv)))
-    terms = task.reward_terms(np.zeros((4, 29), np.float32))
-    np.testing.assert_allclose(terms["upright"][0], task.ctrl_dt)
-    np.testing.assert_allclose(terms["height"][0], task.ctrl_dt)
-    assert task.success()[0] and terms["upright"][1:].max() < task.ctrl_dt
-
-
 def test_rotate_inverse_matches_mujoco():
     rng = np.random.default_rng(0)
     quats, vectors = random_quaternion(rng, 5), rng.normal(size=(5, 3))
@@ -142,11 +113,7 @@ def test_batched_velocity_env_terminates_falls_apart_from_time_outs():
     assert terminated_seen
 
 
-def test_domain_randomisation_varies_friction_and_mass():
-    task = G1Velocity(8, seed=0, randomize=True, model_variants=4)
-    frictions = {round(float(m.geom_friction[m.geom("floor").id, 0]), 6) for m in task.sim.variants}
-    masses = {round(float(m.body_mass[1]), 6) for m in task.sim.variants}
-    assert len(task.sim.variants) == 4 and len(frictions) == 4 and len(masses) == 4
+def test_unknown_task_parameters_are_named():
     with pytest.raises(TypeError, match="unknown parameter 'bogus'"):
         G1Velocity(1, bogus=1)
 

@@ -51,7 +51,7 @@ def test_g1_recovery_return_improves_and_resume_continues(workdir: Path):
     g1 = ["env=rayworks/G1Recovery-v0", "envs_per_worker=16", "steps_per_iteration=25", "run_name=recovery", *SMALL]
     result = run_ppo(workdir, "iterations=30", *g1)
     initial, final = result["extra"]["initial_return"], result["value"]
-    assert final > 1.25 * initial and final - initial > 0.05, (initial, final)  # measured: 0.211 -> 0.369
+    assert final - initial > 0.5, (initial, final)  # measured: -0.165 -> 1.004 (the torque term makes the start negative)
     resumed = run_ppo(workdir, "iterations=32", *g1, "--resume")
     assert resumed["run_id"] == result["run_id"]
     client = mlflow_client(workdir)

@@ -65,11 +65,43 @@ def register_ppo_specialist(workdir: Path):
     return specialist.eval(), spec
 
 
+def register_handoff_student(workdir: Path):
+    """A HANDOFF mixture-of-experts student registered as the pipeline registers it."""
+    import os
+
+    from pipelines import handoff
+    from workloads import tracking
+    from workloads.policies import load_policy, save_policy
+
+    config = handoff.Config(num_experts=3, hidden=[32, 32], gate_hidden=16)
+    specs = handoff.make_student_specs(config)
+    from workloads.policies import KINDS
+
+    torch.manual_seed(11)
+    student = KINDS[handoff.STUDENT_KIND].build(specs)
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.normal_(std=0.2)
+    (workdir / "student").mkdir()
+    save_policy(workdir / "student", handoff.STUDENT_KIND, student.state_dict(), specs)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+    try:
+        (workdir / "mlruns").mkdir(exist_ok=True)
+        run = tracking.start_run("rayworks-handoff", "registered-for-serve")
+        run.log_artifact(workdir / "student" / "policy.pt", "policy")
+        tracking.register_model(run, "policy", handoff.REGISTERED)
+        run.end()
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return load_policy(workdir / "student")
+
+
 def test_policy_endpoint(workdir: Path, artifact: Path):
     from envs.panda import PandaPickCube, PandaReach
     from workloads.tempovla.policy import SpeedActor, SpeedCommand, load_policy_artifact
 
     specialist, spec = register_ppo_specialist(workdir)
+    student, student_specs = register_handoff_student(workdir)
     proc, lines = start_app(workdir, "policy", PORT, "--checkpoint", str(artifact))
     try:
         wait_for(lines, "is up at", timeout=180)
@@ -109,6 +141,21 @@ def test_policy_endpoint(workdir: Path, artifact: Path):
                                    atol=1e-5)
         health = requests.get(f"{URL}/healthz", timeout=30).json()
         assert health["policies"]["rayworks-ppo-PandaReach-v0"]["env"] == "rayworks/PandaReach-v0"
+
+        # the HANDOFF student by name, told which task to do: the mode reaches the gate
+        from envs.g1 import G1Recovery
+        from workloads.policies import act
+
+        fallen = G1Recovery(2, seed=1).observe()
+        body = {"policy": "rayworks-handoff-student", "observation": fallen.tolist(), "command": {"mode": "recovery"}}
+        answer = requests.post(f"{URL}/act", json=body, timeout=60).json()
+        expected = act(student, student_specs, fallen.tolist(), {"mode": "recovery"})
+        np.testing.assert_allclose(answer["actions"], expected["actions"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(answer["gate"], expected["gate"].numpy(), atol=1e-5)
+        walking = requests.post(f"{URL}/act", json={**body, "command": {"mode": "velocity"}}, timeout=30).json()
+        assert not np.allclose(walking["gate"], answer["gate"])
+        refused = requests.post(f"{URL}/act", json={**body, "command": {"mode": "dance"}}, timeout=30)
+        assert refused.status_code == 422 and "command.mode: expected one of" in refused.text
 
         reach_width = spec.obs_dim
         for body, status, named in (

@@ -17,6 +17,7 @@ module itself (its `act`), not a predict function.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,49 @@ def act_ppo_actor_critic(policy, specs: dict, observations: torch.Tensor, comman
     return {"actions": policy.act(observations, deterministic=True)[0]}  # the Gaussian's mean
 
 
+def gaussian_ppo_actor_critic(policy, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    distribution = policy.distribution(observations)
+    return distribution.mean, distribution.scale.log()
+
+
+def build_handoff_student(specs: dict) -> torch.nn.Module:
+    from workloads.handoff.student import build_student
+
+    return build_student(specs)
+
+
+def act_handoff_student(policy, specs: dict, observations: torch.Tensor, command: dict) -> dict:
+    """The student's command lives in its observation's command block: fields given here
+    overwrite that part of every row (`mode` by name, the others as numbers)."""
+    observations = observations.clone()
+    layout, problems = specs["command_layout"], []
+    for name, value in command.items():
+        start, stop = layout[name]
+        if name == "mode":
+            if value not in specs["modes"]:
+                problems.append(f"command.mode: expected one of {specs['modes']}, got {value!r}")
+                continue
+            row = [0.0] * len(specs["modes"])
+            row[specs["modes"].index(value)] = 1.0
+        else:
+            row = value if isinstance(value, list) else [value]
+            if len(row) != stop - start or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in row):
+                problems.append(f"command.{name}: expected {stop - start} finite numbers, got {value!r}")
+                continue
+        observations[:, start:stop] = torch.tensor(row, dtype=observations.dtype)
+    if problems:
+        raise CommandError(problems)
+    out = {"actions": policy.act(observations, deterministic=True)[0]}
+    if hasattr(policy, "gate_weights"):
+        out["gate"] = policy.gate_weights(observations)
+    return out
+
+
+def gaussian_handoff_student(policy, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    gaussian = policy.gaussian(observations)
+    return gaussian.mean, gaussian.log_std
+
+
 def build_tempovla_speed_policy(specs: dict) -> torch.nn.Module:
     from workloads.tempovla.policy import SpeedPolicy
 
@@ -67,10 +111,14 @@ class PolicyKind:
     # (policy, specs, observations (n, observation_dim), command) -> {"actions": (n, action_dim), ...};
     # raises CommandError naming the command field it cannot take
     act: Callable[[torch.nn.Module, dict, torch.Tensor, dict], dict]
+    # (policy, observations) -> (mean, log_std) of its diagonal Gaussian over actions, for kinds
+    # that have one: what an expert-query actor labels states with
+    gaussian: Callable[[torch.nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 KINDS: dict[str, PolicyKind] = {
-    "rayworks.ppo.actor_critic": PolicyKind(build_ppo_actor_critic, act_ppo_actor_critic),
+    "rayworks.ppo.actor_critic": PolicyKind(build_ppo_actor_critic, act_ppo_actor_critic, gaussian_ppo_actor_critic),
+    "rayworks.handoff.student": PolicyKind(build_handoff_student, act_handoff_student, gaussian_handoff_student),
     "rayworks.tempovla.speed_policy": PolicyKind(build_tempovla_speed_policy, act_tempovla_speed_policy),
 }
 
@@ -138,3 +186,12 @@ def act(policy: torch.nn.Module, specs: dict, observations, command: dict | None
     if problems:
         raise CommandError(problems)
     return KINDS[specs["kind"]].act(policy, specs, torch.as_tensor(observations, dtype=torch.float32), command)
+
+
+@torch.no_grad()
+def gaussian(policy: torch.nn.Module, specs: dict, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, log_std) of a Gaussian policy's action distribution at each observation row."""
+    kind = KINDS[specs["kind"]]
+    if kind.gaussian is None:
+        raise PolicyArtifactError(f"a {specs['kind']} policy has no Gaussian action distribution to label states with")
+    return kind.gaussian(policy, observations)
