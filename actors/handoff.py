@@ -48,15 +48,6 @@ class PolicyTeacher:
         return mean.numpy(), log_std.expand_as(mean).numpy().copy()
 
 
-def per_step_readings(mode: str, task) -> dict[str, np.ndarray]:
-    """What an evaluation records at every step of a task, besides episode outcomes."""
-    if mode == "velocity":
-        return {"velocity_error": task.velocity_error()}
-    if mode == "motion":
-        return {"hand_error": task.hand_error()}
-    return {}
-
-
 class DaggerWorker:
     def __init__(self, modes: list[str], teachers: dict, student_specs: dict, envs_per_task: int, seed: int,
                  env_params: dict[str, dict], index: int = 0, env_seed: int = 0, pin_cpu: int | None = None):
@@ -119,10 +110,10 @@ class DaggerWorker:
         """Every task from fresh episodes for `steps` steps, acting deterministically with the
         `student` or the `teacher` of each task; episodes drawn from `seed` (and this worker's
         index), so the student before and after training and the teachers meet the same starts,
-        whichever rank evaluates. Per task: the per-step readings' means, each
-        environment's first episode outcome (return, success), falls, KL(teacher || student)
-        on the visited states, and for the student the gate's mean weights and the palms'
-        reachable workspace in the motion task."""
+        whichever rank evaluates. Per task: the task's `step_metrics` (velocity_error,
+        hand_error, ...) averaged over the steps, each environment's first episode outcome
+        (return, success), falls, KL(teacher || student) on the visited states, and for the
+        student the gate's mean weights and the palms' reachable workspace in the motion task."""
         import torch
 
         from envs.g1 import COMMAND_SLICES
@@ -150,7 +141,7 @@ class DaggerWorker:
                 actions = mean if actor == "teacher" else self.student.act(obs_t, deterministic=True)[0].numpy()
                 obs, _, terminated, _, info = env.step(actions)
                 falls += int(terminated.sum())
-                for key, value in per_step_readings(mode, env.task).items():
+                for key, value in env.task.step_metrics().items():  # e.g. velocity_error, hand_error
                     sums[key] = sums.get(key, 0.0) + float(value.mean())
                 if mode == "motion":
                     task = env.task

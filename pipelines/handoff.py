@@ -82,20 +82,20 @@ class Config(RunFields):
     steps_per_iteration: int = 20  # control steps of every environment per iteration
     envs_per_task: int = 8  # environments of each task in each DAgger worker
     dagger_workers: int = 1  # DAgger workers per learner
-    mixing: MixingSchedule = dataclasses.field(default_factory=MixingSchedule)
+    mixing: MixingSchedule = dataclasses.field(default_factory=MixingSchedule)  # DAgger's teacher-action probability per iteration
     buffer_iterations: int = 10  # the aggregate keeps the labelled states of this many recent iterations
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam learning rate of the student
     epochs: int = 2  # passes over the aggregate per iteration
     minibatches: int = 4  # minibatches per pass
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # gradient clipping norm
     eval_every: int = 8  # report (Tune), checkpoint
     eval_steps: int = 150  # control steps of each evaluation (a whole recovery episode)
     # mode -> that task's knobs; recovery episodes of 3 s (the student's success is read at their end)
     env_params: dict[str, dict] = dataclasses.field(default_factory=lambda: {"recovery": {"episode_steps": 150}})
-    pin_threads: bool = True
-    register_model: bool = True
+    pin_threads: bool = True  # pin each DAgger worker to one core
+    register_model: bool = True  # register the student as rayworks-handoff-student
     render: bool = True  # log a GIF of the student switching tasks (walk, track a motion, get up after a push)
-    render_steps: int = 150
+    render_steps: int = 150  # control steps in the GIF
     train: Workers = dataclasses.field(default_factory=lambda: Workers(cpus_per_worker=0))
 
     section: ClassVar[str] = "handoff"

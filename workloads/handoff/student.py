@@ -131,9 +131,9 @@ class MixingSchedule:
     """DAgger's probability that a step executes the teacher's action instead of the student's:
     `start * decay**iteration`, 0 from `stop_after` iterations on (the student then acts alone)."""
 
-    start: float = 0.5
-    decay: float = 0.8
-    stop_after: int = 20
+    start: float = 0.5  # the probability at the first iteration
+    decay: float = 0.8  # its factor per iteration
+    stop_after: int = 20  # iterations after which the student acts alone
 
     def probability(self, iteration: int) -> float:
         return 0.0 if iteration >= self.stop_after else self.start * self.decay**iteration
