@@ -28,7 +28,7 @@ from tests.helpers import (
         (["run", "sft", "--set", "train.nonsense=1"], "sft.train.nonsense: unknown field"),
         (["run", "sft", "--set", "model.hidden_size=130"], "sft.model.hidden_size: must be divisible"),
         (["run", "sft", "--config", "missing.yaml"], "config file missing.yaml: not found"),
-        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: code2lora, code2lora_data, distil, longtrace, longtrace_data, ppo, sft"),
+        (["run", "nosuch"], "unknown pipeline 'nosuch'; known pipelines: code2lora, code2lora_data, distil, handoff, longtrace, longtrace_data, ppo, sft"),
         (["serve", "nosuch"], "unknown Serve app 'nosuch'; known apps: adapter, generate"),
     ],
 )
