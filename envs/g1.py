@@ -624,6 +624,7 @@ class G1Motion(G1Task):
         self._kinematics.qpos[:] = self.default_qpos
         self._kinematics.qpos[0:7] = [0, 0, 0, 1, 0, 0, 0]  # the pelvis at the origin: hands come out in its frame
         self._palms = [sim.model.site(hand).id for hand in HANDS]
+        self._targets_step = np.full(self.num_envs, -1)
         return sim
 
     def _reset_envs(self, envs: np.ndarray) -> None:
@@ -643,6 +644,7 @@ class G1Motion(G1Task):
 
     def _update_targets(self, envs: np.ndarray) -> None:
         """The reference at each environment's current time, and its hand / waist targets."""
+        self._targets_step[envs] = self.steps[envs]
         self.reference[envs] = self.motions.at(self.steps * self.ctrl_dt)[envs]
         data = self._kinematics
         for env in envs.tolist():
@@ -687,7 +689,10 @@ class G1Motion(G1Task):
         return {"hand_error": self._last_hand_error, "upper_body_error": self.upper_body_error()}
 
     def observe(self) -> np.ndarray:
-        self._update_targets(np.arange(self.num_envs))  # the next step's targets
+        # the next step's targets, computed once per step (observe also runs inside critic_observe)
+        stale = np.flatnonzero(self.steps != self._targets_step)
+        if len(stale):
+            self._update_targets(stale)
         return super().observe()
 
     def terminated(self) -> np.ndarray:

@@ -301,8 +301,6 @@ def render_switching(specs: dict, student_state: dict, steps: int, seed: int) ->
     third, track a reaching / waving / turning motion for the second, then a hard sideways push
     and, once down, the recovery mode. (GIF bytes, '') or (b'', why it could not render)."""
     try:
-        import io
-
         from PIL import Image
 
         from envs.g1 import COMMAND_SLICES, MODES, G1Motion, G1Velocity
@@ -334,9 +332,9 @@ def render_switching(specs: dict, student_state: dict, steps: int, seed: int) ->
             robot.step(actions.numpy())
             frames.append(Image.fromarray(robot.render(0, renderer)))
         renderer.close()
-        buffer = io.BytesIO()
-        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 * robot.ctrl_dt), loop=0)
-        return buffer.getvalue(), ""
+        from workloads.plots import gif_bytes
+
+        return gif_bytes(frames, robot.ctrl_dt), ""
     except Exception as exc:  # no GL platform on this machine: the run goes on without a video
         return b"", f"{type(exc).__name__}: {exc}"
 

@@ -240,8 +240,6 @@ def report_policy(metrics: dict, rank: int, policy, optimizer, iteration: int) -
 def render_rollout(config_dict: dict, policy_state: dict, spec) -> tuple[bytes, str]:
     """A GIF of the trained policy acting deterministically: (its bytes, '') or (b'', why it could not render)."""
     try:
-        import io
-
         from PIL import Image
 
         import envs
@@ -257,9 +255,9 @@ def render_rollout(config_dict: dict, policy_state: dict, spec) -> tuple[bytes, 
             task.step(actions.numpy())
             frames.append(Image.fromarray(task.render(0, renderer)))
         renderer.close()
-        buffer = io.BytesIO()
-        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 * task.ctrl_dt), loop=0)
-        return buffer.getvalue(), ""
+        from workloads.plots import gif_bytes
+
+        return gif_bytes(frames, task.ctrl_dt), ""
     except Exception as exc:  # no GL platform on this machine: the run goes on without a video
         return b"", f"{type(exc).__name__}: {exc}"
 

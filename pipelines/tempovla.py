@@ -414,8 +414,6 @@ def evaluate(config: Config, trained: TrainedPolicy) -> tuple[dict[str, float], 
 def render_rollout(config_dict: dict, trained: TrainedPolicy, speed: float) -> tuple[bytes, str]:
     """A GIF of the policy at `speed`: (its bytes, '') or (b'', why it could not render)."""
     try:
-        import io
-
         from PIL import Image
 
         from envs.panda import PandaPickCube
@@ -434,9 +432,9 @@ def render_rollout(config_dict: dict, trained: TrainedPolicy, speed: float) -> t
             if task.success()[0]:
                 break
         renderer.close()
-        buffer = io.BytesIO()
-        frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 * task.ctrl_dt), loop=0)
-        return buffer.getvalue(), ""
+        from workloads.plots import gif_bytes
+
+        return gif_bytes(frames, task.ctrl_dt), ""
     except Exception as exc:  # no GL platform on this machine: the run goes on without a video
         return b"", f"{type(exc).__name__}: {exc}"
 

@@ -52,3 +52,16 @@ def _save(fig, path: str | Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def gif_bytes(frames, seconds_per_frame: float) -> bytes:
+    """RGB frames (arrays or PIL images) as a looping GIF, one frame every `seconds_per_frame`
+    (the rendered rollouts of the robot pipelines)."""
+    import io
+
+    from PIL import Image
+
+    images = [frame if isinstance(frame, Image.Image) else Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 * seconds_per_frame), loop=0)
+    return buffer.getvalue()
