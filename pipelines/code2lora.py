@@ -575,11 +575,8 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, float]:
     return metrics
 
 
-# ---- the recipe ---------------------------------------------------------------------------
-
-def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
-    import ray
-
+def plan_repositories(config: Config):
+    """(the mining child's config, one task per repository: id, head, splits), sorted by id."""
     from pipelines import code2lora_data
 
     data_config = code2lora_data.Config(seed=config.seed, experiment=config.experiment, storage_path=config.storage_path,
@@ -587,7 +584,17 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                                         num_actors=config.num_actors, mining=config.mining)
     scratch = Path(tempfile.gettempdir()) / "rayworks-code2lora-repos"
     tasks = code2lora_data.plan_tasks(data_config, scratch, Counter(), {})
-    repositories = sorted({t["repo_id"]: t for t in tasks}.values(), key=lambda t: t["repo_id"])
+    return data_config, sorted({t["repo_id"]: t for t in tasks}.values(), key=lambda t: t["repo_id"])
+
+
+# ---- the recipe ---------------------------------------------------------------------------
+
+def run(config: Config, *, resume: bool = False, parent_run_id: str | None = None, train_callbacks=()) -> RunSummary:
+    import ray
+
+    from pipelines import code2lora_data
+
+    data_config, repositories = plan_repositories(config)
     run_record, run_name = open_run(PIPELINE, config, resume=resume, parent_run_id=parent_run_id,
                                     data_hash=stable_hash(sorted((r["repo_id"], r["head"]) for r in repositories)))
     with ending_run(run_record):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.code2lora import Config, step_budget, summarise, trained_and_validation_rows
+from pipelines.code2lora import (COMMITTED_BASES, Config, base_key, plan_repositories, step_budget, summarise,
+                                 trained_and_validation_rows)
 from workloads.code2lora.arms import EvoTrainee, LoRATrainee, StaticTrainee, load_adapter
 from workloads.code2lora.base import encode_history, encode_repository, encoder_diff, encoder_sources, pretraining_sources
 from workloads.code2lora.hypernet import HypernetConfig, adapted_logits
@@ -280,3 +281,13 @@ def test_the_tiny_base_pretrains_and_a_per_repository_lora_learns_its_rows(tmp_p
     scored.load_trained(adapter)
     after = sum(row_nll(scored, data, where)) / 10
     assert after < before - 0.5, (before, after)  # held-out test rows of the same repository
+
+
+def test_the_committed_base_is_the_one_the_default_split_asks_for():
+    """A changed model, pre-training or split default changes the base's key: the committed base
+    then no longer matches and every default run pre-trains its own (minutes) until it is rebuilt
+    (data/code2lora-base/README.md)."""
+    config = Config()
+    _, repositories = plan_repositories(config)
+    key = base_key(config, [r for r in repositories if r["cross_repo_split"] == "train"])
+    assert (COMMITTED_BASES / key / "config.json").is_file(), (key, sorted(p.name for p in COMMITTED_BASES.iterdir()))

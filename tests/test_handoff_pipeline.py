@@ -9,8 +9,9 @@ import yaml
 
 from tests.helpers import mlflow_client, rayworks, result_lines
 
+# The quickstart test renders and registers; these runs check resume and Tune, so they do neither.
 TINY = ["modes=[velocity,recovery]", "envs_per_task=4", "steps_per_iteration=10", "eval_steps=20", "eval_every=2",
-        "pin_threads=false"]
+        "pin_threads=false", "render=false", "register_model=false"]
 
 
 def test_rollout_workers_run_a_saved_student_through_the_artifact_format(local_ray, tmp_path: Path):
