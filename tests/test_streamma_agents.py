@@ -10,7 +10,8 @@ from actors.streamma import launch_agents, launch_cast, solve
 from tests import helpers
 from workloads.streamma.topology import chain, check_topology, tree
 
-MAX_STEPS, STEP_TOKENS = 4, 12
+# enough steps that a reader scheduled late on a loaded machine still starts before its upstream ends
+MAX_STEPS, STEP_TOKENS = 12, 12
 
 
 @pytest.fixture(scope="module")
