@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--address")
     add_local_ray_arguments(serve)
 
-    compare = commands.add_parser("compare", help="run arms of a pipeline over seeds; mean and 95% CI per arm")
+    compare = commands.add_parser("compare", help="run arms of a pipeline over seeds; mean and 95%% CI per arm")
     compare.add_argument("pipeline")
     compare.add_argument("--vary", required=True, help="FIELD=VALUE1,VALUE2[,...], e.g. reward=rubric,outcome")
     compare.add_argument("--seeds", type=int, default=3)

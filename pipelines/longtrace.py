@@ -87,7 +87,7 @@ from workloads.sft import (
     train_step,
     warmup_cosine,
 )
-from workloads.strategies import LocalEngine
+from workloads.strategies import ReplicaEngine
 
 PIPELINE = "longtrace"
 REGISTERED_MODEL = "rayworks-longtrace"
@@ -163,6 +163,8 @@ class Config(RunFields):
         require(0.0 < self.validation_share < 1.0, "validation_share", "must be in (0, 1)")
         require(self.probe_samples >= 1, "probe_samples", "must be >= 1")
         require(bool(self.model_init) or self.sft.steps > 0, "sft.steps", "the tiny reader needs SFT steps (or set model_init)")
+        require(self.sft.batch_size % self.train.num_workers == 0, "sft.batch_size",
+                f"must be a multiple of train.num_workers ({self.train.num_workers}): each rank takes an equal share")
 
 
 def step_budget(config: Config) -> tuple[int, int]:
@@ -233,14 +235,18 @@ def reader_and_tokenizer(config: Config, data_dir: Path):
 
 
 def sft_reader(config: Config, model, tokenizer, splits: Splits, run, payload: dict) -> None:
-    """Teach the reader the QA format (in place); rank 0 logs the loss."""
+    """Teach the reader the QA format (in place). Each rank takes its share of every batch and
+    the replicas average gradients, so they end identical and unwrapped for GRPO's strategy;
+    rank 0 logs the loss on its share."""
     stage = config.sft
     max_length = max(len(tokenizer.encode(e.prompt + " " + e.chain_target)) for e in splits.sft) + 2
     data = tokenize_examples(tokenizer, [e.prompt for e in splits.sft], [" " + e.chain_target for e in splits.sft], max_length)
-    engine = LocalEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay),
-                         schedule=warmup_cosine(stage.warmup_steps, stage.steps), device=worker_device(config.train))
+    engine = ReplicaEngine(model, lambda parameters: torch.optim.AdamW(parameters, lr=stage.lr, weight_decay=stage.weight_decay),
+                           schedule=warmup_cosine(stage.warmup_steps, stage.steps), device=worker_device(config.train))
+    share = stage.batch_size // engine.world_size
     for step in range(stage.steps):
-        loss = train_step(engine, batch_at(data, batch_indices(step, stage.batch_size, 1, 0, len(data), config.seed)))
+        indices = batch_indices(step, share, engine.world_size, engine.rank, len(data), config.seed)
+        loss = train_step(engine, batch_at(data, indices))
         if run is not None and ((step + 1) % 25 == 0 or step + 1 == stage.steps):
             run.log_metrics({"sft_loss": loss}, step=step + 1)
             say(payload, f"[longtrace] sft step {step + 1}/{stage.steps}  loss {loss:.4f}")
@@ -299,7 +305,7 @@ def train_loop_per_worker(payload: dict) -> None:
         if run:
             run.set_tags({"reader_sft": f"cached {reader_cache}"})
     elif config.sft.steps:
-        sft_reader(config, model, tokenizer, splits, run, payload)  # every rank: same data, same seed, same weights
+        sft_reader(config, model, tokenizer, splits, run, payload)
         if rank == 0 and reader_cache:
             cached_directory(reader_cache, lambda staging: (model.save_pretrained(staging), tokenizer.save_pretrained(staging)))
 

@@ -27,6 +27,16 @@ def test_config_prints_every_field_with_its_help_and_loads_back(workdir: Path, p
     assert yaml.safe_load(capsys.readouterr().out)["seed"] == 7
 
 
+@pytest.mark.parametrize("command", [[], ["run"], ["submit"], ["tune"], ["serve"], ["compare"], ["quickstart"], ["config"]])
+def test_help_prints_for_every_command(command: list, capsys):
+    from cluster.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: rayworks")
+
+
 def test_config_of_an_unknown_pipeline_or_field_is_named(workdir: Path):
     proc = rayworks(workdir, "config", "sft", "--set", "train.nonsense=1", timeout=120)
     assert proc.returncode == 2 and "sft.train.nonsense: unknown field" in proc.stderr, proc.stderr

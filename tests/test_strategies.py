@@ -1,5 +1,6 @@
-"""The training strategies over real gloo process groups (no Ray): DDP, FSDP2 and DeepSpeed ZeRO
-1-3 (with and without CPU offload) take the same optimiser step as plain single-process AdamW on the ranks' pooled loss; sharded
+"""The training strategies over real gloo process groups (no Ray): DDP, FSDP2, DeepSpeed ZeRO 1-3
+(with and without CPU offload) and the unwrapped replica engine take the same optimiser step as
+plain single-process AdamW on the ranks' pooled loss; sharded
 models generate in step across ranks; the optimizer state saved from two ranks loads exactly
 into one and into three; the Hugging Face Trainer accepts the same `train.strategy`."""
 
@@ -9,8 +10,9 @@ import torch
 from tests.helpers import spawn_ranks
 
 # (strategy, ZeRO stage, offload); the key names each run's saved file
+# "replica" is not a `train.strategy`: the unwrapped engine of warm starts (a longtrace reader's SFT)
 STRATEGIES = [("ddp", 2, False), ("fsdp", 2, False), ("fsdp", 2, True), ("deepspeed", 1, False), ("deepspeed", 2, False),
-              ("deepspeed", 3, False), ("deepspeed", 3, True)]
+              ("deepspeed", 3, False), ("deepspeed", 3, True), ("replica", 2, False)]
 
 
 def run_key(strategy: str, stage: int, offload: bool) -> str:
@@ -40,13 +42,16 @@ def schedule(step: int) -> float:
 def _train_under_each_strategy(rank: int, save_to: str) -> dict:
     from workloads.distributed import parameter_fingerprint
     from workloads.lm import sample_groups
-    from workloads.strategies import build_engine
+    from workloads.strategies import ReplicaEngine, build_engine
 
     out = {}
     for strategy, stage, offload in STRATEGIES:
         model, tokenizer = tiny_model()
-        engine = build_engine(strategy, model, make_optimizer, schedule=schedule, max_grad_norm=MAX_GRAD_NORM, zero_stage=stage,
-                              offload=offload)
+        if strategy == "replica":
+            engine = ReplicaEngine(model, make_optimizer, schedule=schedule, max_grad_norm=MAX_GRAD_NORM)
+        else:
+            engine = build_engine(strategy, model, make_optimizer, schedule=schedule, max_grad_norm=MAX_GRAD_NORM,
+                                  zero_stage=stage, offload=offload)
         for step in range(STEPS):
             ids = batch(step, rank)
             engine.step(engine.module(input_ids=ids, labels=ids).loss)

@@ -74,11 +74,15 @@ class Engine:
     def step(self, loss: torch.Tensor) -> None:
         """Backward, clip to `max_grad_norm`, optimizer step, schedule step; gradients cleared."""
         loss.backward()
+        self._reduce_gradients()
         torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
+
+    def _reduce_gradients(self) -> None:
+        """Where gradients are not reduced by a wrapper's backward hooks, reduce them here."""
 
     def whole_state(self, everywhere: bool = False) -> dict[str, torch.Tensor]:
         """The whole weights as CPU tensors by name, on rank 0 ({} on the others) or, with
@@ -169,6 +173,28 @@ class LocalEngine(Engine):
     def _wrap(self, model, make_optimizer, zero_stage, offload) -> None:
         self.model = self.module = model
         self.optimizer = make_optimizer(model.parameters())
+
+
+class ReplicaEngine(LocalEngine):
+    """Data parallel without a wrapper: every rank trains its own whole model on its share of
+    each batch, and gradients are averaged (one all-reduce) before each step, so the replicas stay
+    identical. For a warm start after which the run's strategy wraps the same model: a DDP or
+    FSDP wrapper would leave its hooks on the parameters."""
+
+    name = "replica"
+
+    def _reduce_gradients(self) -> None:
+        if self.world_size == 1:
+            return
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in parameters:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
 
 class FSDPEngine(Engine):
