@@ -1,10 +1,12 @@
 """Policy serving: control loops at 50 Hz against the `policy` Serve app on this machine's loopback.
 
     python -m benchmarks.policy_serving [--loops 64] [--hz 50] [--groups 4] [--seconds 20]
-                                        [--env rayworks/G1Velocity-v0]
+                                        [--env rayworks/G1Velocity-v0] [--ingress direct|proxy]
 
 The policy is a PPO specialist of `--env` at `ppo`'s default size, saved in the one policy
-format (`workloads.policies`) and served by `serving.policy` (one replica). The loops tick on
+format (`workloads.policies`) and served by `serving.policy` (one replica), as `rayworks serve policy --direct-ingress` serves it
+(the replica answers HTTP itself; `--ingress proxy`: through Serve's HTTP proxy, Serve's
+default). The loops tick on
 one 50 Hz clock in `--groups` phases (evenly offset within the control period); the loops of a
 group send their observations in one request, as a robot's controller host batches its
 robots. Observations are replayed from a real rollout of the environment (recorded before the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from cluster.connect import connect
+    from serving.http import direct_ingress_environment, free_port
     from serving.policy import build_app
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.policy_serving", description=__doc__.split("\n")[0])
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--env", default="rayworks/G1Velocity-v0")
+    parser.add_argument("--ingress", choices=["direct", "proxy"], default="direct")
     args = parser.parse_args(argv)
     if not 1 <= args.groups <= args.loops:
         parser.error("--groups must be in 1..--loops")
@@ -150,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         policy.act(rows, deterministic=True)
     in_process_ms = (time.perf_counter() - started) / 200 * 1000
 
+    proxy_port = PORT
+    if args.ingress == "direct":  # as `rayworks serve policy --direct-ingress` starts it
+        os.environ.update(direct_ingress_environment("127.0.0.1", PORT))
+        proxy_port = free_port()
     connect(None, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
     try:
         serve.run(build_app({"checkpoint": str(path)}), name="policy", route_prefix="/")
         url = f"http://127.0.0.1:{PORT}/act"
@@ -164,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     fraction = result["answered"] / max(result["offered"], 1)
     lat = [x * 1000 for x in result["latencies"]]
     print(f"\n{args.loops} control loops at {args.hz:g} Hz in {args.groups} phase groups ({args.loops // args.groups} "
-          f"observations a request) for {args.seconds:g} s; {args.env} PPO specialist ({spec.obs_dim} -> {spec.action_dim})")
+          f"observations a request) for {args.seconds:g} s; {args.env} PPO specialist ({spec.obs_dim} -> {spec.action_dim}); "
+          f"{args.ingress} ingress")
     print(f"{'observations offered':<36}{result['offered']:>10}")
     print(f"{'answered within the control period':<36}{result['answered']:>10}  ({fraction:.3f})")
     print(f"{'skipped (request still out)':<36}{result['skipped']:>10}")

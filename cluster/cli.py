@@ -3,7 +3,7 @@
     rayworks run <pipeline> [--config FILE] [--set k=v ...] [--resume] [--address ADDR]
     rayworks submit <pipeline> --address http://HEAD:8265 [--config FILE] [--set k=v ...]
     rayworks tune <pipeline> --space SPACE.yaml [--num-samples N] [--config FILE] [--set k=v ...]
-    rayworks serve <app> [--port 8000] [--checkpoint PATH_OR_ID] [--address ADDR]
+    rayworks serve <app> [--port 8000] [--checkpoint PATH_OR_ID] [--address ADDR] [--direct-ingress]
     rayworks compare <pipeline> --vary FIELD=A,B --seeds N [--metric NAME ...] [--set k=v ...]
     rayworks quickstart [--only PIPELINE ...]
     rayworks config <pipeline> [--config FILE] [--set k=v ...]
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--solver", help="streamma: the solver's directory (default: newest rayworks-streamma-solver)")
     serve.add_argument("--checker", help="streamma: the checker's directory (default: newest rayworks-streamma-checker)")
     serve.add_argument("--address")
+    serve.add_argument("--direct-ingress", action="store_true",
+                       help="the app's replica answers HTTP on --port itself, with no hop through Serve's proxy "
+                            "(Serve's throughput-optimised mode; for control loops). Local Ray only: on a cluster, "
+                            "set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on its nodes")
     add_local_ray_arguments(serve)
 
     compare = commands.add_parser("compare", help="run arms of a pipeline over seeds; mean and 95%% CI per arm")
@@ -199,13 +203,22 @@ def cmd_serve(args) -> int:
         application = builder({key: value for key, value in options.items() if value is not None})
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    proxy_port = args.port
+    if args.direct_ingress:
+        if args.address or os.environ.get("RAY_ADDRESS"):
+            raise ConfigError("--direct-ingress: starts a local Ray with Serve's direct ingress; on a cluster, set "
+                              "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on its nodes instead")
+        from serving.http import direct_ingress_environment, free_port
+
+        os.environ.update(direct_ingress_environment(args.host, args.port))
+        proxy_port = free_port(args.host)  # Serve still starts its proxy; the replica has --port
     connect(args.address, args.num_cpus)
     # Ctrl-C stops the app even when it was started with SIGINT ignored (a background job of a
     # non-interactive shell inherits that, and Python then installs no handler); SIGTERM alike.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": proxy_port})
         try:
             serve.run(application, name=args.app, route_prefix="/")
         except RuntimeError as exc:  # a replica that refused to start (e.g. no sandbox here)

@@ -117,6 +117,28 @@ def json_api(title: str, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     return api
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def direct_ingress_environment(host: str, port: int) -> dict[str, str]:
+    """Environment for Serve's direct ingress: an app's replica serves HTTP itself on `port` (the
+    first of a few, one per replica), with no hop through Serve's proxy, which on a small machine
+    costs more than a small policy does (measured in `benchmarks.policy_serving`). It is Ray's
+    throughput-optimised mode (`RAY_SERVE_THROUGHPUT_OPTIMIZED`: also gRPC between replicas,
+    user code on the replica's main thread). Serve's controller and replicas read it when they
+    start, so it must be in the environment of the processes that start Ray. A replica drains for
+    2 s when stopped (Serve's default, 30 s, waits for a load balancer that is not there)."""
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_DEFAULT_HTTP_HOST": host,
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port), "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 4),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
 def given_or_registered(given, registered: str, tracking_uri, pipeline: str) -> str:
     """`given` (a path or id) when there is one, else the newest version of the registered model
     `registered` downloaded from MLflow; a clear error naming both when neither exists."""

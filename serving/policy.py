@@ -24,7 +24,12 @@ import logging
 import threading
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+import orjson
+from fastapi import Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from serving.http import error_response, json_api
@@ -94,8 +99,19 @@ class PolicyServer:
         return {"status": "ok", "default": self.default,
                 "policies": {name: {"source": source, **specs} for name, (_, specs, source) in self.policies.items()}}
 
-    @api.post("/act")
-    def act(self, request: ActRequest):
+    # The body is parsed and the reply encoded by hand: at a robot batch's size (64 x 115 floats)
+    # FastAPI's json.loads-then-validate and its jsonable_encoder cost ~3.5 ms a request, pydantic's
+    # validate_json and orjson ~0.5 ms. The schema is still ActRequest's, in /docs too.
+    @api.post("/act", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": ActRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+    async def act(self, http: Request):
+        try:
+            request = ActRequest.model_validate_json(await http.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        return await run_in_threadpool(self._act, request)
+
+    def _act(self, request: ActRequest):
         from workloads.policies import CommandError, act
 
         found = self.policy(request.policy)
@@ -108,10 +124,11 @@ class PolicyServer:
             reply = act(policy, specs, rows, request.command)
         except CommandError as exc:
             return error_response(422, [p.replace("observation[0]", "observation") if one_row else p for p in exc.problems])
-        out = {key: value.tolist() for key, value in reply.items()}
+        out = {key: np.ascontiguousarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+               for key, value in reply.items()}
         if one_row:
             out = {key: value[0] for key, value in out.items()}
-        return {"policy": name, **out}
+        return Response(orjson.dumps({"policy": name, **out}, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
 def build_app(args: dict | None = None):

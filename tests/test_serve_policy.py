@@ -6,6 +6,7 @@ trained range are refused by name."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -168,9 +169,13 @@ def test_policy_endpoint(workdir: Path, artifact: Path):
                 ({"policy": "rayworks-ppo-PandaReach-v0", "observation": [[0.0] * reach_width], "command": {"speed": 1.0}}, 422,
                  "command.speed: not a command of this policy (it takes none)"),
                 ({"policy": "rayworks-nothing", "observation": [[0.0] * 38]}, 404, "policy: no policy 'rayworks-nothing'"),
-                ({"policy": "a'b", "observation": [[0.0] * 38]}, 422, "policy")):
+                ({"policy": "a'b", "observation": [[0.0] * 38]}, 422, "policy"),
+                ({"observation": [[0.0] * 38, "x"]}, 422, "observation"),
+                ({"observation": [[0.0] * 38], "turbo": 1}, 422, "turbo: Extra inputs are not permitted")):
             answer = requests.post(f"{URL}/act", json=body, timeout=30)
             assert answer.status_code == status and named in answer.text, (body, answer.text)
+        not_json = requests.post(f"{URL}/act", data=b'{"observation": [[0.0,', headers={"content-type": "application/json"}, timeout=30)
+        assert not_json.status_code == 400 and "body: not valid JSON" in not_json.text, not_json.text
         assert fuzz_app(URL, "policy") == []
     finally:
         assert stop_with_ctrl_c(proc) == 0
@@ -183,3 +188,32 @@ def test_a_checkpoint_that_is_not_a_policy_is_named(workdir: Path):
     proc = rayworks(workdir, "serve", "policy", "--checkpoint", str(workdir / "junk.pt"), "--port", str(free_port()), timeout=120)
     assert proc.returncode == 2 and "junk.pt: not a policy artifact" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_direct_ingress_serves_on_the_port_given(workdir: Path, artifact: Path):
+    """`--direct-ingress`: the replica itself answers on --port (no Serve proxy there), the same
+    actions as in process, and bad requests are still named; refused against a cluster address."""
+    from workloads.tempovla.policy import SpeedActor, SpeedCommand, load_policy_artifact
+
+    refused = rayworks(workdir, "serve", "policy", "--checkpoint", str(artifact), "--direct-ingress",
+                       "--address", "127.0.0.1:6379", timeout=120)
+    assert refused.returncode == 2 and "--direct-ingress: starts a local Ray" in refused.stderr, refused.stderr[-2000:]
+
+    port = free_port()
+    proc, lines = start_app(workdir, "policy", port, "--checkpoint", str(artifact), "--direct-ingress")
+    try:
+        wait_for(lines, "is up at", timeout=180)
+        listening = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert "ServeRepli" in listening and "ProxyActor" not in listening, listening
+        policy, _ = load_policy_artifact(artifact)
+        obs = np.random.default_rng(0).uniform(-1, 1, (4, 38)).astype(np.float32)
+        answer = requests.post(f"http://127.0.0.1:{port}/act", json={"observation": obs.tolist(), "command": {"speed": 1.5}},
+                               timeout=30)
+        assert answer.status_code == 200, answer.text
+        expected = SpeedActor(policy, SpeedCommand(speed=1.5)).predict(torch.from_numpy(obs))
+        np.testing.assert_allclose(answer.json()["actions"], expected[:, 0].numpy(), atol=1e-5)
+        wrong = requests.post(f"http://127.0.0.1:{port}/act", json={"observation": [[0.0] * 37], "command": {"speed": 1.0}},
+                              timeout=30)
+        assert wrong.status_code == 422 and "observation[0]: expected 38" in wrong.text, wrong.text
+    finally:
+        assert stop_with_ctrl_c(proc) == 0
