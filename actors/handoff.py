@@ -106,8 +106,8 @@ class DaggerWorker:
                      seconds=time.perf_counter() - started)
         return block
 
-    def evaluate(self, student_state: dict, steps: int, actor: str, seed: int) -> dict:
-        """Every task from fresh episodes for `steps` steps, acting deterministically with the
+    def evaluate(self, student_state: dict, steps: int, actor: str, seed: int, modes: list[str] | None = None) -> dict:
+        """Every task (or those in `modes`) from fresh episodes for `steps` steps, acting deterministically with the
         `student` or the `teacher` of each task; episodes drawn from `seed` (and this worker's
         index), so the student before and after training and the teachers meet the same starts,
         whichever rank evaluates. Per task: the task's `step_metrics` (velocity_error,
@@ -122,6 +122,8 @@ class DaggerWorker:
         self.student.load_state_dict(student_state)
         report = {}
         for index, mode in enumerate(self.modes):
+            if modes is not None and mode not in modes:
+                continue
             env = self.envs[mode]
             obs, _ = env.reset(seed=seed + 7919 * (index + 1) + 131 * self.index)
             n = len(obs)
@@ -203,9 +205,9 @@ class DaggerGroup:
                       seconds=max(p["seconds"] for p in parts))
         return merged
 
-    def evaluate(self, student_state: dict, steps: int, actor: str, seed: int) -> dict:
+    def evaluate(self, student_state: dict, steps: int, actor: str, seed: int, modes: list[str] | None = None) -> dict:
         weights = ray.put(student_state)
-        parts = ray.get([w.evaluate.remote(weights, steps, actor, seed) for w in self.workers], timeout=self.timeout_s)
+        parts = ray.get([w.evaluate.remote(weights, steps, actor, seed, modes) for w in self.workers], timeout=self.timeout_s)
         report = {}
         for mode in parts[0]:
             report[mode] = {}

@@ -270,9 +270,13 @@ def train_loop_per_worker(payload: dict) -> None:
                 run.log_metrics(metrics, step=done)
             if done % config.eval_every == 0 or done == config.iterations:
                 report = {"iteration": done}
+                # each rank evaluates its share of the tasks (the same episodes whichever rank runs them)
+                evaluation = {}
+                for part in gather_objects(group.evaluate(weights(), config.eval_steps, "student", eval_seed,
+                                                          modes=config.modes[rank::world_size])):
+                    evaluation.update(part)
                 if rank == 0:
-                    evaluation = group.evaluate(weights(), config.eval_steps, "student", eval_seed)
-                    history[f"iteration_{done}"] = evaluation
+                    history[f"iteration_{done}"] = {mode: evaluation[mode] for mode in config.modes}
                     report[KEY_METRIC] = float(np.mean([evaluation[m]["kl"] for m in config.modes]))
                     run.log_metrics({KEY_METRIC: report[KEY_METRIC], **flatten_report(evaluation, "eval")}, step=done)
                     say(payload, f"[handoff] {config.student} iteration {done}/{config.iterations}  loss {loss:.3f}  "
@@ -296,6 +300,9 @@ def report_state(metrics: dict, rank: int, student, optimizer, iteration: int, b
 
 
 # ---------------------------------------------------------------- rendering (its own process: MuJoCo reads MUJOCO_GL at import)
+FRAME_EVERY = 2  # a GIF frame every other control step (25 fps): software OpenGL takes ~70 ms a frame
+
+
 def render_switching(specs: dict, student_state: dict, steps: int, seed: int) -> tuple[bytes, str]:
     """A GIF of one robot under the student while its command changes: walk forward for the first
     third, track a reaching / waving / turning motion for the second, then a hard sideways push
@@ -330,11 +337,12 @@ def render_switching(specs: dict, student_state: dict, steps: int, seed: int) ->
             robot.command[:] = command
             actions, _ = student.act(torch.from_numpy(robot.observe()), deterministic=True)
             robot.step(actions.numpy())
-            frames.append(Image.fromarray(robot.render(0, renderer)))
+            if step % FRAME_EVERY == 0:
+                frames.append(Image.fromarray(robot.render(0, renderer)))
         renderer.close()
         from workloads.plots import gif_bytes
 
-        return gif_bytes(frames, robot.ctrl_dt), ""
+        return gif_bytes(frames, robot.ctrl_dt * FRAME_EVERY), ""
     except Exception as exc:  # no GL platform on this machine: the run goes on without a video
         return b"", f"{type(exc).__name__}: {exc}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -212,3 +213,18 @@ def endless_model(out: Path) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@functools.lru_cache(maxsize=None)
+def egl_renders() -> bool:
+    """Whether MuJoCo renders headless here (MUJOCO_GL=egl, as the pipelines' render tasks run):
+    where it does, a skipped render is a failure, not a missing OpenGL."""
+    probe = """import mujoco
+model = mujoco.MjModel.from_xml_string('<mujoco><worldbody><geom size="0.1"/></worldbody></mujoco>')
+renderer = mujoco.Renderer(model, 16, 16)
+renderer.update_scene(mujoco.MjData(model))
+assert renderer.render().shape == (16, 16, 3)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "MUJOCO_GL": "egl"}, capture_output=True, timeout=120)
+    return done.returncode == 0
+
