@@ -247,11 +247,14 @@ def cmd_quickstart(args) -> int:
     configs = {name: load_config(get_pipeline(name).Config, None, get_pipeline(name).QUICKSTART) for name in names}
     quiet_libraries(args.verbose)
     connect(None, args.num_cpus, log_to_driver=args.verbose)
-    summaries, started = [], time.monotonic()
+    summaries, seconds, started = [], {}, time.monotonic()
     for index, (name, config) in enumerate(configs.items(), 1):
         print(f"\n=== [{index}/{len(configs)}] {name} ===", flush=True)
+        begun = time.monotonic()
         summaries.append(get_pipeline(name).run(config))
-    print(f"\nquickstart finished in {time.monotonic() - started:.0f} s\n")
+        seconds[name] = time.monotonic() - begun
+    each = ", ".join(f"{name} {value:.0f}" for name, value in seconds.items())
+    print(f"\nquickstart finished in {time.monotonic() - started:.0f} s ({each})\n")
     print_summaries(summaries)
     return 0
 
