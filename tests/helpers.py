@@ -54,11 +54,9 @@ def mlflow_client(workdir: Path):
 
 def free_port() -> int:
     """A TCP port no process holds now: tests run in parallel, so fixed ports collide."""
-    import socket
+    from serving.http import free_port as free_port_on
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port_on("127.0.0.1")
 
 
 def start_app(workdir: Path, app: str, port: int, *args: str) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
