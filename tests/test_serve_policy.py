@@ -215,5 +215,9 @@ def test_direct_ingress_serves_on_the_port_given(workdir: Path, artifact: Path):
         wrong = requests.post(f"http://127.0.0.1:{port}/act", json={"observation": [[0.0] * 37], "command": {"speed": 1.0}},
                               timeout=30)
         assert wrong.status_code == 422 and "observation[0]: expected 38" in wrong.text, wrong.text
+        # the body is parsed by hand, yet the published schema is still the request model's
+        schema = requests.get(f"http://127.0.0.1:{port}/openapi.json", timeout=30).json()
+        body = schema["paths"]["/act"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert {"policy", "observation", "command"} <= set(body["properties"]) and body.get("additionalProperties") is False, body
     finally:
         assert stop_with_ctrl_c(proc) == 0
