@@ -66,6 +66,11 @@ class DaggerWorker:
         self.obs = {mode: env.reset(seed=seed + i)[0] for i, (mode, env) in enumerate(self.envs.items())}
         self.student = KINDS["rayworks.handoff.student"].build(student_specs).eval()
         self.rng = np.random.default_rng(seed)
+        # the student's sampled actions draw on torch's global generator: seeded here, as the
+        # process may be a reused Ray worker whose generator has already moved
+        import torch
+
+        torch.manual_seed(seed)
 
     def ready(self) -> int:
         return os.getpid()

@@ -61,7 +61,7 @@ from pipelines.launch import (
     worker_device,
 )
 from workloads import tracking
-from workloads.caching import cached_directory, stable_hash
+from workloads.caching import COMMITTED_ROOT, cached_directory, committed_entry, stable_hash
 from workloads.code2lora.arms import ARMS, TRAINED_ON_RAY_TRAIN
 from workloads.code2lora.base import PretrainConfig
 from workloads.code2lora.hypernet import HypernetConfig
@@ -81,7 +81,7 @@ THREATS = (
 )
 QUICKSTART = ["train.num_workers=2"]  # the default's learning test also checks that the two ranks end identical
 SPLITS = ("in_repo", "cross_repo")
-COMMITTED_BASES = Path(__file__).resolve().parents[1] / "data" / "code2lora-base"
+COMMITTED_BASES = COMMITTED_ROOT / "code2lora-base"
 
 
 @dataclasses.dataclass
@@ -288,8 +288,8 @@ def prepare_base(config: Config, repositories: list[dict], payload: dict) -> tup
         return config.base_model, stable_hash([config.base_model])
     training = [r for r in repositories if r["cross_repo_split"] == "train"]
     key = base_key(config, training)
-    if (COMMITTED_BASES / key / "config.json").is_file():
-        return str(COMMITTED_BASES / key), key
+    if committed := committed_entry("code2lora-base", key):
+        return str(committed), key
     target = Path(storage_path(config.storage_path)) / "code2lora-base" / key
 
     def build(directory: Path) -> None:

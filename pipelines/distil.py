@@ -67,7 +67,7 @@ from pipelines.launch import (
     worker_device,
 )
 from workloads import tracking
-from workloads.caching import cached_directory, stable_hash
+from workloads.caching import cached_directory, committed_entry, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.dagger import (
     distillation_loss,
@@ -194,13 +194,17 @@ def step_budget(config: Config) -> tuple[int, int]:
 # ---------------------------------------------------------------- the student and the expert
 def sft_child(config: Config, parent_run_id: str, steps: int, cache_name: str, privileged: str = "",
               recovery: float = 0.0) -> str:
-    """A model SFT-ed on the task by the `sft` pipeline (a child MLflow run), cached by its config
-    and seed; `privileged` and `recovery` as in `sft.Config` (the expert's training)."""
+    """A model SFT-ed on the task by the `sft` pipeline (a child MLflow run), cached by what it
+    learns from (not where runs are stored); `privileged` and `recovery` as in `sft.Config` (the
+    expert's training). The embedded default's student is committed in `data/distil-students/`."""
     child = sft.Config(seed=config.seed, run_name="", experiment=config.experiment or f"rayworks-{PIPELINE}",
                        storage_path=config.storage_path, privileged=privileged, recovery=recovery,
                        register_model=False, num_samples_logged=4, model=config.model, task=config.task,
                        train=sft.TrainConfig(max_steps=steps, eval_every=steps, checkpoint_every=steps))
-    cache = Path(storage_path(config.storage_path)) / cache_name / stable_hash([to_dict(child)])
+    key = stable_hash([to_dict(dataclasses.replace(child, experiment="", storage_path=""))])
+    if committed := committed_entry(cache_name, key):
+        return str(committed / "model")
+    cache = Path(storage_path(config.storage_path)) / cache_name / key
 
     def train(directory: Path) -> None:
         import mlflow.artifacts

@@ -57,7 +57,7 @@ from pipelines.launch import (
 )
 from workloads import tracking
 from workloads.distributed import any_rank
-from workloads.caching import cached_directory, is_complete, stable_hash
+from workloads.caching import COMMITTED_ROOT, cached_directory, committed_entry, is_complete, stable_hash
 from workloads.config import ConfigError, from_dict, require, to_dict
 from workloads.grpo import GRPOConfig, frozen_reference, grpo_step
 from workloads.lm import (
@@ -67,7 +67,7 @@ from workloads.lm import (
     model_config,
     sample_groups,
 )
-from workloads.longtrace.format import contexts_dir
+from workloads.longtrace.format import contexts_dir, data_fingerprint
 from workloads.longtrace.kg import KGConfig
 from workloads.longtrace.reader import (
     closed_book,
@@ -99,6 +99,7 @@ THREATS = (
     'held-out facts are kept out of training targets, but training contexts may show them as distractors',
 )
 QUICKSTART = ["sft.steps=500", "grpo.steps=20", "eval_every=10"]
+COMMITTED_READERS = "longtrace-reader"  # data/longtrace-reader/<key>: the quickstart's SFT-ed reader (README there)
 PROBED_GRPO_PROMPTS = 64  # the GRPO prompts whose sampled accuracy is probed (the first ones: a fixed set)
 # Metrics the run's summary gives before and after GRPO.
 SUMMARISED = ("eval_accuracy_tiered", "eval_accuracy_random", "eval_accuracy_closed_book", "grpo_prompts_sampled_accuracy")
@@ -303,7 +304,8 @@ def train_loop_per_worker(payload: dict) -> None:
     elif reader_cache and is_complete(reader_cache):
         model.load_state_dict(load_lm(reader_cache)[0].state_dict())
         if run:
-            run.set_tags({"reader_sft": f"cached {reader_cache}"})
+            origin = "committed" if Path(reader_cache).is_relative_to(COMMITTED_ROOT) else "cached"
+            run.set_tags({"reader_sft": f"{origin} {reader_cache}"})
     elif config.sft.steps:
         sft_reader(config, model, tokenizer, splits, run, payload)
         if rank == 0 and reader_cache:
@@ -403,12 +405,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
     with ending_run(run_record):
         data_dir = given_data or ensure_data(config, run_record.run_id)
         run_record.set_tags({"data_dir": str(data_dir)})
-        reader_cache = ""
-        if not config.model_init and "://" not in config.storage_path:
-            key = stable_hash([str(data_dir), to_dict(config.model), to_dict(config.sft), config.seed, config.held_out_facts])
-            cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
-            cache_root.mkdir(parents=True, exist_ok=True)
-            reader_cache = str(cache_root / key)
+        reader_cache = sft_reader_cache(config, data_dir)
         config.train.prepare_driver()
         with ProgressLines() as lines:
             trainer = TorchTrainer(
@@ -422,6 +419,23 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
         checkpoint, kept = kept_checkpoint(result)
         summary = log_outcome(config, run_record, checkpoint, kept, data_dir)
     return summary
+
+
+def sft_reader_cache(config: Config, data_dir: Path) -> str:
+    """Where the SFT-ed reader is (or will be) kept, keyed by the data's content and everything
+    the SFT depends on: the copy committed in `data/longtrace-reader/` for the embedded default,
+    else one under `storage_path`; empty when there is nothing to cache (a given model, a URI)."""
+    if config.model_init:
+        return ""
+    key = stable_hash([data_fingerprint(data_dir), to_dict(config.model), to_dict(config.sft), config.seed,
+                       config.held_out_facts])
+    if committed := committed_entry(COMMITTED_READERS, key):
+        return str(committed)
+    if "://" in config.storage_path:
+        return ""
+    cache_root = Path(storage_path(config.storage_path)) / "longtrace-readers"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    return str(cache_root / key)
 
 
 def log_outcome(config: Config, run_record: tracking.Run, checkpoint, kept: dict, data_dir: Path) -> RunSummary:

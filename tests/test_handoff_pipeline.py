@@ -1,4 +1,5 @@
-"""The handoff pipeline beyond its quickstart run: a killed run resumes from its checkpoint with
+"""The handoff pipeline beyond its quickstart run: DAgger collection depends on its seed alone
+(not on the worker process's history), a killed run resumes from its checkpoint with
 the same iteration counter, and a Tune trial over the number of experts and the mixing schedule
 reports to Tune. (Learning, two ranks, evaluation and registration: the quickstart test.)"""
 
@@ -40,6 +41,32 @@ def test_rollout_workers_run_a_saved_student_through_the_artifact_format(local_r
     assert block.obs.shape == (4, 3, G1Recovery(1, 0).observation_dim) and block.actions.shape == (4, 3, 29)
     expected, _ = student.act(torch.from_numpy(block.obs.reshape(12, -1)), deterministic=True)
     np.testing.assert_allclose(block.actions.reshape(12, 29), expected.numpy(), atol=1e-5)
+
+
+def test_dagger_collection_is_a_function_of_its_seed_not_of_the_process(local_ray):
+    """Ray may hand a DAgger worker a process whose torch generator has already moved (a reused
+    worker): the student's sampled actions, and so the states visited, must not depend on it."""
+    import ray
+    import torch
+
+    from actors.handoff import DaggerWorker, PolicyTeacher
+    from pipelines import handoff
+    from workloads.policies import KINDS
+
+    config = handoff.Config(modes=["recovery"], num_experts=2, hidden=[16, 16], gate_hidden=8)
+    specs = handoff.make_student_specs(config)
+    teachers = {"recovery": ray.remote(PolicyTeacher).remote(handoff.check_teachers(config)["recovery"])}
+    torch.manual_seed(5)
+    state = KINDS[handoff.STUDENT_KIND].build(specs).state_dict()
+    blocks = []
+    for moved in (0, 1000):
+        torch.randn(moved)  # what an earlier task in the same process may have drawn
+        worker = DaggerWorker(["recovery"], teachers, specs, envs_per_task=2, seed=11, env_params={})
+        blocks.append(worker.collect(state, steps=5, mixing=0.0))
+        worker.close()
+    assert blocks[0]["obs"].shape == (10, specs["observation_dim"])
+    np.testing.assert_array_equal(blocks[0]["obs"], blocks[1]["obs"])
+    assert not np.array_equal(blocks[0]["obs"][:2], blocks[0]["obs"][-2:])  # the robots moved
 
 
 def test_handoff_resumes_from_its_checkpoint(workdir: Path):

@@ -29,6 +29,13 @@ def test_compare_rubric_and_outcome_over_seeds_reports_mean_and_interval(workdir
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.params["reward"] for c in children) == ["outcome", "outcome", "rubric", "rubric"]
+    # one reader SFT per seed: the arm that ran first SFT-ed it, the other took it from the cache
+    for seed in ("0", "1"):
+        runs = [c for c in children if c.data.params["seed"] == seed]
+        sft_ran = ["sft_loss" in c.data.metrics for c in runs]
+        assert sorted(sft_ran) == [False, True], [(c.data.params["reward"], c.data.tags.get("reader_sft")) for c in runs]
+        (cached,) = [c for c, ran in zip(runs, sft_ran) if not ran]
+        assert cached.data.tags["reader_sft"].startswith("cached "), cached.data.tags
 
 
 def test_tune_over_eta_and_tier_ratio(workdir: Path):

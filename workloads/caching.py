@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 COMPLETE_MARKER = "BUILT"
+# Cache entries the repository ships for its embedded defaults (`data/<kind>/<key>/`), so a fresh
+# clone skips their slowest stage; each kind's README there gives the command that rebuilds them.
+COMMITTED_ROOT = Path(__file__).resolve().parents[1] / "data"
 
 
 def stable_hash(records: Iterable[Any]) -> str:
@@ -32,6 +35,12 @@ def stable_hash(records: Iterable[Any]) -> str:
 
 def is_complete(directory: Path) -> bool:
     return (Path(directory) / COMPLETE_MARKER).is_file()
+
+
+def committed_entry(kind: str, key: str) -> Path | None:
+    """The committed copy of cache entry `key` of `kind` (`data/<kind>/<key>/`), if the repository ships one."""
+    directory = COMMITTED_ROOT / kind / key
+    return directory if directory.is_dir() and any(directory.iterdir()) else None
 
 
 def cached_directory(directory: str | Path, build: Callable[[Path], object]) -> Path:

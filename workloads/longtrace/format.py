@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from workloads.caching import write_parquet
+from workloads.caching import stable_hash, write_parquet
 
 MODES = ("tiered", "random")
 
@@ -34,6 +34,23 @@ ROW_SCHEMA = pa.schema([
 def contexts_dir(output: str | Path, mode: str) -> Path:
     """Where the rows of one context mode live: Hive-partitioned by `mode` under the output."""
     return Path(output) / f"mode={mode}"
+
+
+def data_fingerprint(output: str | Path) -> str:
+    """A hash of what a built data directory holds (every mode's rows in question order, and the
+    tokenizer saved beside them), not of where it is or how its files are named: what trained on
+    it is reusable wherever the same data is built again."""
+    import pyarrow.dataset as pds
+
+    records: list = []
+    for mode in MODES:
+        if contexts_dir(output, mode).is_dir():
+            rows = pds.dataset(str(contexts_dir(output, mode)), format="parquet").to_table().to_pylist()
+            records += [mode, *sorted(rows, key=lambda row: row["metadata"]["question_id"])]
+    tokenizer = Path(output) / "tokenizer"
+    if tokenizer.is_dir():
+        records += [(f.name, f.read_text()) for f in sorted(tokenizer.iterdir()) if f.is_file()]
+    return stable_hash(records)
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
