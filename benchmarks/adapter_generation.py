@@ -7,7 +7,8 @@ The `code2lora` default: the bundled repositories, the committed base, the split
 (`six` held out whole). The static hypernetwork is trained first on the training repositories'
 rows (`train.max_steps`, untimed). Then, for each held-out repository, timed from nothing cached:
 - hypernetwork: open the bundle (a fresh clone), read its non-test Python files, encode them
-  with the base, one hypernetwork forward -> the adapter;
+  with the pipeline's encoder (the base's first `encoder_layers` layers), one hypernetwork
+  forward -> the adapter;
 - per-repository LoRA (what a user would otherwise do): a fresh peft LoRA trained with the
   pipeline's loop and step budget (`train.max_steps`) on the repository's own in-repo training
   rows (already mined: the mining, which the hypernetwork does not need, is not counted).
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for task in tasks for row in mine(task, work / "mine", config)]
         base_dir, _ = code2lora.prepare_base(config, tasks, {"progress": None})
         base, tokenizer = load_lm(base_dir)
-        vectors = torch.stack([encode_repository(base, tokenizer, list(encoder_sources(open_repository(t["source"], work / "enc"), t["head"]).values()),
+        encoder, _ = code2lora.encoder_or_error(config.encoder, base_dir, config.encoder_layers)  # loaded once, like a served generator's
+        vectors = torch.stack([encode_repository(encoder, tokenizer, list(encoder_sources(open_repository(t["source"], work / "enc"), t["head"]).values()),
                                                  config.encoder_chunk_tokens) for t in tasks])
         hypernet = StaticTrainee(copy.deepcopy(base), config.hypernet, vectors, seed=config.seed)
         train(hypernet, [r for r in rows if code2lora.split_of(r) == "train"], names, tokenizer, config)
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             def generate(repeat: int):
                 repo = open_repository(task["source"], work / f"cold-{task['repo_id']}-{repeat}")  # a fresh clone: nothing cached
                 texts = list(encoder_sources(repo, task["head"]).values())
-                return hypernet.adapter(encode_repository(base, tokenizer, texts, config.encoder_chunk_tokens))
+                return hypernet.adapter(encode_repository(encoder, tokenizer, texts, config.encoder_chunk_tokens))
 
             def per_repo_lora():
                 trainee = LoRATrainee(copy.deepcopy(base), config.hypernet, seed=config.seed)
@@ -107,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                               "em": sum(hits) / len(hits), "nll": sum(nll) / len(nll), "train_rows": len(own_train),
                               "test_rows": len(own_test)})
 
-    print(f"\nadapter generation for held-out repositories; base {Path(base_dir).name}, LoRA rank {config.hypernet.rank}, "
+    print(f"\nadapter generation for held-out repositories; base {Path(base_dir).name} (encoder: its first "
+          f"{config.encoder_layers or 'all'} layers), LoRA rank {config.hypernet.rank}, "
           f"per-repo LoRA {config.train.max_steps} steps x {config.train.batch_size} rows; median of {args.repeats}")
     print(f"{'repository':<12}{'arm':<16}{'s/adapter':>11}{'EM':>8}{'NLL':>8}{'train rows':>12}{'test rows':>11}")
     for row in table:

@@ -124,6 +124,9 @@ class Config(RunFields):
     max_new_tokens: int = 24  # completion budget at evaluation
     encoder: str = ""  # the repository encoder: an HF embedding model (directory or hub id); empty: the frozen base's hidden states
     encoder_chunk_tokens: int = 256  # tokens per encoded file chunk
+    # Decoder layers of the encoder whose states encode (0: all): the encoder reads every token of a
+    # repository, so this is most of an adapter's cost (`python -m benchmarks.adapter_generation`)
+    encoder_layers: int = 2
     num_actors: int = 2  # mining actors
     mining: MiningConfig = dataclasses.field(default_factory=MiningConfig)
     model: TinyLMConfig = dataclasses.field(default_factory=TinyLMConfig)
@@ -144,6 +147,7 @@ class Config(RunFields):
         require(self.prompt_tokens >= 8, "prompt_tokens", "must be >= 8")
         require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
         require(self.encoder_chunk_tokens >= 8, "encoder_chunk_tokens", "must be >= 8")
+        require(self.encoder_layers >= 0, "encoder_layers", "must be >= 0 (0: all layers)")
         require(self.base_model or self.prompt_tokens + self.max_new_tokens <= self.model.max_positions, "prompt_tokens",
                 f"prompt_tokens + max_new_tokens must fit model.max_positions ({self.model.max_positions})")
 
@@ -229,21 +233,27 @@ def pretrain_task(repositories: list[dict], config: dict, out_dir: str) -> str:
     return out_dir
 
 
-def encoder_or_error(encoder: str, base_dir: str):
-    from workloads.code2lora.base import load_encoder
+def encoder_or_error(encoder: str, base_dir: str, layers: int = 0):
+    from workloads.code2lora.base import keep_first_layers, load_encoder
 
     try:
-        return load_encoder(encoder, base_dir)
+        model, tokenizer = load_encoder(encoder, base_dir)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"encoder: cannot load {encoder!r} as an HF model with its tokenizer ({str(exc)[:300]})") from None
+    if layers:
+        try:
+            keep_first_layers(model, layers)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return model, tokenizer
 
 
-def encode_task(base_dir: str, encoder: str, repositories: list[dict], chunk_tokens: int) -> dict[str, list[float]]:
+def encode_task(base_dir: str, encoder: str, repositories: list[dict], chunk_tokens: int, layers: int = 0) -> dict[str, list[float]]:
     """Every repository's vector (`workloads.code2lora.base.encode_repository`)."""
     from workloads.code2lora.base import encode_repository, encoder_sources
     from workloads.code2lora.repos import open_repository
 
-    model, tokenizer = encoder_or_error(encoder, base_dir)
+    model, tokenizer = encoder_or_error(encoder, base_dir, layers)
     vectors = {}
     for repo in repositories:
         opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
@@ -255,12 +265,12 @@ def encode_task(base_dir: str, encoder: str, repositories: list[dict], chunk_tok
 
 
 def history_task(base_dir: str, encoder: str, repositories: list[dict], commits: dict[str, list[dict]],
-                 chunk_tokens: int) -> dict[str, dict]:
+                 chunk_tokens: int, layers: int = 0) -> dict[str, dict]:
     """Every repository's history vectors (`workloads.code2lora.base.encode_history`)."""
     from workloads.code2lora.base import encode_history
     from workloads.code2lora.repos import open_repository
 
-    model, tokenizer = encoder_or_error(encoder, base_dir)
+    model, tokenizer = encoder_or_error(encoder, base_dir, layers)
     history = {}
     for repo in repositories:
         opened = open_repository(repo["source"], Path(tempfile.gettempdir()) / "rayworks-code2lora-repos")
@@ -307,7 +317,7 @@ def cached_encodings(config: Config, repositories: list[dict], key_parts: list, 
     import ray
 
     cache = Path(storage_path(config.storage_path)) / "code2lora-encodings"
-    keys = {r["repo_id"]: stable_hash([*key_parts, config.encoder, config.encoder_chunk_tokens, r["head"]]) for r in repositories}
+    keys = {r["repo_id"]: stable_hash([*key_parts, config.encoder, config.encoder_chunk_tokens, config.encoder_layers, r["head"]]) for r in repositories}
     found = {name: json.loads((cache / f"{k}.json").read_text()) for name, k in keys.items() if (cache / f"{k}.json").is_file()}
     missing = [r for r in repositories if r["repo_id"] not in found]
     if missing:
@@ -322,14 +332,16 @@ def cached_encodings(config: Config, repositories: list[dict], key_parts: list, 
 def repository_vectors(config: Config, base_dir: str, key: str, repositories: list[dict]) -> dict[str, list[float]]:
     """Every repository's vector, cached per (base, encoder, head)."""
     return cached_encodings(config, repositories, [key],
-                            lambda missing: encode_task(base_dir, config.encoder, missing, config.encoder_chunk_tokens))
+                            lambda missing: encode_task(base_dir, config.encoder, missing, config.encoder_chunk_tokens,
+                                                                    config.encoder_layers))
 
 
 def history_vectors(config: Config, base_dir: str, key: str, repositories: list[dict], rows_dir: str) -> dict[str, dict]:
     """Evo's input per repository ({start, diffs}), cached per (base, encoder, head, history_every)."""
     commits = read_commits(rows_dir)
     return cached_encodings(config, repositories, [key, config.history_every, "history"],
-                            lambda missing: history_task(base_dir, config.encoder, missing, commits, config.encoder_chunk_tokens))
+                            lambda missing: history_task(base_dir, config.encoder, missing, commits,
+                                                                     config.encoder_chunk_tokens, config.encoder_layers))
 
 
 # ---- stage 4: training --------------------------------------------------------------------
@@ -555,7 +567,8 @@ def evaluate_task(common: dict, trained: dict, export_arm: str, out_dir: str) ->
                     write_adapter(trainee.model, adapters[name], Path(out_dir) / "adapters" / name)
         if arm == "static":
             save_generator(Path(out_dir) / "generator", trainee, base, tokenizer, config.hypernet,
-                           {"encoder": config.encoder, "encoder_chunk_tokens": config.encoder_chunk_tokens, "prompt_tokens": config.prompt_tokens,
+                           {"encoder": config.encoder, "encoder_chunk_tokens": config.encoder_chunk_tokens,
+                            "encoder_layers": config.encoder_layers, "prompt_tokens": config.prompt_tokens,
                             "max_new_tokens": config.max_new_tokens})
     return {"results": results, "samples": samples}
 

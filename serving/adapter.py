@@ -19,6 +19,7 @@ pipeline's `repos=`). Start it with `rayworks serve adapter`.
 import logging
 import tempfile
 import threading
+from pathlib import Path
 from collections import OrderedDict
 from typing import Annotated, Optional
 
@@ -63,8 +64,11 @@ class AdapterServer:
         torch.set_num_threads(1)
         self.source = given_or_registered(checkpoint, REGISTERED_MODEL, tracking_uri, "code2lora")
         self.trainee, self.tokenizer, self.settings = load_generator(self.source)
-        # The repository encoder: the frozen base (None) or the embedding model the generator was trained with.
-        self.encoder = load_encoder(self.settings["encoder"], "") if self.settings.get("encoder") else None
+        # The repository encoder the generator was trained with: the frozen base itself (None), or its
+        # first `encoder_layers` layers, or an embedding model.
+        layers = self.settings.get("encoder_layers", 0)
+        self.encoder = (load_encoder(self.settings.get("encoder", ""), str(Path(self.source) / "base"), layers)
+                        if self.settings.get("encoder") or layers else None)
         self.adapters: "OrderedDict[str, dict]" = OrderedDict()
         self.scratch = tempfile.mkdtemp(prefix="rayworks-adapter-repos-")
         # One model, one set of LoRA slots: loading an adapter and generating with it is one step.

@@ -1,5 +1,5 @@
 """Code2LoRA's pieces under the pipeline, without Ray: what the base and the encoder may read,
-the encoder's pooling, left-truncated prefixes, a mixed-repository batch, the metrics table and
+the encoder's pooling and its cut to the first layers, left-truncated prefixes, a mixed-repository batch, the metrics table and
 the config's errors. The pipeline itself runs end to end in its quickstart test (two ranks)."""
 
 import subprocess
@@ -208,7 +208,8 @@ def test_tune_is_refused_without_a_validation_metric():
 
 @pytest.mark.parametrize("override, field", [("arm=hyper", "arm"), ("baselines=[none, lora]", "baselines"),
                                              ("train.strategy=fsdp", "strategy"), ("prompt_tokens=250", "prompt_tokens"),
-                                             ("arm=evo", "history_every"), ("validation_share=1.0", "validation_share")])
+                                             ("arm=evo", "history_every"), ("validation_share=1.0", "validation_share"),
+                                             ("encoder_layers=-1", "encoder_layers")])
 def test_a_bad_config_names_its_field(override, field):
     with pytest.raises(ConfigError, match=field):
         load_config(Config, None, [override])
@@ -239,6 +240,31 @@ def test_an_hf_embedding_model_can_be_the_repository_encoder(tmp_path):
         encode_task(str(tmp_path / "base"), str(tmp_path / "embedder"), repositories, 128)
     with pytest.raises(ConfigError, match="encoder"):
         encoder_or_error(str(tmp_path / "missing-embedder"), str(tmp_path / "base"))
+
+
+def test_a_cut_encoder_encodes_with_the_states_after_its_first_layers(tmp_path):
+    """`encoder_layers=k`: the base's normalised hidden states after layer k (the full model's
+    k-th hidden state under its final norm), pooled as before; out-of-range k named."""
+    from pipelines.code2lora import encode_task, encoder_or_error
+
+    base, tokenizer = tiny_lm(SMALL, seed=0)
+    with torch.no_grad():  # a final norm that is not the identity, so that the test sees where it applies
+        base.model.norm.weight.uniform_(0.5, 1.5)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    source = "def f():\n    return 1\n"
+    root = git_checkout(tmp_path / "repo", {"pkg/x.py": source, "tests/test_x.py": "assert f() == 1\n"})
+    repositories = [{"repo_id": "repo", "source": str(root), "head": open_repository(root, tmp_path / "s").head()}]
+    vector = torch.tensor(encode_task(str(tmp_path / "base"), "", repositories, 32, layers=1)["repo"])
+    ids = torch.tensor([tokenizer.encode(source, add_special_tokens=False)])
+    with torch.no_grad():
+        states = base.model(input_ids=ids, output_hidden_states=True).hidden_states[1]  # after the first layer
+        mean = base.model.norm(states)[0].mean(dim=0)
+    torch.testing.assert_close(vector, torch.nn.functional.normalize(torch.cat([mean, mean]), dim=0))
+    every = torch.tensor(encode_task(str(tmp_path / "base"), "", repositories, 32, layers=0)["repo"])
+    assert not torch.allclose(vector, every)  # the whole base encodes differently
+    with pytest.raises(ConfigError, match=r"encoder_layers \(3\) must be between 1 and the encoder's 2 layers"):
+        encoder_or_error("", str(tmp_path / "base"), 3)
 
 
 def test_the_tiny_base_pretrains_and_a_per_repository_lora_learns_its_rows(tmp_path):

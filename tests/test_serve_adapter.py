@@ -13,13 +13,13 @@ from pipelines.code2lora_data import BUNDLED_REPOS as BUNDLED_REPOS_DIR
 from serving.fuzzing import fuzz_app
 from tests.helpers import free_port, start_app, stop_with_ctrl_c, wait_for
 from workloads.code2lora.arms import StaticTrainee, complete, load_generator, save_generator
-from workloads.code2lora.base import encode_repository, encoder_sources
+from workloads.code2lora.base import encode_repository, encoder_sources, load_encoder
 from workloads.code2lora.hypernet import HypernetConfig
 from workloads.code2lora.repos import open_repository
 from workloads.lm import load_lm
 
 PORT = free_port()
-SETTINGS = {"encoder_chunk_tokens": 128, "prompt_tokens": 96, "max_new_tokens": 8}
+SETTINGS = {"encoder_chunk_tokens": 128, "encoder_layers": 2, "prompt_tokens": 96, "max_new_tokens": 8}
 PREFIX = "import six\n\n\ndef test_b():\n    assert six.b('x') == "
 
 
@@ -37,9 +37,9 @@ def make_generator(directory: Path) -> Path:
 def expected_completion(generator: Path, bundle: Path, scratch: Path) -> str:
     trainee, tokenizer, settings = load_generator(generator)
     repo = open_repository(bundle, scratch)
-    with trainee.model.disable_adapter():  # the encoder is the base alone
-        vector = encode_repository(trainee.model, tokenizer, list(encoder_sources(repo, repo.head()).values()),
-                                   settings["encoder_chunk_tokens"])
+    encoder, _ = load_encoder("", str(generator / "base"), settings["encoder_layers"])  # the base's first layers
+    vector = encode_repository(encoder, tokenizer, list(encoder_sources(repo, repo.head()).values()),
+                               settings["encoder_chunk_tokens"])
     return complete(trainee.model, tokenizer, trainee.adapter(vector), [PREFIX], settings["max_new_tokens"],
                     settings["prompt_tokens"])[0]
 

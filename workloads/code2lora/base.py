@@ -6,8 +6,8 @@
 - `pretrain_base`: a byte-level BPE learned on those files (`workloads.lm.build_tokenizer`) and
   a tiny causal LM trained on them as a plain next-token loop on fixed-length windows (the
   LM toolkit's loss and engine; one process, no Ray here).
-- `encode_repository`: the method's encoder: the base's mean last hidden state over each file
-  chunk, mean over a file's chunks, then [mean over files; max over files], L2-normalised.
+- `encode_repository`: the method's encoder: the base's mean hidden state (after its first
+  `encoder_layers` layers) over each file chunk, mean over a file's chunks, then [mean over files; max over files], L2-normalised.
   It reads a repository's non-test Python files only: test files hold the targets.
 - `encode_history`: the evolving track's input: the repository at its first mined commit, then
   each later mined commit's Python diff without its test files' sections, embedded the same way.
@@ -125,7 +125,7 @@ def encode_repository(model, tokenizer, texts: Sequence[str], chunk_tokens: int,
     for start in range(0, len(chunks), batch_size):
         ids, mask = pad(chunks[start:start + batch_size], tokenizer.pad_token_id, side="right")
         ids, mask = ids.to(device), mask.to(device)
-        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         embeddings.append((hidden * weights).sum(dim=1) / weights.sum(dim=1))
     chunk_embeddings = torch.cat(embeddings)
@@ -134,19 +134,37 @@ def encode_repository(model, tokenizer, texts: Sequence[str], chunk_tokens: int,
     return torch.nn.functional.normalize(torch.cat([files.mean(dim=0), files.max(dim=0).values]), dim=0).float().cpu()
 
 
-def load_encoder(encoder: str, base_dir: str):
+def load_encoder(encoder: str, base_dir: str, layers: int = 0):
     """(model, tokenizer) of the repository encoder: `encoder`, an HF embedding model (a
-    directory or hub id, read with `AutoModel`), or, empty, the frozen base itself."""
+    directory or hub id, read with `AutoModel`), or, empty, the frozen base itself; with
+    `layers`, only its first `layers` decoder layers (`keep_first_layers`)."""
     if not encoder:
         from workloads.lm import load_lm
 
-        return load_lm(base_dir)
-    from transformers import AutoModel, AutoTokenizer
+        model, tokenizer = load_lm(base_dir)
+    else:
+        from transformers import AutoModel, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(encoder)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return AutoModel.from_pretrained(encoder).eval(), tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(encoder)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        model = AutoModel.from_pretrained(encoder).eval()
+    if layers:
+        keep_first_layers(model, layers)
+    return model, tokenizer
+
+
+def keep_first_layers(model, layers: int) -> None:
+    """Cut a decoder (in place) to its first `layers` layers: its states there are the encoding.
+    Why: the encoder reads every token of a repository, so its cost is the adapter's cost; early
+    layers' states cost `layers / num_layers` of the whole forward (the final norm still applies)."""
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model
+    stack = getattr(backbone, "layers", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ValueError(f"encoder_layers: a {type(backbone).__name__} has no decoder layer list to cut (use 0: all layers)")
+    if not 1 <= layers <= len(stack):
+        raise ValueError(f"encoder_layers ({layers}) must be between 1 and the encoder's {len(stack)} layers (or 0: all)")
+    backbone.layers = stack[:layers]
 
 
 def encoder_diff(diff: str) -> str:
