@@ -330,10 +330,10 @@ def cached_encodings(config: Config, repositories: list[dict], key_parts: list, 
 
 
 def repository_vectors(config: Config, base_dir: str, key: str, repositories: list[dict]) -> dict[str, list[float]]:
-    """Every repository's vector, cached per (base, encoder, head)."""
+    """Every repository's vector, cached per (base, encoder settings, head)."""
     return cached_encodings(config, repositories, [key],
                             lambda missing: encode_task(base_dir, config.encoder, missing, config.encoder_chunk_tokens,
-                                                                    config.encoder_layers))
+                                                        config.encoder_layers))
 
 
 def history_vectors(config: Config, base_dir: str, key: str, repositories: list[dict], rows_dir: str) -> dict[str, dict]:
@@ -341,7 +341,7 @@ def history_vectors(config: Config, base_dir: str, key: str, repositories: list[
     commits = read_commits(rows_dir)
     return cached_encodings(config, repositories, [key, config.history_every, "history"],
                             lambda missing: history_task(base_dir, config.encoder, missing, commits,
-                                                                     config.encoder_chunk_tokens, config.encoder_layers))
+                                                         config.encoder_chunk_tokens, config.encoder_layers))
 
 
 # ---- stage 4: training --------------------------------------------------------------------

@@ -19,8 +19,8 @@ pipeline's `repos=`). Start it with `rayworks serve adapter`.
 import logging
 import tempfile
 import threading
-from pathlib import Path
 from collections import OrderedDict
+from pathlib import Path
 from typing import Annotated, Optional
 
 import torch
