@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from workloads.lm.infilling import infilling_prompt
 from workloads.tri.quadruples import lines
 from workloads.tri.traces import StepTask, split_steps, verify_traces
 
@@ -89,6 +88,9 @@ def next_action(attempt: Attempt) -> str:
 
 
 def infill_prompt(attempt: Attempt) -> str:
+    # imported here: the LM toolkit loads torch, which the verifier's actors never need
+    from workloads.lm.infilling import infilling_prompt
+
     steps = attempt.steps()
     return infilling_prompt(attempt.question, lines(steps[: attempt.first_failure]), steps[attempt.milestone])
 
