@@ -3,8 +3,8 @@ from the first failing step.
 
     python -m benchmarks.repair_tokens [--seeds 3] [--set key=value ...]
 
-Each seed is one `tri` run at its embedded default (`--set` overrides it, as `rayworks run tri
---set` does): its draft model writes every held-out problem once; from those same drafts, TRI
+Each seed is one `tri` run on the `python` step task (BENCHMARK_SETTINGS; `--set` overrides
+them, as `rayworks run tri --set` does): its draft model writes every held-out problem once; from those same drafts, TRI
 (infill from the verified prefix to the milestone, regenerate when there is none) and the
 baseline (the same draft model regenerates the suffix from the first failure) each get
 `repair.rounds` rounds. Both count every generated token, drafts included, and prompt tokens
@@ -13,6 +13,13 @@ and TRI's paired differences from regeneration over the seeds (`workloads.compar
 `rayworks compare` reports them).
 The last line is the JSON record: generated tokens per solved problem over all seeds, TRI
 against regeneration; the ratio is regeneration / TRI (above 1: TRI spends fewer).
+
+Why the `python` family and not the quickstart's unit chains: a unit step restates the previous
+value, so a draft's error carries into every later step and almost no failed draft has a later
+step that verifies (a milestone); most of the units drafts' failures are also at the end (a
+chain stopped early or walked past its target). Program steps read earlier variables, so a
+later step verifies whenever it is itself right: the case TRI is for. The tiny model needs the
+longer budgets below to learn programs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ COLUMNS = ("accuracy_before", "accuracy_after", "repair_success", "generated_tok
            "repair_tokens_per_problem", "prompt_tokens_per_problem", "infills_per_problem", "fallbacks_per_problem")
 
 
+# the python step task, two ranks of 16 as the quickstart, the budgets it needs (about 150 s a seed on 2 cores)
+BENCHMARK_SETTINGS = ["traces.task=python", "train.num_workers=2", "train.batch_size=16", "train.draft_steps=400",
+                      "train.infiller_steps=600"]
+
+
 def main(argv: list[str] | None = None) -> int:
     from cluster.connect import connect
     from pipelines.launch import quiet_libraries
@@ -45,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, totals = [], {method: {"generated": 0.0, "solved": 0.0, "repair": 0.0, "repaired": 0.0} for method in tri.METHODS}
     for seed in range(args.seeds):
         # both methods on the same drafts, whatever --set says: the comparison is the benchmark
-        config = load_config(tri.Config, None, [*args.overrides, f"seed={seed}", "register_model=false",
+        config = load_config(tri.Config, None, [*BENCHMARK_SETTINGS, *args.overrides, f"seed={seed}", "register_model=false",
                                                 "repair.methods=tri,regenerate"])
         extra = tri.run(config).extra
         for method in tri.METHODS:
