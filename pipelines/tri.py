@@ -483,8 +483,7 @@ def run(config: Config, *, resume: bool = False, parent_run_id: str | None = Non
                   f"DPO {bridge_metrics['bridge_pass_rate/dpo']:.3f} ({time.monotonic() - started:.0f} s)", flush=True)
             started = time.monotonic()
             summaries = repair(config, model_dirs)
-            print(f"[tri] repair of {len(splits(config)[3][: config.repair.problems or None])} held-out problems by "
-                  f"{config.repair.methods} ({time.monotonic() - started:.0f} s)", flush=True)
+            print(f"[tri] repair of the held-out drafts by {config.repair.methods} ({time.monotonic() - started:.0f} s)", flush=True)
             summary = log_outcome(config, run_record, model_dirs, bridge_metrics, summaries, shown)
     return summary
 
