@@ -198,7 +198,7 @@ def check_tri(workdir: Path, summary: dict) -> None:
     infiller learns to bridge held-out prefixes to their milestones (its sampled bridges pass the
     verifier), DPO trains on pairs only the verifier labelled, and both repair methods run on the
     same drafts with their tokens counted."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     extra = summary["extra"]
     client = mlflow_client(workdir)
@@ -206,6 +206,10 @@ def check_tri(workdir: Path, summary: dict) -> None:
     infiller = client.download_artifacts(summary["run_id"], "infiller", str(workdir / "infiller"))
     assert_both_ranks_hold(client, summary["run_id"], state_fingerprint(AutoModelForCausalLM.from_pretrained(infiller).state_dict()))
     metrics = run.data.metrics
+    # the default's BPE merges are learnt from the training traces (measured: 18 tokens against 22 bytes;
+    # with no texts the merges are never learnt and the tokenizer stays at bytes)
+    prompt = "Q: convert 23 m to mm\n"
+    assert len(AutoTokenizer.from_pretrained(infiller)(prompt, add_special_tokens=False)["input_ids"]) < len(prompt.encode())
     # measured (seed 0): drafts 0.73 solved at temperature 0.7, SFT bridges pass 0.73; untrained, both are 0
     # (seeds 1 and 2: drafts 0.34 and 0.30, bridges 0.84 and 0.63)
     assert extra["tri/accuracy_before"] >= 0.3 and extra["bridge_pass_rate/sft"] >= 0.35, extra
