@@ -39,10 +39,12 @@ import json
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
+import torch.distributed as dist
 
 from pipelines import sft
 from pipelines.checkpoints import (
@@ -235,16 +237,27 @@ def ensure_expert(config: Config, parent_run_id: str) -> ExpertConfig:
 
 # ---------------------------------------------------------------- evaluation
 def evaluate(config: Config, model, tokenizer, problems, seed: int, checker, max_new_tokens: int) -> dict[str, float]:
-    """Pass@1 and Pass@N (N = eval_samples, unbiased estimators) and greedy accuracy."""
-    n = config.eval_samples
-    prompts = [format_prompt(tokenizer, p.prompt) for p in problems]
-    rollouts = sample_groups(model, tokenizer, prompts, n, max_new_tokens, config.temperature, generator_seed=seed)
-    verdicts = checker([p for p in problems for _ in range(n)], rollouts.texts)
-    correct = [sum(verdicts[i * n : (i + 1) * n]) for i in range(len(problems))]
-    greedy = greedy_complete(model, tokenizer, prompts, max_new_tokens)
-    return {"pass_at_1": sum(pass_at_k(n, c, 1) for c in correct) / len(problems),
-            "pass_at_n": sum(pass_at_k(n, c, n) for c in correct) / len(problems),
-            "greedy_accuracy": sum(checker(problems, greedy)) / len(problems)}
+    """Pass@1 and Pass@N (N = eval_samples, unbiased estimators) and greedy accuracy; a
+    collective, every rank calls it. The ranks that hold a whole model (`model` not None: all of
+    them under DDP, rank 0 under a sharded strategy) split the problems, each sampling every
+    holder-count-th one with its own draws, and the counts are summed, so every rank returns the
+    same figures (one rank evaluating alone left the others idle)."""
+    holders = gather_objects(model is not None)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    index, count, n = sum(holders[:rank]), sum(holders), config.eval_samples
+    mine = problems[index::count] if model is not None else []
+    sums = [0.0, 0.0, 0.0]  # pass@1, pass@N, greedy, summed over this rank's problems
+    if mine:
+        prompts = [format_prompt(tokenizer, p.prompt) for p in mine]
+        rollouts = sample_groups(model, tokenizer, prompts, n, max_new_tokens, config.temperature,
+                                 generator_seed=seed * 1009 + index)
+        verdicts = checker([p for p in mine for _ in range(n)], rollouts.texts)
+        correct = [sum(verdicts[i * n : (i + 1) * n]) for i in range(len(mine))]
+        greedy = greedy_complete(model, tokenizer, prompts, max_new_tokens)
+        sums = [sum(pass_at_k(n, c, 1) for c in correct), sum(pass_at_k(n, c, n) for c in correct), sum(checker(mine, greedy))]
+    totals = [sum(column) for column in zip(*gather_objects(sums))]
+    return {"pass_at_1": totals[0] / len(problems), "pass_at_n": totals[1] / len(problems),
+            "greedy_accuracy": totals[2] / len(problems)}
 
 
 def annotated_samples(tokenizer, states, labels, problems, texts, correct, limit: int) -> list[dict]:
@@ -292,11 +305,11 @@ def train_loop_per_worker(payload: dict) -> None:
     per_iteration = config.prompts_per_iteration * config.samples_per_prompt * world_size
     eval_seed = config.seed * 7919 + 1  # the same Pass@k draws at every evaluation
 
-    def evaluate_on_rank0() -> dict[str, float] | None:  # every rank gathers the weights; rank 0 evaluates
-        eval_model = engine.full_model()
-        return evaluate(config, eval_model, tokenizer, eval_problems, eval_seed, checker, max_new_tokens) if rank == 0 else None
+    def evaluate_on_all_ranks() -> dict[str, float]:  # every rank holding whole weights takes its share
+        model_here = engine.full_model() if engine.sharded else engine.model
+        return evaluate(config, model_here, tokenizer, eval_problems, eval_seed, checker, max_new_tokens)
 
-    before = evaluate_on_rank0()
+    before = evaluate_on_all_ranks()
     if rank == 0:
         run.log_metrics({**before, "student_samples": start * per_iteration}, step=start)
         say(payload, f"[distil] {config.objective}: pass@1 {before['pass_at_1']:.3f} pass@{config.eval_samples} "
@@ -305,12 +318,15 @@ def train_loop_per_worker(payload: dict) -> None:
     for iteration in range(start, config.iterations):
         indices = batch_indices(iteration, config.prompts_per_iteration, world_size, rank, len(train_problems), config.seed)
         problems = [train_problems[i] for i in indices.tolist() for _ in range(config.samples_per_prompt)]
+        started = time.perf_counter()
         rollouts = sample_groups(engine.model, tokenizer, [format_prompt(tokenizer, p.prompt) for p in problems[:: config.samples_per_prompt]],
                                  config.samples_per_prompt, max_new_tokens, config.temperature,
                                  generator_seed=(config.seed * 100_003 + iteration) * world_size + rank, synced=engine.sharded)
         rewards = torch.tensor(checker(problems, rollouts.texts), dtype=torch.float32)
         done = iteration + 1
-        metrics = {"iteration": done, "student_samples": done * per_iteration, "rollout_accuracy": float(rewards.mean())}
+        metrics = {"iteration": done, "student_samples": done * per_iteration, "rollout_accuracy": float(rewards.mean()),
+                   "timing/rollouts_s": time.perf_counter() - started}
+        started = time.perf_counter()
         if config.objective == "rlvr":
             metrics.update(grpo_step(engine, rollouts, rewards, grpo, reference))
         else:
@@ -341,6 +357,8 @@ def train_loop_per_worker(payload: dict) -> None:
                     stopped = f"expert.{'endpoint' if config.expert.kind == 'openai' else 'kind'}: {reason}"
             else:
                 failures_in_a_row = 0
+            metrics["timing/labels_s"] = time.perf_counter() - started
+            started = time.perf_counter()
             if labels is not None:
                 metrics.update(label_statistics(labels))
                 engine.module.train()
@@ -356,7 +374,8 @@ def train_loop_per_worker(payload: dict) -> None:
                     if not any_rank(labelled > 0):
                         break
                     engine.step(loss)
-                metrics.update({"loss": float(loss.detach()), "labelled_states": labelled})
+                metrics.update({"loss": float(loss.detach()), "labelled_states": labelled,
+                                "timing/updates_s": time.perf_counter() - started})
                 if rank == 0 and done == config.iterations and config.level == "token":
                     samples = annotated_samples(tokenizer, states, labels, problems, rollouts.texts, rewards.tolist(),
                                                 config.num_samples_logged)
@@ -364,7 +383,7 @@ def train_loop_per_worker(payload: dict) -> None:
         if rank == 0:
             run.log_metrics(metrics, step=done)
         if stopped or done % config.eval_every == 0 or done == config.iterations:
-            evaluation = evaluate_on_rank0()
+            evaluation = evaluate_on_all_ranks()
             if rank == 0:
                 metrics.update(evaluation)
                 run.log_metrics(evaluation, step=done)
